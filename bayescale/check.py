@@ -1,0 +1,95 @@
+"""Extrapolation checks: predict held-out runs and score the predictions and their intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from bayescale import grid as grids
+from bayescale.errors import InputError
+from bayescale.posterior import LawDraws
+from bayescale.predict import add_observation_noise, loss_draws
+
+LEVELS = (0.5, 0.9)
+
+
+def allocations_for(draws: LawDraws, grid: xr.Dataset, where: str = "grid") -> np.ndarray:
+    """The grid's data as (run, posterior source) amounts; refuses a grid from another world."""
+    grid_sources = [str(s) for s in grid["source"].values]
+    unknown = [s for s in grid_sources if s not in draws.sources and float(grid["data"].sel(source=s).sum()) > 0]
+    if unknown:
+        raise InputError(f"{where}: source {unknown[0]!r} is not in the posterior (was it fitted to another grid?)")
+    data = np.zeros((grid.sizes["run"], len(draws.sources)))
+    for i, name in enumerate(draws.sources):
+        if name in grid_sources:
+            data[:, i] = grid["data"].sel(source=name).values
+    return data
+
+
+def holdout_predictions(draws: LawDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> xr.Dataset:
+    """Posterior predictive of every observed (run, target) cell of the grid's ``split`` runs.
+
+    Returns a Dataset over (run, target) with ``observed``, ``median`` and ``lo``/``hi``
+    bounds of the central 50 % and 90 % predictive intervals (observation noise included,
+    and the grid's ``loss_se`` where it has one).
+    """
+    runs = grids.select_split(grid, split)
+    if runs.sizes["run"] == 0:
+        raise InputError(f"{where}: no runs with split == {split!r} to check against")
+    targets = [t for t in draws.targets if t in [str(x) for x in runs["target"].values]]
+    if not targets:
+        raise InputError(f"{where}: none of the posterior's targets ({', '.join(draws.targets)}) is in the grid")
+    data = allocations_for(draws, runs, where)
+    log_pred = loss_draws(draws, data, log=True).astype(np.float64)  # (S, N, J)
+    rng = np.random.default_rng(seed)
+    predictive = add_observation_noise(log_pred, draws, rng)
+    if "loss_se" in runs:
+        # A held-out loss measured with a known standard error is that much noisier.
+        observed_loss = runs["loss"].reindex(target=list(draws.targets)).transpose("run", "target").values
+        se = runs["loss_se"].reindex(target=list(draws.targets)).transpose("run", "target").values
+        log_se = np.where(np.isfinite(se) & np.isfinite(observed_loss), se / observed_loss, 0.0)
+        predictive = predictive + log_se[None] * rng.standard_normal(predictive.shape)
+    quantiles = np.exp(np.quantile(predictive, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0))
+    cols = [draws.targets.index(t) for t in targets]
+    coords = {"run": runs["run"].values, "target": targets}
+
+    def da(values):
+        return xr.DataArray(values[:, cols], coords=coords, dims=("run", "target"))
+
+    return xr.Dataset(
+        {
+            "observed": runs["loss"].sel(target=targets).transpose("run", "target"),
+            "median": da(quantiles[2]),
+            "mean_law": da(np.exp(log_pred).mean(axis=0)),
+            "lo50": da(quantiles[1]),
+            "hi50": da(quantiles[3]),
+            "lo90": da(quantiles[0]),
+            "hi90": da(quantiles[4]),
+            "budget": runs["data"].sum("source"),
+        }
+    )
+
+
+def score_predictions(pred: xr.Dataset) -> dict:
+    """Pearson r, median absolute relative error and 50 % / 90 % coverage over observed cells."""
+    observed = pred["observed"].values.ravel()
+    ok = np.isfinite(observed)
+    if ok.sum() < 2:
+        raise InputError("too few observed held-out losses to score (need at least 2)")
+    obs, med = observed[ok], pred["median"].values.ravel()[ok]
+    inside = {
+        level: ((pred[f"lo{int(level * 100)}"].values.ravel()[ok] <= obs) & (obs <= pred[f"hi{int(level * 100)}"].values.ravel()[ok]))
+        for level in LEVELS
+    }
+    return {
+        "n": int(ok.sum()),
+        "pearson_r": float(np.corrcoef(med, obs)[0, 1]),
+        "median_abs_rel_error": float(np.median(np.abs(med - obs) / obs)),
+        "coverage_50": float(inside[0.5].mean()),
+        "coverage_90": float(inside[0.9].mean()),
+    }
+
+
+def check_holdout(draws: LawDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> dict:
+    """Score the posterior's predictions of the grid's held-out runs (see :func:`score_predictions`)."""
+    return score_predictions(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
