@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +155,11 @@ def diagnostics(idata) -> dict:
     # Fixed entries (T = 1 on a target's own source, beta = 1 in the linear law) have no
     # variance; their r-hat is NaN and says nothing, so they are dropped before the max.
     varying = post.std(("chain", "draw")) > 0
-    rhat = az.rhat(post).where(varying)
-    ess_bulk = az.ess(post, method="bulk").where(varying)
-    ess_tail = az.ess(post, method="tail").where(varying)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = az.rhat(post).where(varying)
+        ess_bulk = az.ess(post, method="bulk").where(varying)
+        ess_tail = az.ess(post, method="tail").where(varying)
     stats = idata["sample_stats"]
     divergences = int(stats["diverging"].sum()) if "diverging" in stats.data_vars else 0
     n_draws = int(post.sizes["chain"] * post.sizes["draw"])

@@ -1,0 +1,267 @@
+"""The ``bayescale`` command line: a thin layer over the Python API.
+
+Every command maps to a function a user can call from a notebook; this module only
+parses flags, calls it, prints, and turns :class:`InputError` into one line on stderr
+with exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from bayescale.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bayesian transfer scaling laws and risk-aware data allocation.")
+grid_app = typer.Typer(no_args_is_help=True, help="Inspect loss grids.")
+app.add_typer(grid_app, name="grid")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def exits_cleanly(fn):
+    """Run a command; bad input becomes one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]: finished outputs are kept; nothing half-written was left behind")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def parse_mapping(text: str | None, flag: str) -> dict[str, float]:
+    """``"ct=100,mri=50"`` -> {"ct": 100.0, "mri": 50.0}; a malformed entry names the flag."""
+    if not text:
+        return {}
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise InputError(f"{flag}: expected name=value pairs separated by commas, got {item!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise InputError(f"{flag}: value for {name!r} is {value.strip()!r}, not a number") from None
+        if not math.isfinite(number):
+            raise InputError(f"{flag}: value for {name!r} must be finite, got {value.strip()}")
+        if name in out:
+            raise InputError(f"{flag}: domain {name!r} is given twice")
+        out[name] = number
+    return out
+
+
+def refuse_overwrite_of_input(out: Path, *inputs: Path) -> None:
+    for path in inputs:
+        if path is not None and out.resolve() == Path(path).resolve():
+            raise InputError(f"--out {out} would overwrite the input file")
+
+
+def write_json(path: Path, payload: dict) -> None:
+    from bayescale._files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+@grid_app.command("info")
+@exits_cleanly
+def grid_info(grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")]):
+    """Print a grid's domains, runs, budgets and splits."""
+    from bayescale.grid import format_grid_summary, grid_summary, load_grid
+
+    console.print(format_grid_summary(grid_summary(load_grid(grid))), highlight=False)
+
+
+@app.command()
+@exits_cleanly
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the simulated grid (.nc).")],
+    domains: Annotated[int, typer.Option("--domains", help="Number of domains K (ignored with --world).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the world's parameters and of the noise.")] = 0,
+    world: Annotated[Optional[Path], typer.Option("--world", help="World TOML with parameters and design.")] = None,
+):
+    """Simulate a grid from a world with known parameters (stored in the grid's attrs)."""
+    from bayescale.grid import format_grid_summary, grid_summary, save_grid
+    from bayescale.simulate import draw_world, load_world, simulate_grid
+
+    w = load_world(world, seed=seed) if world else draw_world(domains, seed=seed)
+    ds = simulate_grid(w, seed=seed)
+    save_grid(ds, out)
+    console.print(f"wrote {out}", highlight=False)
+    console.print(format_grid_summary(grid_summary(ds)), highlight=False)
+
+
+@app.command()
+@exits_cleanly
+def fit(
+    grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the posterior (.nc).")],
+    law: Annotated[str, typer.Option("--law", help="transfer | linear | independent")] = "transfer",
+    likelihood: Annotated[str, typer.Option("--likelihood", help="normal | student_t (heavy tails for outlier runs)")] = "normal",
+    chains: Annotated[int, typer.Option("--chains")] = 4,
+    warmup: Annotated[int, typer.Option("--warmup")] = 500,
+    draws: Annotated[int, typer.Option("--draws")] = 500,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show NUTS progress bars.")] = True,
+):
+    """Fit the hierarchical transfer law to the grid's fit runs with NUTS."""
+    from bayescale.fit import fit as fit_law
+    from bayescale.grid import load_grid
+    from bayescale.posterior import diagnostics, format_diagnostics, save_posterior
+
+    refuse_overwrite_of_input(out, grid)
+    ds = load_grid(grid)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        idata = fit_law(ds, law=law, likelihood=likelihood, chains=chains, warmup=warmup, draws=draws, seed=seed, progress=progress, grid_name=str(grid))
+    for w in caught:
+        if issubclass(w.category, UserWarning) and "bayescale" in str(w.filename):
+            err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    save_posterior(idata, out)
+    diag = diagnostics(idata)
+    console.print(f"wrote {out}  ({law} law, {likelihood} likelihood)", highlight=False)
+    console.print("diagnostics: " + format_diagnostics(diag), highlight=False)
+    if not diag["ok"]:
+        err_console.print(
+            "[bold red]WARNING: the sampler did not converge cleanly[/] (want r-hat <= 1.01, no divergences, bulk ESS >= 400); "
+            "do not trust these intervals — rerun with more --warmup/--draws or check the grid.",
+            highlight=False,
+        )
+
+
+@app.command()
+@exits_cleanly
+def predict(
+    posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
+    alloc: Annotated[str, typer.Option("--alloc", help="Data per source, e.g. ct=100,mri=50,pet=0.")],
+    interval: Annotated[float, typer.Option("--interval", help="Central credible interval.")] = 0.9,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON.")] = None,
+):
+    """Predicted loss per target for one allocation, with a credible interval."""
+    from bayescale.posterior import law_draws, load_posterior
+    from bayescale.predict import predict as predict_loss
+
+    draws = law_draws(load_posterior(posterior))
+    result = predict_loss(draws, parse_mapping(alloc, "--alloc"), interval)
+    if json_out:
+        write_json(json_out, result)
+    pct = round(interval * 100)
+    console.print(f"{'target':<20} {'mean':>10} {'median':>10} {f'{pct}% lo':>10} {f'{pct}% hi':>10}", highlight=False)
+    for name, row in result["targets"].items():
+        console.print(f"{name:<20} {row['mean']:>10.4g} {row['median']:>10.4g} {row['lo']:>10.4g} {row['hi']:>10.4g}", highlight=False)
+
+
+@app.command()
+@exits_cleanly
+def allocate(
+    posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
+    budget: Annotated[float, typer.Option("--budget", help="Total data budget in the grid's data units.")],
+    objective: Annotated[str, typer.Option("--objective", help="mean | cvar:GAMMA (e.g. cvar:0.9)")] = "mean",
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Target weights, e.g. ct=2,pet=1 (default 1 each).")] = None,
+    max_: Annotated[Optional[str], typer.Option("--max", help="Available data per source, e.g. ct=400,pet=80.")] = None,
+    min_: Annotated[Optional[str], typer.Option("--min", help="Least data per source, e.g. pet=10.")] = None,
+    interval: Annotated[float, typer.Option("--interval")] = 0.9,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON.")] = None,
+):
+    """The allocation of the budget over sources that minimises the posterior risk."""
+    from bayescale.allocate import allocate as solve
+    from bayescale.posterior import law_draws, load_posterior
+
+    draws = law_draws(load_posterior(posterior))
+    result = solve(
+        draws,
+        budget,
+        objective=objective,
+        weights=parse_mapping(weights, "--weights") or None,
+        upper=parse_mapping(max_, "--max") or None,
+        lower=parse_mapping(min_, "--min") or None,
+        interval=interval,
+    )
+    if json_out:
+        write_json(json_out, result)
+    print_allocation(result)
+
+
+def print_allocation(result: dict) -> None:
+    console.print(f"status {result['status']} · objective {result['objective']} = {result['objective_value']:.5g}", highlight=False)
+    console.print(f"{'source':<20} {'amount':>10} {'share':>8}", highlight=False)
+    for name, amount in result["allocation"].items():
+        console.print(f"{name:<20} {amount:>10.4g} {result['fractions'][name]:>8.1%}", highlight=False)
+    for name, base in result.get("baselines", {}).items():
+        console.print(f"baseline {name:<11} objective {base['objective_value']:.5g}", highlight=False)
+
+
+@app.command()
+@exits_cleanly
+def check(
+    posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
+    grid: Annotated[Path, typer.Argument(help="The grid with held-out runs (split == 'holdout').")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON.")] = None,
+):
+    """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage."""
+    from bayescale.check import check_holdout
+    from bayescale.grid import load_grid
+    from bayescale.posterior import law_draws, load_posterior
+
+    scores = check_holdout(law_draws(load_posterior(posterior)), load_grid(grid), where=str(grid))
+    if json_out:
+        write_json(json_out, scores)
+    console.print(
+        f"held-out cells {scores['n']} · Pearson r {scores['pearson_r']:.4f} · median |rel. error| {scores['median_abs_rel_error']:.2%} · "
+        f"coverage 50% {scores['coverage_50']:.0%} · 90% {scores['coverage_90']:.0%}",
+        highlight=False,
+    )
+
+
+@app.command()
+@exits_cleanly
+def report(
+    posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
+    grid: Annotated[Path, typer.Option("--grid", help="The grid the posterior was fitted to.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.html and its PNG figures.")],
+    budget: Annotated[Optional[float], typer.Option("--budget", help="Budget for the allocation section (default: 2x the largest fit budget).")] = None,
+):
+    """Write an HTML report with figures: scaling curves, transfer matrix, allocation, held-out check."""
+    from bayescale.grid import load_grid
+    from bayescale.pipeline import report_for
+    from bayescale.posterior import load_posterior
+
+    path = report_for(load_posterior(posterior), load_grid(grid), out, budget=budget, grid_name=str(grid))
+    console.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+@exits_cleanly
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for fit.nc, allocation.json, check.json, report.html.")] = Path("demo-out"),
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="Grid to run on (default: the shipped data/grids/default.nc).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+):
+    """The main job end to end on the shipped grid: fit, allocate, check, report."""
+    from bayescale.pipeline import run_demo
+
+    run_demo(out, grid=grid, seed=seed, console=console)
+
+
+def main() -> None:
+    # Click's own usage errors already exit with status 2; ours do the same via exits_cleanly.
+    app(prog_name="bayescale")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The end-to-end job: grid -> posterior -> allocation -> held-out check -> report.
+
+``run_demo`` is what ``bayescale demo`` (and ``make demo``) runs on the shipped default;
+each finished stage's file is kept, so an interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from pathlib import Path
+
+import xarray as xr
+
+from bayescale import grid as grids
+from bayescale.errors import InputError
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_CONFIG = REPO_DATA / "configs" / "demo.toml"
+
+
+def load_demo_config(path: Path = DEFAULT_CONFIG) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: demo config not found (run from a checkout of bayescale)")
+    with path.open("rb") as fh:
+        config = tomllib.load(fh)
+    config["grid"] = str((path.parent / config["grid"]).resolve())
+    return config
+
+
+def default_budget(grid: xr.Dataset) -> float:
+    """Twice the largest fit budget: a decision beyond what the grid has trained."""
+    budgets = grids.run_budgets(grids.select_split(grid, "fit"))
+    return float(2 * budgets.max())
+
+
+def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = None, allocation: dict | None = None,
+               grid_name: str = "", objective: str = "mean", upper: dict | None = None) -> Path:
+    """Compute what the report shows (allocation, held-out predictions, diagnostics) and write it."""
+    from bayescale.allocate import allocate
+    from bayescale.check import holdout_predictions, score_predictions
+    from bayescale.posterior import diagnostics, law_draws
+    from bayescale.report import write_report
+
+    draws = law_draws(idata)
+    if allocation is None:
+        allocation = allocate(draws, budget or default_budget(grid), objective=objective, upper=upper)
+    holdout = scores = None
+    if "split" in grid.coords and (grid["split"] == "holdout").any():
+        holdout = holdout_predictions(draws, grid, where=grid_name or "grid")
+        scores = score_predictions(holdout)
+    return write_report(
+        out, idata=idata, grid=grid, allocation=allocation, holdout=holdout, scores=scores, diagnostics=diagnostics(idata)
+    )
+
+
+def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None, config_path: Path = DEFAULT_CONFIG) -> dict:
+    """Fit, allocate, check and report on the shipped grid; returns the summary it prints."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bayescale.allocate import allocate
+    from bayescale.check import check_holdout
+    from bayescale.cli import write_json
+    from bayescale.fit import fit
+    from bayescale.posterior import diagnostics, format_diagnostics, law_draws, save_posterior
+
+    console = console or Console()
+    config = load_demo_config(config_path)
+    grid_path = Path(grid) if grid else Path(config["grid"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    ds = grids.load_grid(grid_path)
+    console.rule("bayescale demo")
+    console.print(grids.format_grid_summary(grids.grid_summary(ds)), highlight=False)
+
+    fit_cfg = config.get("fit", {})
+    fit_path = out / "fit.nc"
+    t0 = time.perf_counter()
+    idata = _reuse_fit(fit_path, ds, fit_cfg, seed)
+    if idata is None:
+        console.print(f"[bold]fit[/] NUTS, {fit_cfg.get('chains', 4)} chains in parallel…")
+        idata = fit(ds, seed=seed, progress=True, grid_name=str(grid_path), **fit_cfg)
+        save_posterior(idata, fit_path)
+    else:
+        console.print(f"[bold]fit[/] reusing {fit_path} (same grid, same settings)")
+    timings["fit"] = time.perf_counter() - t0
+    diag = diagnostics(idata)
+    console.print("diagnostics: " + format_diagnostics(diag), highlight=False)
+    if not diag["ok"]:
+        console.print("[bold red]WARNING: sampler diagnostics are bad; intervals are not to be trusted[/]")
+    draws = law_draws(idata)
+
+    alloc_cfg = config.get("allocate", {})
+    t0 = time.perf_counter()
+    budget = float(alloc_cfg.get("budget", default_budget(ds)))
+    objective = alloc_cfg.get("objective", "mean")
+    upper = alloc_cfg.get("available") or None
+    allocation = allocate(draws, budget, objective=objective, upper=upper, weights=alloc_cfg.get("weights"))
+    write_json(out / "allocation.json", allocation)
+    timings["allocate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    scores = check_holdout(draws, ds, where=str(grid_path))
+    write_json(out / "check.json", scores)
+    timings["check"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    report_path = report_for(idata, ds, out, allocation=allocation, grid_name=str(grid_path))
+    timings["report"] = time.perf_counter() - t0
+
+    table = Table(title=f"allocation of {budget:g} {ds.attrs.get('data_unit', 'units')} ({objective})")
+    table.add_column("source")
+    table.add_column("recommended", justify="right")
+    for name in allocation["baselines"]:
+        table.add_column(name, justify="right")
+    for src in allocation["allocation"]:
+        row = [src, f"{allocation['fractions'][src]:.1%}"]
+        for base in allocation["baselines"].values():
+            amount = base["allocation"][src]
+            row.append(f"{amount / budget:.1%}")
+        table.add_row(*row)
+    table.add_row(
+        "objective", f"{allocation['objective_value']:.4g}", *[f"{b['objective_value']:.4g}" for b in allocation["baselines"].values()]
+    )
+    console.print(table)
+    console.print(
+        f"held-out check: {scores['n']} cells · Pearson r {scores['pearson_r']:.4f} · median |rel. err.| "
+        f"{scores['median_abs_rel_error']:.2%} · coverage 50% {scores['coverage_50']:.0%}, 90% {scores['coverage_90']:.0%}",
+        highlight=False,
+    )
+    console.print("stage times: " + " · ".join(f"{k} {v:.1f}s" for k, v in timings.items()), highlight=False)
+    console.print(f"outputs in {out}/: fit.nc allocation.json check.json {report_path.name}", highlight=False)
+    return {"diagnostics": diag, "allocation": allocation, "check": scores, "timings": timings, "report": str(report_path)}
+
+
+def _reuse_fit(path: Path, ds: xr.Dataset, fit_cfg: dict, seed: int):
+    """A finished fit of this very grid with these settings, or None (then the stage reruns)."""
+    from bayescale.fit import grid_fingerprint
+    from bayescale.posterior import load_posterior
+
+    if not path.is_file():
+        return None
+    try:
+        idata = load_posterior(path)
+    except InputError:
+        return None
+    attrs = idata.attrs
+    same = (
+        attrs.get("grid_fingerprint") == grid_fingerprint(ds)
+        and int(attrs.get("seed", -1)) == seed
+        and attrs.get("law") == fit_cfg.get("law", "transfer")
+    )
+    post = idata["posterior"]
+    same = same and post.sizes["chain"] == fit_cfg.get("chains", 4) and post.sizes["draw"] == fit_cfg.get("draws", 500)
+    return idata if same else None

@@ -1,0 +1,250 @@
+"""Tests for the report: figure functions and the self-contained HTML with its PNG files."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import re
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from bayescale import report
+from bayescale.allocate import allocate
+from bayescale.check import holdout_predictions, score_predictions
+from bayescale.fit import fit
+from bayescale.posterior import diagnostics, law_draws
+from bayescale.simulate import draw_world, simulate_grid
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EMBEDDED = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+BUDGET = 200.0
+UPPER = {"d1": 120.0, "d2": 90.0, "d3": 60.0}
+
+
+@pytest.fixture(scope="module")
+def world():
+    """One small fit (3 domains) and everything the report shows, computed once for the module."""
+    grid = simulate_grid(draw_world(3, seed=0), seed=0)
+    idata = fit(grid, chains=2, warmup=150, draws=100, seed=0)
+    draws = law_draws(idata)
+    allocation = allocate(draws, BUDGET, upper=UPPER)
+    holdout = holdout_predictions(draws, grid)
+    return {
+        "grid": grid,
+        "idata": idata,
+        "draws": draws,
+        "allocation": allocation,
+        "holdout": holdout,
+        "scores": score_predictions(holdout),
+        "diagnostics": diagnostics(idata),
+    }
+
+
+@pytest.fixture(scope="module")
+def full_report(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "nested" / "out"
+    path = report.write_report(
+        out,
+        idata=world["idata"],
+        grid=world["grid"],
+        allocation=world["allocation"],
+        holdout=world["holdout"],
+        scores=world["scores"],
+        diagnostics=world["diagnostics"],
+        title="Report <for> CT & MRI",
+    )
+    return out, path, path.read_text()
+
+
+def embedded_pngs(text: str) -> list[bytes]:
+    return [base64.b64decode(chunk, validate=True) for chunk in EMBEDDED.findall(text)]
+
+
+def assert_valid_png(png: bytes) -> None:
+    assert png.startswith(PNG_SIGNATURE)
+    image = mpimg.imread(io.BytesIO(png), format="png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+# --------------------------------------------------------------------------------------
+# the full report
+
+
+def test_full_report_embeds_every_figure_as_a_valid_png_and_saves_it(full_report):
+    out, path, text = full_report
+    assert path == out / "report.html" and path.is_file()
+    pngs = embedded_pngs(text)
+    assert text.count("data:image/png;base64,") == len(report.FIGURE_NAMES) == len(pngs) == 4
+    for name, png in zip(report.FIGURE_NAMES, pngs):
+        assert_valid_png(png)
+        on_disk = out / f"{name}.png"
+        assert on_disk.is_file()
+        assert on_disk.read_bytes() == png  # the same figure, embedded and beside the page
+    # No temporary files left behind by the atomic writes.
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{n}.png" for n in report.FIGURE_NAMES), "report.html"])
+
+
+def test_full_report_is_self_contained_and_escapes_text(full_report):
+    _, _, text = full_report
+    assert text.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)
+    assert "<script" not in text and "<link" not in text and "@import" not in text and "url(" not in text
+    assert "<title>Report &lt;for&gt; CT &amp; MRI</title>" in text
+    assert "Report <for>" not in text
+    for heading in ("Grid", "Convergence diagnostics", "Scaling curves", "Transfer between domains",
+                    "Recommended allocation", "Held-out check"):
+        assert f"<h2>{heading}</h2>" in text
+    assert "omitted" not in text
+
+
+def test_full_report_shows_the_input_numbers(world, full_report):
+    _, _, text = full_report
+    diag = world["diagnostics"]
+    assert f"{diag['max_rhat']:.3f}" in text
+    assert f">{diag['min_ess_bulk']:.0f}<" in text
+    assert f">{diag['min_ess_tail']:.0f}<" in text
+    assert f">{diag['divergences']}<" in text
+    assert f">{diag['min_bfmi']:.2f}<" in text
+    assert f">{diag['draws']}<" in text
+
+    alloc = world["allocation"]
+    for source, amount in alloc["allocation"].items():
+        assert f">{source}<" in text
+        assert f">{amount:.2f}<" in text
+        assert f">{100 * alloc['fractions'][source]:.1f} %<" in text
+    assert set(alloc["baselines"]) == {"uniform", "proportional"}
+    for name, base in alloc["baselines"].items():
+        assert f"{name} share" in text
+        assert f">{base['objective_value']:.5g}<" in text
+        for amount in base["allocation"].values():
+            assert f">{amount:.2f}<" in text
+    assert f">{alloc['objective_value']:.5g}<" in text
+    assert f"<b>{alloc['shadow_price']:.4g}</b>" in text
+    for target, pred in alloc["predicted"].items():
+        assert f"{pred['mean']:.4f} [{pred['lo']:.4f}, {pred['hi']:.4f}]" in text
+
+    scores = world["scores"]
+    assert f">{scores['pearson_r']:.3f}<" in text
+    assert f">{100 * scores['coverage_90']:.0f} %<" in text
+    assert f">{scores['n']}<" in text
+    assert world["grid"].attrs["description"] in text
+
+
+# --------------------------------------------------------------------------------------
+# optional sections
+
+
+def test_report_without_optional_inputs_omits_their_sections(world, tmp_path):
+    # A figure left by an earlier, fuller report must not survive into this one.
+    (tmp_path / "allocation.png").write_bytes(b"stale")
+    (tmp_path / "holdout.png").write_bytes(b"stale")
+    path = report.write_report(tmp_path, idata=world["idata"], grid=world["grid"])
+    text = path.read_text()
+    pngs = embedded_pngs(text)
+    assert len(pngs) == 2
+    for png in pngs:
+        assert_valid_png(png)
+    assert (tmp_path / "scaling_curves.png").is_file() and (tmp_path / "transfer_matrix.png").is_file()
+    assert not (tmp_path / "allocation.png").exists() and not (tmp_path / "holdout.png").exists()
+    assert "No allocation was given" in text
+    assert "No held-out predictions were given" in text
+    assert "No diagnostics were given" in text
+    assert 'id="fig-allocation"' not in text and 'id="fig-holdout"' not in text
+    assert "shadow price" not in text and "coverage" not in text
+    assert "<title>bayescale report</title>" in text
+
+
+def test_diagnostics_table_flags_bad_values_red():
+    bad = {"max_rhat": 1.0523, "min_ess_bulk": 87.0, "min_ess_tail": 950.0, "divergences": 3, "min_bfmi": 0.12,
+           "draws": 400, "chains": 2, "ok": False}
+    text = report._diagnostics_html(bad)
+    assert '<td class="bad">1.052</td>' in text
+    assert '<td class="bad">87</td>' in text
+    assert '<td class="good">950</td>' in text
+    assert '<td class="bad">3</td>' in text
+    assert '<td class="bad">0.12</td>' in text
+    assert "failed" in text
+    good = dict(bad, max_rhat=1.004, min_ess_bulk=800.0, divergences=0, min_bfmi=0.9, ok=True)
+    text = report._diagnostics_html(good)
+    assert 'class="bad"' not in text and "converged" in text
+
+
+# --------------------------------------------------------------------------------------
+# figure functions
+
+
+def test_scaling_curves_has_one_panel_per_target_with_every_observed_point(world):
+    draws, grid = world["draws"], world["grid"]
+    fig = report.plot_scaling_curves(draws, grid)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == len(draws.targets) == 3
+    budgets = grid["data"].sum("source").values
+    for ax, target in zip(fig.axes, draws.targets):
+        assert ax.get_title() == target
+        assert ax.get_xscale() == "log"
+        points = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+        observed = grid["loss"].sel(target=target).values
+        expected = np.column_stack([budgets, observed])[np.isfinite(observed)]
+        assert sorted(map(tuple, np.round(points, 9))) == sorted(map(tuple, np.round(expected, 9)))
+        # Own-source curve, uniform-mix curve, baseline line; curves span up to 2x the largest budget.
+        curves = [line for line in ax.lines if len(line.get_xdata()) > 2]
+        assert len(curves) == 2
+        assert np.isclose(max(curves[0].get_xdata()), 2 * budgets.max())
+        assert np.isclose(min(curves[0].get_xdata()), budgets.min())
+        baseline = float(grid["baseline_loss"].sel(target=target))
+        assert any(np.allclose(line.get_ydata(), baseline) for line in ax.lines if len(line.get_xdata()) == 2)
+    assert len(fig.legends) == 1
+
+
+def test_transfer_matrix_annotates_means_and_marks_self(world):
+    draws = world["draws"]
+    fig = report.plot_transfer_matrix(draws)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 2  # heatmap and colour bar
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts.count("self") == len(draws.sources)
+    mean = draws.T.mean(axis=0)
+    for i in range(len(draws.sources)):
+        for j in range(len(draws.targets)):
+            if i != j:
+                assert report._short(mean[i, j]) in texts
+
+
+def test_transfer_matrix_handles_a_law_without_transfer(world):
+    draws = world["draws"]
+    independent = dataclasses.replace(draws, T=draws.T * draws.self_mask[None], law="independent")
+    fig = report.plot_transfer_matrix(independent)
+    assert len(fig.axes) == 2
+    assert_valid_png(report._figure_png(fig))
+
+
+def test_allocation_plot_bars_are_the_shares(world):
+    alloc = world["allocation"]
+    fig = report.plot_allocation(alloc)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    bars = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
+    n_sources, n_strategies = len(alloc["allocation"]), 1 + len(alloc["baselines"])
+    assert len(bars) == n_sources * n_strategies
+    heights = [b.get_height() for b in bars[:n_sources]]
+    assert np.allclose(heights, [100 * f for f in alloc["fractions"].values()])
+    # One set of loss points with intervals per strategy that carries predictions.
+    assert len(fig.axes[1].containers) == n_strategies
+
+
+def test_holdout_plot_shows_every_observed_cell(world):
+    holdout, scores = world["holdout"], world["scores"]
+    fig = report.plot_holdout(holdout, scores)
+    assert isinstance(fig, Figure) and len(fig.axes) == 1
+    ax = fig.axes[0]
+    points = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
+    assert len(points) == scores["n"] == int(np.isfinite(holdout["observed"].values).sum())
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert f"r = {scores['pearson_r']:.3f}" in ax.get_title()
+    # Without scores the plot scores the predictions itself.
+    assert f"r = {scores['pearson_r']:.3f}" in report.plot_holdout(holdout).axes[0].get_title()

@@ -1,0 +1,42 @@
+"""Shared fixtures: one small simulated world and its NUTS fit per test worker."""
+
+from __future__ import annotations
+
+import bayescale  # noqa: F401  (sets the XLA host device count before JAX starts)
+import pytest
+
+from bayescale.fit import fit
+from bayescale.grid import save_grid
+from bayescale.posterior import law_draws, save_posterior
+from bayescale.simulate import draw_world, simulate_grid
+
+
+@pytest.fixture(scope="session")
+def small_world():
+    return draw_world(4, seed=11)
+
+
+@pytest.fixture(scope="session")
+def small_grid(small_world):
+    return simulate_grid(small_world, seed=11)
+
+
+@pytest.fixture(scope="session")
+def small_fit(small_grid):
+    """A real (short) NUTS fit of the small world: 2 chains x 300 draws."""
+    return fit(small_grid, chains=2, warmup=300, draws=300, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_draws(small_fit):
+    return law_draws(small_fit)
+
+
+@pytest.fixture(scope="session")
+def small_files(tmp_path_factory, small_grid, small_fit):
+    """The small grid and posterior on disk, for command-line tests."""
+    folder = tmp_path_factory.mktemp("small")
+    grid_path, fit_path = folder / "grid.nc", folder / "fit.nc"
+    save_grid(small_grid, grid_path)
+    save_posterior(small_fit, fit_path)
+    return grid_path, fit_path
