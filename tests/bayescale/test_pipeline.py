@@ -1,0 +1,42 @@
+"""The demo job end to end on the shipped grid (short chains), and its resumption."""
+
+import json
+
+from rich.console import Console
+
+from bayescale.pipeline import DEFAULT_CONFIG, run_demo
+
+
+def short_config(tmp_path):
+    text = DEFAULT_CONFIG.read_text()
+    text = text.replace('grid = "../grids/default.nc"', f'grid = "{DEFAULT_CONFIG.parent.parent / "grids" / "default.nc"}"')
+    text = text.replace("warmup = 500", "warmup = 200").replace("draws = 500", "draws = 200").replace("chains = 4", "chains = 2")
+    path = tmp_path / "demo.toml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_writes_every_output_and_resumes(tmp_path):
+    config = short_config(tmp_path)
+    out = tmp_path / "demo"
+    console = Console(record=True, width=120)
+    summary = run_demo(out, console=console, config_path=config)
+    for name in ("fit.nc", "allocation.json", "check.json", "report.html"):
+        assert (out / name).is_file(), name
+    allocation = json.loads((out / "allocation.json").read_text())
+    assert allocation["status"] == "optimal" and allocation["objective"] == "cvar:0.9"
+    assert abs(sum(allocation["allocation"].values()) - 256) < 1e-3 * 256
+    assert allocation["allocation"]["pet_wholebody"] <= 60 * (1 + 1e-6)  # availability cap
+    assert set(allocation["baselines"]) == {"uniform", "proportional"}
+    check = json.loads((out / "check.json").read_text())
+    assert check["n"] == 50 and check["pearson_r"] > 0.95
+    text = console.export_text()
+    assert "held-out check" in text and "diagnostics" in text
+
+    # A second run reuses the finished fit instead of sampling again.
+    mtime = (out / "fit.nc").stat().st_mtime_ns
+    console = Console(record=True, width=120)
+    run_demo(out, console=console, config_path=config)
+    assert (out / "fit.nc").stat().st_mtime_ns == mtime
+    assert "reusing" in console.export_text()
+    assert summary["timings"]["fit"] > 0
