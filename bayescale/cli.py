@@ -115,7 +115,7 @@ def fit(
     likelihood: Annotated[str, typer.Option("--likelihood", help="normal | student_t (heavy tails for outlier runs)")] = "normal",
     chains: Annotated[int, typer.Option("--chains")] = 4,
     warmup: Annotated[int, typer.Option("--warmup")] = 500,
-    draws: Annotated[int, typer.Option("--draws")] = 500,
+    draws: Annotated[int, typer.Option("--draws")] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show NUTS progress bars.")] = True,
 ):
@@ -256,6 +256,71 @@ def demo(
     from bayescale.pipeline import run_demo
 
     run_demo(out, grid=grid, seed=seed, console=console)
+
+
+# --- trainers (need the [train] extra) ---
+
+
+def _import_trainers(what: str):
+    """Import trainers lazily: bayescale itself must import without torch."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("trainers") is None:
+        # A source checkout: trainers/ sits next to bayescale/ but is not an installed package.
+        root = Path(__file__).resolve().parents[1]
+        if (root / "trainers" / "__init__.py").exists():
+            sys.path.append(str(root))
+    try:
+        return importlib.import_module(what)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or str(exc)
+        raise InputError(
+            f"this command needs the training extra ({missing} is not importable); install it with pip install -e '.[train]'"
+        ) from None
+
+
+@app.command()
+@exits_cleanly
+def phantoms(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the NIfTI phantoms (one subfolder per domain).")],
+    per_domain: Annotated[int, typer.Option("--per-domain", help="Volumes per domain.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the phantom population.")] = 0,
+):
+    """Write procedural CT, MRI and PET phantom volumes (NIfTI) for training runs."""
+    if per_domain < 1:
+        raise InputError(f"--per-domain {per_domain}: expected at least 1")
+    if seed < 0:
+        raise InputError(f"--seed {seed}: expected a seed >= 0")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    module = _import_trainers("trainers.phantoms")
+    written = module.write_phantoms(out, per_domain=per_domain, seed=seed)
+    total = sum(len(paths) for paths in written.values())
+    console.print(f"wrote {total} volumes ({per_domain} per domain, seed {seed}) under {out}", highlight=False)
+
+
+@app.command()
+@exits_cleanly
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config (.toml): data, model, training and design.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the loss grid (.nc); run records go to OUT.records/.")],
+    executor: Annotated[str, typer.Option("--executor", help="local | ray")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (with --executor ray).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Runs in parallel (default: CPU cores / threads per run).")] = None,
+    collect_only: Annotated[bool, typer.Option("--collect-only", help="Only rebuild the grid from the finished runs' records.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+):
+    """Train the config's runs (skipping finished ones) and write their loss grid."""
+    refuse_overwrite_of_input(out, config)
+    run = _import_trainers("trainers.run")
+    result = run.train_grid(config, out, executor=executor, address=address, workers=workers, collect_only=collect_only,
+                            progress=progress, console=console)
+    from bayescale.grid import format_grid_summary, grid_summary, load_grid
+
+    what = "collected" if collect_only else f"trained {result.trained}, skipped {result.skipped} finished"
+    console.print(f"wrote {result.out} ({result.runs} runs; {what}; {result.seconds:.0f}s); records in {result.records_dir}", highlight=False)
+    console.print(format_grid_summary(grid_summary(load_grid(result.out))), highlight=False)
 
 
 def main() -> None:

@@ -90,7 +90,8 @@ def fit(
     warmup: int = 500,
     draws: int = 500,
     seed: int = 0,
-    target_accept: float = 0.9,
+    target_accept: float = 0.95,
+    dense_mass: bool = False,
     progress: bool = False,
     grid_name: str = "",
 ):
@@ -112,7 +113,7 @@ def fit(
 
     # Chains run in parallel when the host exposes enough XLA devices (set in bayescale/__init__).
     method = "parallel" if jax.local_device_count() >= chains else "sequential"
-    kernel = NUTS(transfer_law_model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=25))
+    kernel = NUTS(transfer_law_model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=25), dense_mass=dense_mass)
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=method, progress_bar=progress)
     mcmc.run(jax.random.PRNGKey(seed), data, law=law, likelihood=likelihood, extra_fields=("diverging", "energy"))
 

@@ -10,7 +10,7 @@ from bayescale.pipeline import DEFAULT_CONFIG, run_demo
 def short_config(tmp_path):
     text = DEFAULT_CONFIG.read_text()
     text = text.replace('grid = "../grids/default.nc"', f'grid = "{DEFAULT_CONFIG.parent.parent / "grids" / "default.nc"}"')
-    text = text.replace("warmup = 500", "warmup = 200").replace("draws = 500", "draws = 200").replace("chains = 4", "chains = 2")
+    text = text.replace("warmup = 500", "warmup = 200").replace("draws = 1000", "draws = 200").replace("chains = 4", "chains = 2")
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return path
