@@ -23,8 +23,8 @@ from bayescale.errors import InputError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Bayesian transfer scaling laws and risk-aware data allocation.")
 grid_app = typer.Typer(no_args_is_help=True, help="Inspect loss grids.")
 app.add_typer(grid_app, name="grid")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def exits_cleanly(fn):
@@ -110,38 +110,101 @@ def simulate(
 @exits_cleanly
 def fit(
     grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")],
-    out: Annotated[Path, typer.Option("--out", help="Where to write the posterior (.nc).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the posterior (.nc); with --prior-only, the check as JSON.")] = None,
     law: Annotated[str, typer.Option("--law", help="transfer | linear | independent")] = "transfer",
     likelihood: Annotated[str, typer.Option("--likelihood", help="normal | student_t (heavy tails for outlier runs)")] = "normal",
+    method: Annotated[str, typer.Option("--method", help="nuts | svi (fast, approximate)")] = "nuts",
     chains: Annotated[int, typer.Option("--chains")] = 4,
     warmup: Annotated[int, typer.Option("--warmup")] = 500,
     draws: Annotated[int, typer.Option("--draws")] = 1000,
+    svi_steps: Annotated[int, typer.Option("--svi-steps", help="Optimisation steps for --method svi.")] = 5000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show NUTS progress bars.")] = True,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 unless r-hat <= 1.01, no divergences and bulk ESS >= 400.")] = False,
+    prior_only: Annotated[bool, typer.Option("--prior-only", help="Prior predictive check only: do the priors cover the observed losses?")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ):
-    """Fit the hierarchical transfer law to the grid's fit runs with NUTS."""
+    """Fit the hierarchical transfer law to the grid's fit runs (NUTS, or SVI as a fast approximation)."""
     from bayescale.fit import fit as fit_law
+    from bayescale.fit import prior_predictive
     from bayescale.grid import load_grid
     from bayescale.posterior import diagnostics, format_diagnostics, save_posterior
 
-    refuse_overwrite_of_input(out, grid)
+    if out is None and not prior_only:
+        raise InputError("--out is required (where to write the posterior)")
+    if out is not None:
+        refuse_overwrite_of_input(out, grid)
     ds = load_grid(grid)
+    if prior_only:
+        check = prior_predictive(ds, law=law, likelihood=likelihood, draws=draws, seed=seed)
+        console.print(f"prior predictive check ({law} law, {draws} draws) at the grid's fit runs:", highlight=False)
+        console.print(f"{'target':<20} {'observed min..max':>22} {'prior 5%..95%':>22} {'obs inside 90%':>15}", highlight=False)
+        for name, row in check["targets"].items():
+            o, p = row["observed"], row["prior_predictive"]
+            console.print(
+                f"{name:<20} {o['min']:>10.4g}..{o['max']:<10.4g} {p['q05']:>10.4g}..{p['q95']:<10.4g} {row['observed_inside_90']:>14.0%}",
+                highlight=False,
+            )
+        if out is not None:
+            write_json(out, check)
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        idata = fit_law(ds, law=law, likelihood=likelihood, chains=chains, warmup=warmup, draws=draws, seed=seed, progress=progress, grid_name=str(grid))
+        idata = fit_law(
+            ds, law=law, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws,
+            svi_steps=svi_steps, seed=seed, progress=progress, grid_name=str(grid),
+        )
     for w in caught:
         if issubclass(w.category, UserWarning) and "bayescale" in str(w.filename):
             err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     save_posterior(idata, out)
     diag = diagnostics(idata)
-    console.print(f"wrote {out}  ({law} law, {likelihood} likelihood)", highlight=False)
+    console.print(f"wrote {out}  ({law} law, {likelihood} likelihood, {method})", highlight=False)
     console.print("diagnostics: " + format_diagnostics(diag), highlight=False)
-    if not diag["ok"]:
+    if diag["approximate"]:
+        err_console.print("[bold yellow]NOTE: SVI gives an approximate posterior[/]; its intervals are not NUTS intervals.", highlight=False)
+    elif not diag["ok"]:
         err_console.print(
             "[bold red]WARNING: the sampler did not converge cleanly[/] (want r-hat <= 1.01, no divergences, bulk ESS >= 400); "
             "do not trust these intervals — rerun with more --warmup/--draws or check the grid.",
             highlight=False,
         )
+        if strict:
+            raise typer.Exit(1)
+
+
+@app.command()
+@exits_cleanly
+def compare(
+    posteriors: Annotated[list[Path], typer.Argument(help="Two or more posteriors of the same grid.")],
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="The grid, to add each fit's held-out score.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
+):
+    """Compare fits by PSIS-LOO (with Pareto-k warnings) and, given --grid, by their held-out score."""
+    from bayescale.compare import compare_fits
+    from bayescale.grid import load_grid
+    from bayescale.posterior import load_posterior
+
+    fits = {str(p): load_posterior(p) for p in posteriors}
+    rows = compare_fits(fits, load_grid(grid) if grid else None)
+    if json_out:
+        write_json(json_out, {"fits": rows})
+    console.print(
+        f"{'fit':<28} {'law':<12} {'elpd_loo':>10} {'se':>7} {'Δelpd':>8} {'p_loo':>7} {'k>0.7':>6} {'r':>7} {'cov90':>6}",
+        highlight=False,
+    )
+    for row in rows:
+        held = row.get("holdout") or {}
+        console.print(
+            f"{Path(row['fit']).name:<28} {row['law']:<12} {row['elpd_loo']:>10.1f} {row['se']:>7.1f} {row['elpd_diff']:>8.1f} "
+            f"{row['p_loo']:>7.1f} {row['pareto_k_bad']:>6d} {held.get('pearson_r', float('nan')):>7.4f} {held.get('coverage_90', float('nan')):>6.0%}",
+            highlight=False,
+        )
+    for row in rows:
+        if row["pareto_k_bad"]:
+            err_console.print(
+                f"[yellow]warning:[/] {row['fit']}: {row['pareto_k_bad']} observations with Pareto k > 0.7; LOO is unreliable there",
+                highlight=False,
+            )
 
 
 @app.command()

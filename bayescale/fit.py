@@ -81,58 +81,56 @@ DIMS = {
 }
 
 
+METHODS = ("nuts", "svi")
+
+
 def fit(
     grid: xr.Dataset,
     *,
     law: str = "transfer",
     likelihood: str = "normal",
+    method: str = "nuts",
     chains: int = 4,
     warmup: int = 500,
     draws: int = 500,
     seed: int = 0,
     target_accept: float = 0.95,
     dense_mass: bool = False,
+    svi_steps: int = 5000,
     progress: bool = False,
     grid_name: str = "",
 ):
-    """Sample the posterior of the transfer law on the grid's fit runs with NUTS.
+    """Fit the transfer law to the grid's fit runs; returns a posterior per the contract.
 
-    Returns an ArviZ DataTree with the groups and variables of the posterior contract.
+    ``method="nuts"`` samples with NUTS (chains in parallel where XLA has the devices).
+    ``method="svi"`` is the fast approximate path: a full-rank Gaussian guide fitted by
+    stochastic variational inference, then ``chains * draws`` draws from it in one chain;
+    its attrs say ``approximate = 1`` and it has no sampler diagnostics.
     """
-    import arviz as az
-    from numpyro.infer import MCMC, NUTS, init_to_median
-
     check_law(law)
     if likelihood not in LIKELIHOODS:
         raise InputError(f"--likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
-    for flag, value, least in (("--chains", chains, 1), ("--warmup", warmup, 1), ("--draws", draws, 1)):
+    if method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    for flag, value, least in (("--chains", chains, 1), ("--warmup", warmup, 1), ("--draws", draws, 1), ("--svi-steps", svi_steps, 1)):
         if value < least:
             raise InputError(f"{flag} must be >= {least}, got {value}")
     grid = grids.validate_grid(grid, grid_name or "grid")
     data, coords = model_data(grid)
-
-    # Chains run in parallel when the host exposes enough XLA devices (set in bayescale/__init__).
-    method = "parallel" if jax.local_device_count() >= chains else "sequential"
-    kernel = NUTS(transfer_law_model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=25), dense_mass=dense_mass)
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=method, progress_bar=progress)
-    mcmc.run(jax.random.PRNGKey(seed), data, law=law, likelihood=likelihood, extra_fields=("diverging", "energy"))
-
-    obs_coords = {k: coords[k] for k in ("source", "target", "obs")}
-    idata = az.from_numpyro(
-        mcmc,
-        log_likelihood=True,
-        coords=obs_coords,
-        dims={k: v for k, v in DIMS.items()},
-        constant_data={"data_scale": np.float64(coords["data_scale"])},
-    )
-    for group in ("observed_data", "log_likelihood"):
-        ds = idata[group].to_dataset().assign_coords(obs_run=coords["obs_run"], obs_target=coords["obs_target"])
-        idata[group] = xr.DataTree(ds)
+    model_kwargs = {"law": law, "likelihood": likelihood}
+    key = jax.random.PRNGKey(seed)
+    if method == "nuts":
+        samples, stats = _sample_nuts(data, model_kwargs, key, chains, warmup, draws, target_accept, dense_mass, progress)
+        extra_attrs = {}
+    else:
+        samples, stats, final_loss = _approximate_svi(data, model_kwargs, key, chains * draws, svi_steps, progress)
+        extra_attrs = {"approximate": 1, "svi_steps": svi_steps, "svi_final_loss": final_loss}
+    idata = _to_datatree(samples, stats, data, coords, model_kwargs)
     idata.attrs.update(
         {
             "law": law,
             "likelihood": likelihood,
-            "method": "nuts",
+            "method": method,
             "data_unit": str(grid.attrs.get("data_unit", "units")),
             "loss_name": str(grid.attrs.get("loss_name", "loss")),
             "data_scale": float(coords["data_scale"]),
@@ -140,9 +138,102 @@ def fit(
             "grid_fingerprint": grid_fingerprint(grid),
             "grid_description": str(grid.attrs.get("description", "")),
             "seed": seed,
+            **extra_attrs,
         }
     )
+    return idata
+
+
+def _sample_nuts(data, model_kwargs, key, chains, warmup, draws, target_accept, dense_mass, progress):
+    from numpyro.infer import MCMC, NUTS, init_to_median
+
+    # Chains run in parallel when the host exposes enough XLA devices (set in bayescale/__init__).
+    chain_method = "parallel" if jax.local_device_count() >= chains else "sequential"
+    kernel = NUTS(transfer_law_model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=25), dense_mass=dense_mass)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method, progress_bar=progress)
+    mcmc.run(key, data, extra_fields=("diverging", "energy", "num_steps"), **model_kwargs)
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    stats = {"diverging": np.asarray(extra["diverging"]), "energy": np.asarray(extra["energy"]), "n_steps": np.asarray(extra["num_steps"])}
+    return samples, stats
+
+
+def _approximate_svi(data, model_kwargs, key, n_draws, steps, progress):
+    import numpyro.optim as optim
+    from numpyro import handlers
+    from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_median
+    from numpyro.infer.autoguide import AutoMultivariateNormal
+
+    guide = AutoMultivariateNormal(transfer_law_model, init_loc_fn=init_to_median(num_samples=25))
+    svi = SVI(transfer_law_model, guide, optim.ClippedAdam(step_size=0.01), Trace_ELBO())
+    fit_key, draw_key = jax.random.split(key)
+    result = svi.run(fit_key, steps, data, progress_bar=progress, **model_kwargs)
+    if not np.isfinite(result.losses[-1]):
+        raise InputError("SVI diverged (non-finite ELBO); use --method nuts for this grid")
+    # Ask for every latent and deterministic site: by default Predictive returns only
+    # the sites the guide does not sample.
+    trace = handlers.trace(handlers.seed(transfer_law_model, 0)).get_trace(data, **model_kwargs)
+    sites = [name for name, site in trace.items() if site["type"] in ("sample", "deterministic") and not site.get("is_observed")]
+    predictive = Predictive(transfer_law_model, guide=guide, params=result.params, num_samples=n_draws, return_sites=sites)
+    draws = predictive(draw_key, data, **model_kwargs)
+    samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "log_loss"}
+    return samples, {}, float(np.mean(np.asarray(result.losses)[-100:]))
+
+
+def _to_datatree(samples: dict, stats: dict, data: ModelData, coords: dict, model_kwargs: dict):
+    """Samples shaped (chain, draw, ...) -> an ArviZ DataTree with the contract's groups."""
+    import arviz as az
+    from numpyro.infer import log_likelihood
+
+    chains, draws = next(iter(samples.values())).shape[:2]
+    flat = {k: v.reshape((chains * draws,) + v.shape[2:]) for k, v in samples.items()}
+    loglik = np.asarray(log_likelihood(transfer_law_model, flat, data, **model_kwargs)["log_loss"])
+    groups = {
+        "posterior": samples,
+        "log_likelihood": {"log_loss": loglik.reshape(chains, draws, -1)},
+        "observed_data": {"log_loss": np.asarray(data.log_loss)},
+        "constant_data": {"data_scale": np.float64(coords["data_scale"])},
+    }
+    if stats:
+        groups["sample_stats"] = stats
+    dims = {k: v for k, v in DIMS.items() if k in samples or k == "log_loss"}
+    idata = az.from_dict(groups, coords={k: coords[k] for k in ("source", "target", "obs")}, dims=dims)
+    for group in ("observed_data", "log_likelihood"):
+        ds = idata[group].to_dataset().assign_coords(obs_run=coords["obs_run"], obs_target=coords["obs_target"])
+        idata[group] = xr.DataTree(ds)
     post = idata["posterior"].to_dataset()
-    post.attrs["law"] = law
+    post.attrs["law"] = model_kwargs["law"]
     idata["posterior"] = xr.DataTree(post)
     return idata
+
+
+def prior_predictive(grid: xr.Dataset, *, law: str = "transfer", likelihood: str = "normal", draws: int = 1000, seed: int = 0) -> dict:
+    """Prior predictive check: do the priors, adapted to this grid, cover its observed losses?
+
+    Simulates ``draws`` worlds from the prior at the grid's own fit runs and compares, per
+    target, the central 90 % of the simulated losses with what was observed. Returns a
+    JSON-able dict with, per target, the observed min/median/max, the prior predictive
+    5/50/95 % quantiles, and the share of observed losses inside that 90 % band.
+    """
+    import dataclasses
+
+    from numpyro.infer import Predictive
+
+    check_law(law)
+    data, coords = model_data(grids.validate_grid(grid))
+    prior_data = dataclasses.replace(data, log_loss=None)
+    sim = Predictive(transfer_law_model, num_samples=draws)(jax.random.PRNGKey(seed), prior_data, law=law, likelihood=likelihood)
+    simulated = np.exp(np.asarray(sim["log_loss"]))  # (draws, M)
+    observed = np.exp(data.log_loss)
+    out = {"law": law, "draws": draws, "targets": {}}
+    for j, name in enumerate(coords["target"]):
+        cells = data.obs_target == j
+        lo, med, hi = np.quantile(simulated[:, cells], [0.05, 0.5, 0.95])
+        per_cell_lo, per_cell_hi = np.quantile(simulated[:, cells], [0.05, 0.95], axis=0)
+        inside = float(np.mean((per_cell_lo <= observed[cells]) & (observed[cells] <= per_cell_hi)))
+        out["targets"][name] = {
+            "observed": {"min": float(observed[cells].min()), "median": float(np.median(observed[cells])), "max": float(observed[cells].max())},
+            "prior_predictive": {"q05": float(lo), "median": float(med), "q95": float(hi)},
+            "observed_inside_90": inside,
+        }
+    return out

@@ -23,7 +23,7 @@ from bayescale.errors import InputError
 
 TARGET_PARAMS = ("E", "A", "alpha", "x0", "sigma")
 PAIR_PARAMS = ("T", "beta")
-REQUIRED_GROUPS = ("posterior", "sample_stats", "constant_data")
+REQUIRED_GROUPS = ("posterior", "constant_data")  # plus sample_stats for a sampler's (NUTS) posterior
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +110,8 @@ def _group(idata, name) -> xr.Dataset:
 def validate_posterior(idata, source: str = "posterior") -> None:
     """Check the posterior contract; raise :class:`InputError` naming what is missing."""
     children = set(idata.children)
-    for group in REQUIRED_GROUPS:
+    required = REQUIRED_GROUPS + (("sample_stats",) if idata.attrs.get("method", "nuts") == "nuts" else ())
+    for group in required:
         if group not in children:
             raise InputError(f"{source}: not a bayescale posterior (no {group!r} group)")
     post = idata["posterior"]
@@ -152,6 +153,12 @@ def diagnostics(idata) -> dict:
 
     names = [n for n in TARGET_PARAMS + PAIR_PARAMS + ("nu",) if n in idata["posterior"].data_vars]
     post = idata["posterior"].to_dataset()[names]
+    n_draws = int(post.sizes["chain"] * post.sizes["draw"])
+    if "sample_stats" not in idata.children:
+        # An approximate (SVI) posterior: independent draws, no sampler to diagnose.
+        return {"method": str(idata.attrs.get("method", "svi")), "approximate": True, "max_rhat": float("nan"),
+                "min_ess_bulk": float(n_draws), "min_ess_tail": float(n_draws), "divergences": 0,
+                "draws": n_draws, "chains": int(post.sizes["chain"]), "ok": True}
     # Fixed entries (T = 1 on a target's own source, beta = 1 in the linear law) have no
     # variance; their r-hat is NaN and says nothing, so they are dropped before the max.
     varying = post.std(("chain", "draw")) > 0
@@ -162,7 +169,6 @@ def diagnostics(idata) -> dict:
         ess_tail = az.ess(post, method="tail").where(varying)
     stats = idata["sample_stats"]
     divergences = int(stats["diverging"].sum()) if "diverging" in stats.data_vars else 0
-    n_draws = int(post.sizes["chain"] * post.sizes["draw"])
 
     def reduce(ds, fn):
         values = np.concatenate([np.ravel(ds[v].values) for v in ds.data_vars])
@@ -170,6 +176,8 @@ def diagnostics(idata) -> dict:
         return float(fn(values)) if values.size else float("nan")
 
     result = {
+        "method": "nuts",
+        "approximate": False,
         "max_rhat": reduce(rhat, np.max),
         "min_ess_bulk": reduce(ess_bulk, np.min),
         "min_ess_tail": reduce(ess_tail, np.min),
@@ -186,6 +194,8 @@ def diagnostics(idata) -> dict:
 
 
 def format_diagnostics(diag: dict) -> str:
+    if diag.get("approximate"):
+        return f"approximate posterior ({diag['method']}): {diag['draws']} independent draws; no sampler diagnostics — check against NUTS before trusting intervals"
     return (
         f"max r-hat {diag['max_rhat']:.3f} · min bulk ESS {diag['min_ess_bulk']:.0f} · "
         f"min tail ESS {diag['min_ess_tail']:.0f} · divergences {diag['divergences']}"

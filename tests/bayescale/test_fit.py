@@ -90,3 +90,24 @@ def test_bad_settings_are_clear_errors(small_grid):
     with pytest.raises(InputError, match="no runs with split == 'fit'"):
         g = small_grid.assign_coords(split=("run", ["holdout"] * small_grid.sizes["run"]))
         fit(g)
+
+
+def test_svi_is_a_fast_approximate_posterior_in_the_same_contract(small_grid):
+    idata = fit(small_grid, method="svi", draws=250, svi_steps=1500, seed=0)
+    validate_posterior(idata)
+    assert idata.attrs["method"] == "svi" and idata.attrs["approximate"] == 1
+    diag = diagnostics(idata)
+    assert diag["approximate"] and diag["draws"] == 4 * 250
+    draws = law_draws(idata)
+    truth = true_params(small_grid, draws.data_scale)
+    lo, hi = np.quantile(draws.alpha, [0.005, 0.995], axis=0)
+    assert np.mean((lo <= truth["alpha"].values) & (truth["alpha"].values <= hi)) >= 0.5
+
+
+def test_prior_predictive_covers_the_observed_losses(small_grid):
+    from bayescale.fit import prior_predictive
+
+    check = prior_predictive(small_grid, draws=300, seed=0)
+    for row in check["targets"].values():
+        assert row["prior_predictive"]["q05"] < row["observed"]["min"] and row["observed"]["max"] < row["prior_predictive"]["q95"]
+        assert row["observed_inside_90"] >= 0.9

@@ -1,0 +1,56 @@
+"""Model comparison: PSIS-LOO (ArviZ) and the held-out extrapolation score, in one table."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import xarray as xr
+
+from bayescale.errors import InputError
+
+
+def compare_fits(fits: dict, grid: xr.Dataset | None = None) -> list[dict]:
+    """One row per fit, best expected log predictive density (elpd_loo) first.
+
+    Each row: ``fit``, ``law``, ``method``, ``elpd_loo``, ``se``, ``p_loo``, ``elpd_diff``
+    (to the best fit; 0 for it), ``pareto_k_bad`` (observations whose Pareto k exceeds
+    ArviZ's sample-size-dependent threshold ``good_k``: LOO is unreliable there) and,
+    with ``grid``, ``holdout`` (the scores of :func:`bayescale.check.check_holdout`).
+    Fits must come from the same grid (the same observations), or LOO cannot compare them.
+    """
+    import arviz as az
+
+    from bayescale.check import check_holdout
+    from bayescale.posterior import law_draws
+
+    if len(fits) < 2:
+        raise InputError("compare needs at least two posteriors")
+    fingerprints = {name: idata.attrs.get("grid_fingerprint") for name, idata in fits.items()}
+    if len(set(fingerprints.values())) > 1:
+        first = next(iter(fingerprints))
+        other = next(n for n, f in fingerprints.items() if f != fingerprints[first])
+        raise InputError(f"{other} was fitted to a different grid than {first}; LOO compares fits of the same data only")
+    rows = []
+    for name, idata in fits.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the Pareto-k count below says it once, per fit
+            loo = az.loo(idata)
+        k = np.asarray(loo.pareto_k).ravel()
+        row = {
+            "fit": name,
+            "law": str(idata.attrs.get("law", "?")),
+            "method": str(idata.attrs.get("method", "nuts")),
+            "elpd_loo": float(loo.elpd),
+            "se": float(loo.se),
+            "p_loo": float(loo.p),
+            "pareto_k_bad": int(np.sum(k > loo.good_k)),
+            "pareto_k_threshold": float(loo.good_k),
+        }
+        if grid is not None:
+            row["holdout"] = check_holdout(law_draws(idata), grid, where=name)
+        rows.append(row)
+    rows.sort(key=lambda r: -r["elpd_loo"])
+    for row in rows:
+        row["elpd_diff"] = row["elpd_loo"] - rows[0]["elpd_loo"]
+    return rows

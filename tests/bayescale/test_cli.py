@@ -1,0 +1,185 @@
+"""The command line end to end, and its answers to bad input: one line, exit status 2, no file."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bayescale.cli import app
+from bayescale.grid import load_grid, save_grid
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_simulate_and_grid_info(tmp_path):
+    out = tmp_path / "g.nc"
+    r = invoke("simulate", "--domains", 3, "--seed", 4, "--out", out)
+    assert r.exit_code == 0, r.output
+    g = load_grid(out)
+    assert g.sizes["source"] == 3 and "true_params" in g.attrs
+    r = invoke("grid", "info", out)
+    assert r.exit_code == 0 and "holdout" in r.output and "d1, d2, d3" in r.output
+
+
+def test_fit_predict_allocate_check_report(tmp_path, small_files):
+    grid_path, _ = small_files
+    fit_path = tmp_path / "fit.nc"
+    r = invoke("fit", grid_path, "--out", fit_path, "--chains", 2, "--warmup", 150, "--draws", 150, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "max r-hat" in r.output and "divergences" in r.output
+
+    pj = tmp_path / "predict.json"
+    r = invoke("predict", fit_path, "--alloc", "d1=100,d2=50", "--interval", 0.8, "--json", pj)
+    assert r.exit_code == 0, r.output
+    p = json.loads(pj.read_text())
+    assert p["allocation"]["d1"] == 100 and p["interval"] == 0.8
+    assert set(p["targets"]["d1"]) == {"mean", "median", "lo", "hi"}
+
+    aj = tmp_path / "alloc.json"
+    r = invoke("allocate", fit_path, "--budget", 200, "--objective", "cvar:0.9", "--max", "d1=150,d2=150,d3=150,d4=40", "--json", aj)
+    assert r.exit_code == 0, r.output
+    a = json.loads(aj.read_text())
+    assert a["status"] == "optimal" and a["objective"] == "cvar:0.9"
+    assert sum(a["allocation"].values()) == pytest.approx(200, rel=1e-4)
+    assert set(a["baselines"]) == {"uniform", "proportional"}
+
+    cj = tmp_path / "check.json"
+    r = invoke("check", fit_path, grid_path, "--json", cj)
+    assert r.exit_code == 0, r.output
+    c = json.loads(cj.read_text())
+    assert set(c) >= {"n", "pearson_r", "median_abs_rel_error", "coverage_50", "coverage_90"}
+
+    r = invoke("report", fit_path, "--grid", grid_path, "--out", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
+
+
+@pytest.fixture()
+def files(tmp_path, small_files):
+    return tmp_path, *small_files
+
+
+def _bad_grids(tmp_path, grid_path):
+    g = load_grid(grid_path)
+    cases = {}
+
+    def write(name, ds):
+        path = tmp_path / f"{name}.nc"
+        ds.to_netcdf(path)
+        cases[name] = path
+
+    bad = g.copy(deep=True)
+    bad["loss"][0, 0] = -0.5
+    write("negative_loss", bad)
+    bad = g.copy(deep=True)
+    bad["loss"][1, 1] = 0.0
+    write("zero_loss", bad)
+    bad = g.copy(deep=True)
+    bad["data"][2, 0] = -1.0
+    write("negative_data", bad)
+    runs = g["run"].values.copy()
+    runs[1] = runs[0]
+    write("duplicate_runs", g.assign_coords(run=runs))
+    splits = g["split"].values.copy()
+    splits[0] = "test"
+    write("unknown_split", g.assign_coords(split=("run", splits)))
+    text = tmp_path / "text.nc"
+    text.write_text("run,loss\nr1,0.5\n")
+    cases["not_netcdf"] = text
+    truncated = tmp_path / "truncated.nc"
+    truncated.write_bytes(grid_path.read_bytes()[:500])
+    cases["truncated"] = truncated
+    cases["missing"] = tmp_path / "missing.nc"
+    return cases
+
+
+def test_bad_grids_are_refused_by_every_command_that_reads_them(files):
+    tmp_path, grid_path, fit_path = files
+    for name, path in _bad_grids(tmp_path, grid_path).items():
+        for args in (["grid", "info", path], ["fit", path, "--out", tmp_path / f"fit-{name}.nc"], ["check", fit_path, path]):
+            r = invoke(*args)
+            assert r.exit_code == 2, (name, args, r.output)
+            assert "Traceback" not in r.output
+            assert str(path.name) in r.output, (name, r.output)
+        assert not (tmp_path / f"fit-{name}.nc").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "{fit}", "--alloc", "nope=3"], "unknown source domain 'nope'"),
+        (["predict", "{fit}", "--alloc", "d1=abc"], "--alloc: value for 'd1' is 'abc'"),
+        (["predict", "{fit}", "--alloc", "d1"], "--alloc: expected name=value"),
+        (["allocate", "{fit}", "--budget", "100", "--weights", "zz=1"], "--weights"),
+        (["allocate", "{fit}", "--budget", "100", "--max", "zz=1"], "--max"),
+        (["allocate", "{fit}", "--budget", "0"], "--budget"),
+        (["allocate", "{fit}", "--budget", "-5"], "--budget"),
+        (["allocate", "{fit}", "--budget", "100", "--min", "d1=80,d2=80"], "minimums sum to"),
+        (["allocate", "{fit}", "--budget", "100", "--objective", "median"], "objective"),
+        (["allocate", "{fit}", "--budget", "100", "--objective", "cvar:1.5"], "CVaR level"),
+        (["predict", "{tmp}/nothing.nc", "--alloc", "d1=3"], "nothing.nc"),
+        (["predict", "{grid}", "--alloc", "d1=3"], "not a bayescale posterior"),
+        (["fit", "{grid}", "--out", "{tmp}/f.nc", "--law", "quadratic"], "unknown law"),
+    ],
+)
+def test_bad_flags_get_one_line_and_exit_2(files, args, message):
+    tmp_path, grid_path, fit_path = files
+    json_path = tmp_path / "out.json"
+    args = [a.format(fit=fit_path, grid=grid_path, tmp=tmp_path) for a in args] + (["--json", str(json_path)] if args[0] != "fit" else [])
+    r = invoke(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert r.output.strip().count("\n") == 0, r.output  # one line
+    assert not json_path.exists() and not (tmp_path / "f.nc").exists()
+
+
+def test_real_process_prints_no_traceback(tmp_path):
+    bad = tmp_path / "bad.nc"
+    bad.write_text("this is not a grid")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bayescale.cli", "grid", "info", str(bad)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "bad.nc" in proc.stderr
+
+
+def test_csv_grids_fit_like_netcdf(tmp_path, small_grid):
+    wide = tmp_path / "g.csv"
+    rows = ["run,seed,split," + ",".join(f"data_{s}" for s in small_grid["source"].values) + "," + ",".join(f"loss_{t}" for t in small_grid["target"].values)]
+    for k in range(small_grid.sizes["run"]):
+        r = small_grid.isel(run=k)
+        rows.append(
+            f"{r['run'].item()},{int(r['seed'])},{r['split'].item()},"
+            + ",".join(repr(float(v)) for v in r["data"].values)
+            + ","
+            + ",".join(repr(float(v)) for v in r["loss"].values)
+        )
+    wide.write_text("\n".join(rows) + "\n")
+    g = load_grid(wide)
+    np.testing.assert_allclose(g["loss"].values, small_grid["loss"].values)
+    save_grid(g, tmp_path / "from_csv.nc")
+
+
+def test_compare_strict_and_prior_only(tmp_path, small_files):
+    grid_path, fit_path = small_files
+    other = tmp_path / "independent.nc"
+    r = invoke("fit", grid_path, "--out", other, "--law", "independent", "--chains", 1, "--warmup", 100, "--draws", 100, "--no-progress", "--strict")
+    assert r.exit_code == 1 and other.exists()  # too short to pass --strict, and says so
+    cj = tmp_path / "cmp.json"
+    r = invoke("compare", fit_path, other, "--grid", grid_path, "--json", cj)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(cj.read_text())["fits"]
+    assert [row["law"] for row in rows] == ["transfer", "independent"]  # transfer fits a transfer world better
+    assert rows[0]["elpd_diff"] == 0 and rows[1]["elpd_diff"] < 0 and "holdout" in rows[0]
+    r = invoke("fit", grid_path, "--prior-only", "--draws", 200)
+    assert r.exit_code == 0 and "prior predictive check" in r.output
+    r = invoke("compare", fit_path)
+    assert r.exit_code == 2 and "at least two" in r.output
