@@ -1,35 +1,42 @@
 # Two commands set everything up on a fresh clone:
-#   make demo   create .venv, install bayescale, run the end-to-end pipeline on the shipped grid
-#   make test   create .venv, install bayescale with test extras, run the tests
+#   make demo   create .venv, install bayescale (statistics core), run the end-to-end pipeline on the shipped grid
+#   make test   create .venv, install bayescale with the train, ray and dev extras, run the tests
 # .ci/run calls `make test`.
 
 PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench bench-trainers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "bayescale needs Python >= 3.12, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+# The core installs light (no torch); the test stamp adds the trainers' torch/MONAI/Ray.
+$(VENV)/.core: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
 
-demo: $(STAMP)
+$(VENV)/.full: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,train,ray]'
+	touch $@ $(VENV)/.core
+
+demo: $(VENV)/.core
 	$(BIN)/bayescale demo --out demo-out
 
-test: $(STAMP)
+test: $(VENV)/.full
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-test-slow: $(STAMP)
+test-slow: $(VENV)/.full
 	$(BIN)/python -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+bench-trainers: $(VENV)/.full
+	$(BIN)/python benchmarks/bench_trainers.py
 
 clean:
 	rm -rf $(VENV) demo-out

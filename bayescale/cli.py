@@ -271,6 +271,30 @@ def print_allocation(result: dict) -> None:
 
 @app.command()
 @exits_cleanly
+def hubs(
+    posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit` (transfer or linear law).")],
+    reference_data: Annotated[Optional[float], typer.Option("--reference-data", help="Amount of source data (raw units) at which transfer is measured (default D0).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the classification as JSON.")] = None,
+    figure: Annotated[Optional[Path], typer.Option("--figure", help="Also save the transfer graph as PNG.")] = None,
+):
+    """Hub and island domains, each with its posterior probability, and how much each domain gives and takes."""
+    from bayescale.hubs import hub_island_table, hubs_command_output, plot_transfer_graph, summary_from_table
+    from bayescale.posterior import load_posterior
+
+    idata = load_posterior(posterior)
+    table = hub_island_table(idata, reference_data=reference_data)
+    if json_out:
+        write_json(json_out, summary_from_table(table))
+    if figure:
+        from bayescale._files import atomic_path
+
+        with atomic_path(figure) as tmp:
+            plot_transfer_graph(idata, table).savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    console.print(hubs_command_output(idata, table=table), highlight=False)
+
+
+@app.command()
+@exits_cleanly
 def check(
     posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
     grid: Annotated[Path, typer.Argument(help="The grid with held-out runs (split == 'holdout').")],

@@ -183,3 +183,13 @@ def test_compare_strict_and_prior_only(tmp_path, small_files):
     assert r.exit_code == 0 and "prior predictive check" in r.output
     r = invoke("compare", fit_path)
     assert r.exit_code == 2 and "at least two" in r.output
+
+
+def test_hubs_command(tmp_path, small_files):
+    _, fit_path = small_files
+    hj, png = tmp_path / "hubs.json", tmp_path / "hubs.png"
+    r = invoke("hubs", fit_path, "--json", hj, "--figure", png)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(hj.read_text())
+    assert summary["domains"]["d1"]["label"] == "hub" and "effective_data_share" in summary["definitions"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

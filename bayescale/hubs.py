@@ -1,0 +1,595 @@
+"""Hubs and islands: which domains help the others, which are helped, which stand alone.
+
+Everything here is a pure function of posterior draws (:class:`~bayescale.posterior.LawDraws`,
+or a posterior DataTree, which is turned into draws first).
+
+The unit: the effective-data share
+----------------------------------
+T_ij alone is not comparable across pairs (its meaning depends on beta_ij and on the data
+scale D0), so transfer is measured, per posterior draw, as the **effective-data share** at a
+reference amount d_ref (law units, d = D / D0; default 1 law unit = D0 raw data units)::
+
+    s_ij = T_ij * d_ref ** beta_ij / d_ref
+
+d_ref units of source i add T_ij d_ref^beta_ij to target j's effective data x_j, exactly as
+that many units of j's *own* data would; s_ij is that amount per unit of source data:
+1 = a unit of i is worth a unit of j's own data, 0 = no help. For beta_ij = 1 it is T_ij at
+every d_ref; for beta_ij < 1 it falls as d_ref grows (diminishing returns from another domain).
+
+- **out-transfer** of domain i (how much it helps others): mean of s_ij over every target
+  j != i. None if i is not a source, or its only target is itself.
+- **in-transfer** of domain j (how much others help it): mean of s_ij over every source
+  i != j. None if j is not a target, or its only source is itself.
+
+Classification (per draw, then over draws)
+------------------------------------------
+- **hub** in a draw: out_i >= tau_hub (``hub_threshold``, default 0.25) *and*
+  out_i >= r_hub (``hub_ratio``, default 2) x the median out-transfer of the *other* domains
+  that are sources (the threshold alone when there is no other). A hub both helps a lot and
+  stands out.
+- **island** in a draw: every measure of the domain that is defined (out and in) is below
+  tau_island (``island_threshold``, default 0.05): it neither gives nor takes.
+- p_hub / p_island: the share of posterior draws in which the domain is a hub / an island
+  (p_hub is None for a domain that is not a source). Since tau_island <= tau_hub is required,
+  no draw makes a domain both.
+- label: ``"hub"`` if p_hub >= 0.5, ``"island"`` if p_island >= 0.5, else ``"neither"``
+  (a 0.5 / 0.5 tie is ``"neither"``).
+
+Out and in transfer are reported as the posterior mean and a central credible interval
+(default 90 %). :data:`DEFINITIONS` holds these definitions as text; every summary carries
+them with its own numbers filled in.
+
+API
+---
+- :func:`require_transfer`       the draws, or :class:`InputError` if the posterior has no transfer
+- :func:`transfer_share`         s_ij per draw, (S, I, J), NaN on a target's own source
+- :func:`hub_island_draws`       per-draw out/in transfer and hub/island flags (dims draw, domain)
+- :func:`hub_island_table`       posterior summary per domain as an ``xr.Dataset`` (dim domain)
+- :func:`hubs_summary`           the same as a JSON-able dict
+- :func:`hubs_command_output`    a short text table for ``bayescale hubs``
+- :func:`plot_transfer_graph`    the directed transfer graph and an out/in map, one Figure
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Circle, FancyArrowPatch, Patch, Rectangle
+
+from bayescale.errors import InputError
+from bayescale.posterior import LawDraws, law_draws
+
+LABELS = ("hub", "island", "neither")
+LABEL_COLOURS = {"hub": "#e6550d", "island": "#3182bd", "neither": "#d9d9d9"}
+HUB_THRESHOLD = 0.25
+HUB_RATIO = 2.0
+ISLAND_THRESHOLD = 0.05
+INTERVAL = 0.9
+
+DEFINITIONS = {
+    "effective_data_share": (
+        "s_ij = T_ij * d_ref^beta_ij / d_ref, per posterior draw: what one unit of source i's data is worth "
+        "in units of target j's own data when d_ref units of i are used (1 = as good as j's own data, 0 = no help); "
+        "d_ref = {reference:g} x D0 = {reference_data:.4g} raw data units (D0 = {data_scale:.4g}, the law's data scale). "
+        "For beta_ij = 1 it equals T_ij; for beta_ij < 1 it falls as d_ref grows."
+    ),
+    "out_transfer": (
+        "how much domain i helps the others: the mean of s_ij over every target j other than i (none if i is not a source)."
+    ),
+    "in_transfer": (
+        "how much the others help domain j: the mean of s_ij over every source i other than j (none if j is not a target)."
+    ),
+    "hub": (
+        "in a draw, domain i is a hub if its out-transfer is >= {hub_threshold:g} and >= {hub_ratio:g} x the median "
+        "out-transfer of the other source domains; p_hub is the share of posterior draws in which it is a hub."
+    ),
+    "island": (
+        "in a draw, a domain is an island if its out-transfer and its in-transfer (those defined) are both < "
+        "{island_threshold:g}: it neither gives nor takes; p_island is the share of posterior draws in which it is an island."
+    ),
+    "label": "'hub' if p_hub >= 0.5, 'island' if p_island >= 0.5, otherwise 'neither'.",
+    "interval": (
+        "out- and in-transfer are given as the posterior mean and the central {interval_pct:g} % credible interval (lo, hi)."
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------
+# input
+
+
+def _as_draws(posterior) -> LawDraws:
+    return posterior if isinstance(posterior, LawDraws) else law_draws(posterior)
+
+
+def require_transfer(posterior, source: str = "posterior") -> LawDraws:
+    """The posterior's draws if it has transfer to analyse; :class:`InputError` (one line) if not.
+
+    Refused: an ``independent``-law posterior, one whose off-diagonal T are all exactly 0,
+    and one without any pair of distinct source and target domains.
+    """
+    draws = _as_draws(posterior)
+    off = draws.self_mask < 0.5
+    hint = "hubs need a transfer or linear fit"
+    if draws.law == "independent":
+        raise InputError(f"{source}: posterior has no transfer parameters (law 'independent'); {hint}")
+    if not off.any():
+        raise InputError(f"{source}: posterior has no transfer parameters (no source differs from its target); {hint}")
+    if not np.any(draws.T[:, off] != 0):
+        raise InputError(f"{source}: posterior has no transfer parameters (law {draws.law!r}, every off-diagonal T is 0); {hint}")
+    return draws
+
+
+def _reference(draws: LawDraws, reference, reference_data) -> float:
+    if reference is not None and reference_data is not None:
+        raise InputError("give the reference amount either in law units (reference) or in data units (reference_data), not both")
+    if reference_data is not None:
+        value, name = reference_data, "reference_data"
+        ref = float(reference_data) / draws.data_scale if _finite_positive(reference_data) else float("nan")
+    else:
+        value, name = (1.0 if reference is None else reference), "reference"
+        ref = float(value) if _finite_positive(value) else float("nan")
+    if not math.isfinite(ref) or ref <= 0:
+        raise InputError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    return ref
+
+
+def _finite_positive(value) -> bool:
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_rules(hub_threshold, hub_ratio, island_threshold, interval) -> None:
+    for flag, value in (("--hub-threshold", hub_threshold), ("--hub-ratio", hub_ratio), ("--island-threshold", island_threshold)):
+        try:
+            ok = math.isfinite(float(value)) and float(value) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"{flag} must be a finite number >= 0, got {value}")
+    if island_threshold > hub_threshold:
+        raise InputError(f"--island-threshold ({island_threshold:g}) must not exceed --hub-threshold ({hub_threshold:g})")
+    if not 0 < interval < 1:
+        raise InputError(f"--interval must lie strictly between 0 and 1, got {interval}")
+
+
+def _domains(draws: LawDraws) -> list[str]:
+    """Sources in order, then targets that are not sources."""
+    return list(draws.sources) + [t for t in draws.targets if t not in draws.sources]
+
+
+# --------------------------------------------------------------------------------------
+# per-draw measures
+
+
+def transfer_share(draws: LawDraws, reference: float = 1.0) -> np.ndarray:
+    """Effective-data share s_ij = T_ij d_ref^beta_ij / d_ref per draw: (S, I, J); NaN where i is j.
+
+    ``reference`` is d_ref in law units (multiples of D0).
+    """
+    if not _finite_positive(reference):
+        raise InputError(f"--reference must be a finite number > 0, got {reference}")
+    share = draws.T * np.power(float(reference), draws.beta - 1.0)
+    return np.where(draws.self_mask[None] > 0.5, np.nan, share)
+
+
+def hub_island_draws(
+    posterior,
+    *,
+    reference: float | None = None,
+    reference_data: float | None = None,
+    hub_threshold: float = HUB_THRESHOLD,
+    hub_ratio: float = HUB_RATIO,
+    island_threshold: float = ISLAND_THRESHOLD,
+) -> xr.Dataset:
+    """Per draw and domain: ``out_transfer``, ``in_transfer`` (NaN where not defined),
+    ``is_hub``, ``is_island`` (False where not defined), and ``share`` (draw, source, target).
+
+    ``reference`` is d_ref in law units (default 1); ``reference_data`` the same in raw data
+    units (d_ref = reference_data / D0). See the module docstring for the rules.
+    """
+    draws = require_transfer(posterior)
+    _check_rules(hub_threshold, hub_ratio, island_threshold, INTERVAL)
+    ref = _reference(draws, reference, reference_data)
+    share = transfer_share(draws, ref)
+    domains = _domains(draws)
+    n_draws, k = draws.n_draws, len(domains)
+    out = np.full((n_draws, k), np.nan)
+    inn = np.full((n_draws, k), np.nan)
+    off = draws.self_mask < 0.5
+    for i, name in enumerate(draws.sources):
+        if off[i].any():
+            out[:, domains.index(name)] = share[:, i, off[i]].mean(axis=1)
+    for j, name in enumerate(draws.targets):
+        if off[:, j].any():
+            inn[:, domains.index(name)] = share[:, off[:, j], j].mean(axis=1)
+
+    has_out = np.isfinite(out[0]) if n_draws else np.zeros(k, bool)
+    has_in = np.isfinite(inn[0]) if n_draws else np.zeros(k, bool)
+    is_hub = np.zeros((n_draws, k), dtype=bool)
+    for d in np.flatnonzero(has_out):
+        others = [e for e in np.flatnonzero(has_out) if e != d]
+        bar = np.full(n_draws, float(hub_threshold))
+        if others:
+            bar = np.maximum(bar, hub_ratio * np.median(out[:, others], axis=1))
+        is_hub[:, d] = out[:, d] >= bar
+    low_out = np.where(has_out[None], out < island_threshold, True)
+    low_in = np.where(has_in[None], inn < island_threshold, True)
+    is_island = low_out & low_in & (has_out | has_in)[None]
+
+    return xr.Dataset(
+        {
+            "out_transfer": (("draw", "domain"), out),
+            "in_transfer": (("draw", "domain"), inn),
+            "is_hub": (("draw", "domain"), is_hub),
+            "is_island": (("draw", "domain"), is_island),
+            "share": (("draw", "source", "target"), share),
+        },
+        coords={"domain": domains, "source": list(draws.sources), "target": list(draws.targets), "draw": np.arange(n_draws)},
+        attrs={
+            "reference": ref,
+            "reference_data": ref * draws.data_scale,
+            "data_scale": float(draws.data_scale),
+            "hub_threshold": float(hub_threshold),
+            "hub_ratio": float(hub_ratio),
+            "island_threshold": float(island_threshold),
+            "law": draws.law,
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------
+# summaries
+
+
+def hub_island_table(
+    posterior,
+    *,
+    reference: float | None = None,
+    reference_data: float | None = None,
+    hub_threshold: float = HUB_THRESHOLD,
+    hub_ratio: float = HUB_RATIO,
+    island_threshold: float = ISLAND_THRESHOLD,
+    interval: float = INTERVAL,
+) -> xr.Dataset:
+    """Posterior summary per domain (dim ``domain``).
+
+    Variables: ``out_mean, out_lo, out_hi, in_mean, in_lo, in_hi`` (NaN where not defined),
+    ``p_hub`` (NaN for a domain that is not a source), ``p_island``, ``label``,
+    ``is_source``, ``is_target``; and per pair ``share_mean, share_lo, share_hi``
+    (dims source, target; NaN where the source is the target). Attrs: the reference amount
+    (law and raw units), D0, thresholds, interval, law, number of draws.
+    """
+    _check_rules(hub_threshold, hub_ratio, island_threshold, interval)
+    per = hub_island_draws(
+        posterior, reference=reference, reference_data=reference_data,
+        hub_threshold=hub_threshold, hub_ratio=hub_ratio, island_threshold=island_threshold,
+    )
+    q = [(1 - interval) / 2, (1 + interval) / 2]
+    out, inn = per["out_transfer"].values, per["in_transfer"].values
+    has_out, has_in = np.isfinite(out).all(axis=0), np.isfinite(inn).all(axis=0)
+
+    def stats(values, ok):
+        mean = np.full(values.shape[1], np.nan)
+        lo, hi = mean.copy(), mean.copy()
+        if ok.any():
+            mean[ok] = values[:, ok].mean(axis=0)
+            lo[ok], hi[ok] = np.quantile(values[:, ok], q, axis=0)
+        return mean, lo, hi
+
+    out_mean, out_lo, out_hi = stats(out, has_out)
+    in_mean, in_lo, in_hi = stats(inn, has_in)
+    p_hub = np.where(has_out, per["is_hub"].values.mean(axis=0), np.nan)
+    p_island = np.where(has_out | has_in, per["is_island"].values.mean(axis=0), np.nan)
+    labels = [_label(h, s) for h, s in zip(p_hub, p_island)]
+    share = per["share"].values
+    off = np.isfinite(share).all(axis=0)
+    share_mean = np.where(off, np.nanmean(np.where(off[None], share, 0.0), axis=0), np.nan)
+    share_q = np.quantile(np.where(off[None], share, 0.0), q, axis=0)
+    domains = list(per["domain"].values)
+    sources, targets = list(per["source"].values), list(per["target"].values)
+    return xr.Dataset(
+        {
+            "out_mean": ("domain", out_mean), "out_lo": ("domain", out_lo), "out_hi": ("domain", out_hi),
+            "in_mean": ("domain", in_mean), "in_lo": ("domain", in_lo), "in_hi": ("domain", in_hi),
+            "p_hub": ("domain", p_hub), "p_island": ("domain", p_island),
+            "label": ("domain", np.array(labels, dtype=object)),
+            "is_source": ("domain", np.array([d in sources for d in domains])),
+            "is_target": ("domain", np.array([d in targets for d in domains])),
+            "share_mean": (("source", "target"), share_mean),
+            "share_lo": (("source", "target"), np.where(off, share_q[0], np.nan)),
+            "share_hi": (("source", "target"), np.where(off, share_q[1], np.nan)),
+        },
+        coords={"domain": domains, "source": sources, "target": targets},
+        attrs={**per.attrs, "interval": float(interval), "n_draws": int(per.sizes["draw"])},
+    )
+
+
+def _label(p_hub: float, p_island: float) -> str:
+    p_hub = 0.0 if not np.isfinite(p_hub) else float(p_hub)
+    p_island = 0.0 if not np.isfinite(p_island) else float(p_island)
+    if p_hub >= 0.5 and p_hub > p_island:
+        return "hub"
+    if p_island >= 0.5 and p_island > p_hub:
+        return "island"
+    return "neither"
+
+
+def definitions(table: xr.Dataset) -> dict[str, str]:
+    """:data:`DEFINITIONS` with the table's reference amount, thresholds and interval filled in."""
+    values = dict(table.attrs)
+    values["interval_pct"] = 100 * values["interval"]
+    return {key: text.format(**values) for key, text in DEFINITIONS.items()}
+
+
+def _num(value) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _measure(row: xr.Dataset, key: str) -> dict[str, float] | None:
+    if not np.isfinite(row[f"{key}_mean"]):
+        return None
+    return {stat: float(row[f"{key}_{stat}"]) for stat in ("mean", "lo", "hi")}
+
+
+def _probability_text(value) -> str:
+    return "n/a" if not np.isfinite(value) else f"{float(value):.2f}"
+
+
+def summary_from_table(table: xr.Dataset) -> dict:
+    """The JSON-able form of a :func:`hub_island_table`."""
+    domains = {}
+    for k, name in enumerate(table["domain"].values):
+        row = table.isel(domain=k)
+        is_source, is_target = bool(row["is_source"]), bool(row["is_target"])
+        role = "source and target" if is_source and is_target else ("source only" if is_source else "target only")
+        domains[str(name)] = {
+            "role": role,
+            "out_transfer": _measure(row, "out"),
+            "in_transfer": _measure(row, "in"),
+            "p_hub": _num(row["p_hub"].values),
+            "p_island": _num(row["p_island"].values),
+            "label": str(row["label"].values),
+        }
+    attrs = table.attrs
+    return {
+        "definitions": definitions(table),
+        "reference": float(attrs["reference"]),
+        "reference_data": float(attrs["reference_data"]),
+        "data_scale": float(attrs["data_scale"]),
+        "thresholds": {
+            "hub": float(attrs["hub_threshold"]),
+            "hub_ratio": float(attrs["hub_ratio"]),
+            "island": float(attrs["island_threshold"]),
+        },
+        "interval": float(attrs["interval"]),
+        "law": str(attrs["law"]),
+        "draws": int(attrs["n_draws"]),
+        "hubs": [d for d, v in domains.items() if v["label"] == "hub"],
+        "islands": [d for d, v in domains.items() if v["label"] == "island"],
+        "domains": domains,
+    }
+
+
+def hubs_summary(posterior, **kwargs) -> dict:
+    """JSON-able hubs and islands: definitions, reference amount, thresholds, and per domain
+    ``out_transfer`` / ``in_transfer`` (``{"mean", "lo", "hi"}`` or None), ``p_hub``,
+    ``p_island``, ``label`` and ``role``; plus the lists ``hubs`` and ``islands``.
+
+    Keyword arguments are those of :func:`hub_island_table`.
+    """
+    return summary_from_table(hub_island_table(posterior, **kwargs))
+
+
+def _interval_text(mean, lo, hi) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Dataset | None = None, **kwargs) -> str:
+    """A short text table of hubs and islands for the command line (``bayescale hubs``).
+
+    ``posterior``: LawDraws or a posterior DataTree (its ``data_unit`` attr names the data
+    unit); ``table``: a precomputed :func:`hub_island_table` (else computed with ``kwargs``).
+    """
+    if data_unit is None:
+        data_unit = "units" if isinstance(posterior, LawDraws) else str(posterior.attrs.get("data_unit", "units"))
+    if table is None:
+        table = hub_island_table(posterior, **kwargs)
+    a = table.attrs
+    rows = [("domain", "out-transfer (helps others)", "in-transfer (helped by others)", "P(hub)", "P(island)", "label")]
+    for k, name in enumerate(table["domain"].values):
+        r = table.isel(domain=k)
+        rows.append((
+            str(name),
+            _interval_text(float(r["out_mean"]), float(r["out_lo"]), float(r["out_hi"])),
+            _interval_text(float(r["in_mean"]), float(r["in_lo"]), float(r["in_hi"])),
+            _probability_text(r["p_hub"].values), _probability_text(r["p_island"].values), str(r["label"].values),
+        ))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = [
+        f"Hubs and islands ({a['law']} law, {a['n_draws']} draws). Transfer = effective-data share at "
+        f"{a['reference_data']:.4g} {data_unit} ({a['reference']:g} x D0):",
+        "what a unit of the source's data is worth in units of the target's own data; "
+        f"mean [{100 * a['interval']:g} % interval].",
+    ]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(
+        f"hub: out-transfer >= {a['hub_threshold']:g} and >= {a['hub_ratio']:g} x the median of the other domains; "
+        f"island: out- and in-transfer < {a['island_threshold']:g}; a label needs P >= 0.5."
+    )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# figure
+
+
+def plot_transfer_graph(
+    posterior, table: xr.Dataset | None = None, *, min_share: float = 0.02, data_unit: str | None = None
+) -> Figure:
+    """The directed transfer graph and an out/in map, as one Figure.
+
+    Left: domains on a circle, an arrow i -> j for every pair whose posterior mean share
+    s_ij is at least ``min_share`` (width proportional to it, labelled with it); nodes
+    coloured by label (hub, island, neither) and annotated with p_hub and p_island.
+    Right: each domain's out-transfer against its in-transfer (posterior mean, central
+    interval bars) with the hub threshold and the island box drawn.
+    """
+    if table is None:
+        table = hub_island_table(posterior)
+    if data_unit is None:
+        data_unit = "data units" if isinstance(posterior, LawDraws) else str(posterior.attrs.get("data_unit", "data units"))
+    domains = [str(d) for d in table["domain"].values]
+    labels = [str(v) for v in table["label"].values]
+    k = len(domains)
+    a = table.attrs
+
+    fig = Figure(figsize=(13.0, 6.4), layout="constrained")
+    ax_graph, ax_map = fig.subplots(1, 2, width_ratios=[1.15, 1.0])
+
+    # --- the graph ---------------------------------------------------------------------
+    angles = np.pi / 2 - 2 * np.pi * np.arange(k) / max(k, 1)
+    pos = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    radius = 0.16 if k <= 6 else 0.11
+    nodes = {}
+    for d, (name, label) in enumerate(zip(domains, labels)):
+        circle = Circle(pos[d], radius, facecolor=LABEL_COLOURS[label], edgecolor="black", linewidth=1.2, zorder=3,
+                        gid=f"node:{name}")
+        ax_graph.add_patch(circle)
+        nodes[name] = circle
+        row = table.isel(domain=d)
+        probs = []
+        if np.isfinite(row["p_hub"]):
+            probs.append(f"P(hub) {float(row['p_hub']):.2f}")
+        if np.isfinite(row["p_island"]):
+            probs.append(f"P(island) {float(row['p_island']):.2f}")
+        direction = pos[d] / np.linalg.norm(pos[d])
+        text_at = pos[d] + direction * (radius + 0.12)
+        ha = "center" if abs(direction[0]) < 0.3 else ("left" if direction[0] > 0 else "right")
+        va = "center" if abs(direction[1]) < 0.3 else ("bottom" if direction[1] > 0 else "top")
+        ax_graph.text(*text_at, f"{name}\n{label}\n" + " · ".join(probs), ha=ha, va=va, fontsize=9, zorder=4,
+                      fontweight="bold" if label != "neither" else "normal", linespacing=1.25)
+
+    share = table["share_mean"]
+    finite = share.values[np.isfinite(share.values)]
+    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    n_edges = 0
+    for src in table["source"].values:
+        for tgt in table["target"].values:
+            value = float(share.sel(source=src, target=tgt))
+            if not np.isfinite(value) or value < min_share:
+                continue
+            i, j = domains.index(str(src)), domains.index(str(tgt))
+            width = 0.6 + 7.0 * value / top
+            arrow = FancyArrowPatch(
+                pos[i], pos[j], patchA=nodes[str(src)], patchB=nodes[str(tgt)], shrinkA=3, shrinkB=3,
+                connectionstyle="arc3,rad=0.17", arrowstyle="-|>", mutation_scale=10 + 2.2 * width,
+                linewidth=width, color=LABEL_COLOURS["hub"] if labels[i] == "hub" else "#555555",
+                alpha=0.75, zorder=2, gid=f"edge:{src}->{tgt}",
+            )
+            ax_graph.add_patch(arrow)
+            n_edges += 1
+            # A point on the curve, past its middle towards the head (arc3's control point is the
+            # chord's midpoint offset by rad x the chord turned clockwise), so that the labels of
+            # i -> j and j -> i, and of crossing diagonals, do not sit on one another.
+            chord = pos[j] - pos[i]
+            control = (pos[i] + pos[j]) / 2 + 0.17 * np.array([chord[1], -chord[0]])
+            t = 0.62
+            at = (1 - t) ** 2 * pos[i] + 2 * (1 - t) * t * control + t**2 * pos[j]
+            ax_graph.text(*at, f"{value:.2g}", fontsize=7.5, ha="center", va="center", zorder=5,
+                          bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+    ax_graph.set_xlim(-1.75, 1.75)
+    ax_graph.set_ylim(-1.7, 1.85)
+    ax_graph.set_aspect("equal")
+    ax_graph.axis("off")
+    ax_graph.set_title(
+        f"Transfer graph: arrow i → j = effective-data share s_ij at {a['reference_data']:.3g} {data_unit}\n"
+        f"(posterior mean; width ∝ share; shares < {min_share:g} omitted)", fontsize=10.5,
+    )
+    handles = [Patch(facecolor=LABEL_COLOURS[lab], edgecolor="black", label=lab) for lab in LABELS]
+    handles += [Line2D([], [], color="#555555", linewidth=0.6 + 7.0 * v, label=f"share {v * top:.2g}") for v in (0.25, 1.0)]
+    ax_graph.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False, ncol=5)
+    ax_graph.text(0.99, 0.01, f"{n_edges} arrows", transform=ax_graph.transAxes, ha="right", va="bottom", fontsize=7.5,
+                  color="#777777")
+
+    # --- the out/in map ----------------------------------------------------------------
+    both = np.isfinite(table["out_mean"].values) & np.isfinite(table["in_mean"].values)
+    lows = np.concatenate([table["out_lo"].values[both], table["in_lo"].values[both]])
+    highs = np.concatenate([table["out_hi"].values[both], table["in_hi"].values[both]])
+    log = lows.size > 0 and np.all(lows > 0)
+    tau_h, tau_i = a["hub_threshold"], a["island_threshold"]
+    if log:
+        lo_lim = min(float(lows.min()), tau_i) / 1.6
+        hi_lim = max(float(highs.max()), tau_h) * 1.6
+        ax_map.set_xscale("log")
+        ax_map.set_yscale("log")
+    else:
+        lo_lim, hi_lim = 0.0, max(float(highs.max()) if highs.size else 1.0, tau_h) * 1.1
+    ax_map.add_patch(Rectangle((lo_lim, lo_lim), tau_i - lo_lim, tau_i - lo_lim, facecolor=LABEL_COLOURS["island"],
+                               alpha=0.15, edgecolor="none", zorder=0))
+    ax_map.axvspan(tau_h, hi_lim, color=LABEL_COLOURS["hub"], alpha=0.08, zorder=0, linewidth=0)
+    ax_map.axvline(tau_h, color=LABEL_COLOURS["hub"], linestyle="--", linewidth=1)
+    ax_map.text(tau_h, hi_lim / (1.15 if log else 1),
+                f" hub needs out ≥ {tau_h:g}\n (and ≥ {a['hub_ratio']:g}× median of others)",
+                fontsize=7.5, va="top", ha="left", color="#a63603")
+    ax_map.text(lo_lim * (1.1 if log else 1) + (0 if log else 0.005), tau_i, f"island: out, in < {tau_i:g}", fontsize=7.5,
+                va="bottom", ha="left", color="#08519c")
+    for d in np.flatnonzero(both):
+        row = table.isel(domain=d)
+        x, y = float(row["out_mean"]), float(row["in_mean"])
+        ax_map.errorbar(x, y, xerr=[[x - float(row["out_lo"])], [float(row["out_hi"]) - x]],
+                        yerr=[[y - float(row["in_lo"])], [float(row["in_hi"]) - y]],
+                        fmt="o", markersize=9, markerfacecolor=LABEL_COLOURS[labels[d]], markeredgecolor="black",
+                        ecolor="#444444", elinewidth=1, capsize=2.5, zorder=3)
+    ax_map.set_xlim(lo_lim if log else 0.0, hi_lim)
+    ax_map.set_ylim(lo_lim if log else 0.0, hi_lim)
+    ax_map.set_xlabel("out-transfer: mean share over targets (how much it helps others)", fontsize=9)
+    ax_map.set_ylabel("in-transfer: mean share over sources (how much others help it)", fontsize=9)
+    ax_map.set_title(f"Out- vs in-transfer (posterior mean, {100 * a['interval']:g} % intervals)", fontsize=10.5)
+    ax_map.tick_params(labelsize=8)
+    missing = [domains[d] for d in np.flatnonzero(~both)]
+    if missing:
+        ax_map.text(0.99, 0.01, "not shown (only a source or only a target): " + ", ".join(missing),
+                    transform=ax_map.transAxes, ha="right", va="bottom", fontsize=7.5, color="#777777")
+    fig.suptitle("Hubs and islands", fontsize=13)
+    # Names go on last, once the layout has fixed where the points land on the page.
+    fig.get_layout_engine().execute(fig)
+    _label_points(ax_map, [(domains[d], float(table["out_mean"][d]), float(table["in_mean"][d])) for d in np.flatnonzero(both)])
+    return fig
+
+
+def _label_points(ax, points: list[tuple[str, float, float]], fontsize: float = 9) -> None:
+    """Name each point beside it, choosing for each label the first of four corners whose
+    (estimated) box overlaps no label placed so far."""
+    scale = ax.figure.dpi / 72.0
+    marker = 5 * scale
+    placed = []  # boxes in display coordinates: every marker, then every label placed
+    for _, x, y in points:
+        px, py = ax.transData.transform((x, y))
+        placed.append((px - marker, py - marker, px + marker, py + marker))
+    for name, x, y in sorted(points, key=lambda p: (-p[2], p[1])):
+        px, py = ax.transData.transform((x, y))
+        width, height = 0.62 * fontsize * len(name) * scale, 1.25 * fontsize * scale
+        chosen = None
+        corners = ((7, 6, "left", "bottom"), (7, -6, "left", "top"), (-7, 6, "right", "bottom"), (-7, -6, "right", "top"),
+                   (0, 9, "center", "bottom"), (0, -9, "center", "top"))
+        for dx, dy, ha, va in corners:
+            x0 = px + dx * scale - {"left": 0.0, "center": width / 2, "right": width}[ha]
+            y0 = py + dy * scale - (height if va == "top" else 0)
+            box = (x0, y0, x0 + width, y0 + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                chosen = (dx, dy, ha, va, box)
+                break
+        if chosen is None:
+            chosen = (7, 6, "left", "bottom", (px, py, px + width, py + height))
+        dx, dy, ha, va, box = chosen
+        placed.append(box)
+        ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=fontsize, zorder=4)
