@@ -15,12 +15,27 @@ from bayescale.posterior import LawDraws
 
 @functools.partial(jax.jit, static_argnames=("log",))
 def _loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, log=False):
-    """(N, I) allocations x S draws -> (S, N, J) mean law loss (or its log)."""
-    fn = laws.log_loss if log else laws.loss
-    return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, 0, 0, None))(d, E, A, alpha, x0, T, beta, self_mask)
+    """(N, I) allocations x S draws -> (S, N, J) law loss (or its log).
+
+    The same law as :func:`bayescale.laws.loss`, written for many draws at once: log d is
+    taken once per allocation (log 0 = -inf, so d^beta = exp(beta log d) = 0 without a
+    branch), and the sum over sources is unrolled into elementwise (S, N, J) terms, which
+    XLA fuses into one loop (5x faster on CPU than a reduction over a (S, N, I, J) array).
+    """
+    log_d = jnp.log(d)  # (N, I)
+    transfer = T * (1.0 - self_mask)  # (S, I, J); a target's own source enters via d @ self_mask
+    x = x0[:, None, :] + (d @ self_mask)[None]
+    for i in range(d.shape[1]):
+        x = x + transfer[:, None, i, :] * jnp.exp(beta[:, None, i, :] * log_d[None, :, i, None])
+    # Without this barrier XLA fuses the power-law step into the loop above into one kernel
+    # that runs 5x slower on CPU than the two loops apart (measured: 0.9 s vs 0.17 s).
+    log_x = jnp.log(jax.lax.optimization_barrier(x))
+    if log:
+        return jnp.logaddexp(jnp.log(E)[:, None, :], jnp.log(A)[:, None, :] - alpha[:, None, :] * log_x)
+    return E[:, None, :] + A[:, None, :] * jnp.exp(-alpha[:, None, :] * log_x)
 
 
-def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 4096) -> np.ndarray:
+def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 1024) -> np.ndarray:
     """Law loss of every target for each allocation under each draw.
 
     ``allocations``: (N, I) or (I,) array in the grid's data units (not rescaled).
@@ -31,11 +46,14 @@ def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 
     d = np.atleast_2d(allocations) / np.float32(draws.data_scale)
     params = [jnp.asarray(p, dtype=jnp.float32) for p in (draws.E, draws.A, draws.alpha, draws.x0, draws.T, draws.beta)]
     mask = jnp.asarray(draws.self_mask, dtype=jnp.float32)
-    out = [
-        np.asarray(_loss_all_draws(jnp.asarray(d[i : i + chunk]), *params, mask, log=log))
-        for i in range(0, d.shape[0], chunk)
-    ]
-    result = np.concatenate(out, axis=1)
+    n = d.shape[0]
+    chunk = min(chunk, n)
+    # Pad to whole chunks so every call has the same shape and XLA compiles once.
+    padded = np.concatenate([d, np.ones((-n % chunk, d.shape[1]), np.float32)])
+    result = np.empty((draws.n_draws, padded.shape[0], len(draws.targets)), dtype=np.float32)
+    for i in range(0, padded.shape[0], chunk):
+        result[:, i : i + chunk] = np.asarray(_loss_all_draws(jnp.asarray(padded[i : i + chunk]), *params, mask, log=log))
+    result = result[:, :n]
     return result[:, 0, :] if single else result
 
 
