@@ -118,6 +118,7 @@ def fit(
     warmup: Annotated[int, typer.Option("--warmup")] = 500,
     draws: Annotated[int, typer.Option("--draws")] = 1000,
     svi_steps: Annotated[int, typer.Option("--svi-steps", help="Optimisation steps for --method svi.")] = 5000,
+    target_accept: Annotated[float, typer.Option("--target-accept", help="NUTS target acceptance; raise it if there are divergences.")] = 0.98,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 unless r-hat <= 1.01, no divergences and bulk ESS >= 400.")] = False,
     prior_only: Annotated[bool, typer.Option("--prior-only", help="Prior predictive check only: do the priors cover the observed losses?")] = False,
@@ -151,7 +152,7 @@ def fit(
         warnings.simplefilter("always", UserWarning)
         idata = fit_law(
             ds, law=law, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws,
-            svi_steps=svi_steps, seed=seed, progress=progress, grid_name=str(grid),
+            svi_steps=svi_steps, target_accept=target_accept, seed=seed, progress=progress, grid_name=str(grid),
         )
     for w in caught:
         if issubclass(w.category, UserWarning) and "bayescale" in str(w.filename):

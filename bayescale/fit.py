@@ -94,7 +94,7 @@ def fit(
     warmup: int = 500,
     draws: int = 500,
     seed: int = 0,
-    target_accept: float = 0.95,
+    target_accept: float = 0.98,
     dense_mass: bool = False,
     svi_steps: int = 5000,
     progress: bool = False,
@@ -115,6 +115,8 @@ def fit(
     for flag, value, least in (("--chains", chains, 1), ("--warmup", warmup, 1), ("--draws", draws, 1), ("--svi-steps", svi_steps, 1)):
         if value < least:
             raise InputError(f"{flag} must be >= {least}, got {value}")
+    if not 0 < target_accept < 1:
+        raise InputError(f"--target-accept must lie strictly between 0 and 1, got {target_accept}")
     grid = grids.validate_grid(grid, grid_name or "grid")
     data, coords = model_data(grid)
     model_kwargs = {"law": law, "likelihood": likelihood}

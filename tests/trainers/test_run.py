@@ -1,0 +1,171 @@
+"""Runs and grids: determinism, records, resume after an interruption, collect-only, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("monai")
+pytest.importorskip("nibabel")
+
+import xarray as xr  # noqa: E402
+
+from bayescale.errors import InputError  # noqa: E402
+from bayescale.grid import load_grid  # noqa: E402
+from tests.trainers.test_domains import TINY_CONFIG, write_config, write_dataset  # noqa: E402
+from trainers.config import load_config  # noqa: E402
+from trainers.design import RunSpec  # noqa: E402
+from trainers.domains import load_manifest, prepare_data  # noqa: E402
+from trainers.run import train_grid, train_run  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    write_dataset(tmp_path)
+    return tmp_path, write_config(tmp_path)
+
+
+def _spec(run_id="r", data=None, seed=0, steps=6):
+    return RunSpec(id=run_id, data=data or {"ct_a": 2, "mri_b": 1, "pet_c": 0}, seed=seed, split="fit", kind="explicit", steps=steps)
+
+
+def test_same_seed_gives_identical_losses(tiny):
+    folder, path = tiny
+    config = load_config(path)
+    data = prepare_data(config, load_manifest(config.data.manifest, 1), folder / "cache")
+    a = train_run(_spec(), data, config)
+    b = train_run(_spec(), data, config)
+    assert a["loss"] == b["loss"] and a["loss_se"] == b["loss_se"] and a["train_loss"] == b["train_loss"]
+    assert set(a["loss"]) == {"ct_a", "mri_b", "pet_c"}
+    assert all(v > 0 for v in a["loss"].values())
+    assert a["baseline_loss"] == b["baseline_loss"]
+    c = train_run(_spec(seed=1), data, config)
+    assert c["loss"] != a["loss"]
+    # the seconds say where the time went
+    assert a["seconds"]["data_wait"] >= 0 and a["seconds"]["compute"] > 0
+
+
+def _grid_values(path: Path):
+    ds = load_grid(path)
+    return ds
+
+
+def test_grid_resumes_after_an_interruption_with_nothing_lost_or_duplicated(tiny):
+    folder, path = tiny
+    out_full = folder / "full.nc"
+    full = train_grid(path, out_full, progress=False, workers=1)
+    assert full.trained == full.runs == 2 * 3 + 1  # 3 domains x 2 budgets + 1 mixture (budget 2)
+    ds_full = load_grid(out_full)
+
+    out = folder / "resumed.nc"
+    first = train_grid(path, out, progress=False, workers=1, max_runs=3)  # an interrupted grid
+    assert first.trained == 3 and load_grid(out).sizes["run"] == 3
+    records = folder / "resumed.nc.records"
+    (records / ".single-ct_a-n001-s0.json.x1y2.tmp").write_text("{half a rec")  # a kill -9 mid-write
+    second = train_grid(path, out, progress=False, workers=1)
+    assert second.skipped == 3 and second.trained == full.runs - 3
+    third = train_grid(path, out, progress=False, workers=1)
+    assert third.trained == 0 and third.skipped == full.runs
+
+    ds = load_grid(out)
+    assert sorted(p.name for p in records.glob("*.json")) == sorted(f"{r}.json" for r in ds["run"].values)
+    xr.testing.assert_identical(ds[["data", "loss", "loss_se", "baseline_loss"]], ds_full[["data", "loss", "loss_se", "baseline_loss"]])
+    assert ds.attrs["loss_name"] == "mae_masked_mse" and ds.attrs["data_unit"] == "volumes"
+    assert list(ds["source"].values) == ["ct_a", "mri_b", "pet_c"] == list(ds["target"].values)
+    assert set(ds["split"].values) == {"fit"}
+    assert np.isfinite(ds["loss"].values).all() and (ds["loss_se"].values > 0).all()
+
+    # collect-only rebuilds the same grid from the records alone
+    again = folder / "collected.nc"
+    import shutil
+
+    shutil.copytree(records, folder / "collected.nc.records")
+    res = train_grid(path, again, collect_only=True, progress=False)
+    assert res.trained == 0 and res.runs == full.runs
+    xr.testing.assert_identical(load_grid(again), ds)
+
+
+def test_collect_only_without_records_writes_nothing(tiny):
+    folder, path = tiny
+    with pytest.raises(InputError, match="no finished runs"):
+        train_grid(path, folder / "none.nc", collect_only=True, progress=False)
+    assert not (folder / "none.nc").exists()
+
+
+def test_records_of_another_config_are_refused(tiny):
+    folder, path = tiny
+    out = folder / "g.nc"
+    train_grid(path, out, progress=False, workers=1, max_runs=1)
+    changed = write_config(folder, TINY_CONFIG.replace("lr = 1e-3", "lr = 2e-3"), name="changed.toml")
+    with pytest.raises(InputError, match="different training config"):
+        train_grid(changed, out, progress=False, workers=1)
+    with pytest.raises(InputError, match="different training config"):
+        train_grid(changed, out, progress=False, collect_only=True)
+
+
+def test_bad_inputs_fail_before_any_training(tiny):
+    folder, path = tiny
+    # more volumes than a domain has (3 training volumes each)
+    too_many = write_config(folder, TINY_CONFIG.replace("fit_budgets = [1, 2]", "fit_budgets = [1, 4]"), name="many.toml")
+    with pytest.raises(InputError, match="asks for 4 volumes of domain 'ct_a'"):
+        train_grid(too_many, folder / "many.nc", progress=False)
+    assert not (folder / "many.nc.records").exists() or not list((folder / "many.nc.records").glob("*.json"))
+    # a corrupt file anywhere: nothing trains, no grid
+    (folder / "pet_c" / "pet_c_003.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(InputError, match="pet_c_003.nii.gz"):
+        train_grid(path, folder / "bad.nc", progress=False)
+    assert not (folder / "bad.nc").exists()
+    assert not list((folder / "bad.nc.records").glob("*.json"))
+    with pytest.raises(InputError, match="ending in .nc"):
+        train_grid(path, folder / "grid.csv", progress=False)
+
+
+def test_local_worker_processes_match_in_process_runs(tiny):
+    folder, path = tiny
+    a = train_grid(path, folder / "one.nc", progress=False, workers=1, max_runs=2)
+    b = train_grid(path, folder / "two.nc", progress=False, workers=2, max_runs=2)
+    assert a.trained == b.trained == 2
+    xr.testing.assert_identical(load_grid(folder / "one.nc")[["loss", "loss_se"]], load_grid(folder / "two.nc")[["loss", "loss_se"]])
+
+
+def test_kill_minus_9_then_rerun_resumes(tiny):
+    """A real interruption: `bayescale train` killed with SIGKILL after its first record, then rerun."""
+    folder, path = tiny
+    text = TINY_CONFIG.replace("steps = 8", "steps = 60")
+    path = write_config(folder, text, name="slow.toml")
+    out = folder / "killed.nc"
+    records = folder / "killed.nc.records"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "bayescale.cli", "train", str(path), "--out", str(out), "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not list(records.glob("*.json")):
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not out.exists()
+    done_before = {p.name: p.read_text() for p in records.glob("*.json")}
+    assert 1 <= len(done_before) < 7
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ds = load_grid(out)
+    assert ds.sizes["run"] == 7 and len(set(ds["run"].values)) == 7
+    for name, text in done_before.items():  # finished runs were kept, not redone
+        assert (records / name).read_text() == text
+    assert json.loads(next(iter(done_before.values())))["format"] == "bayescale.trainers.record/1"
