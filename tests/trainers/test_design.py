@@ -98,3 +98,11 @@ def test_pool_order_is_a_seeded_permutation():
     assert sorted(a) == list(range(10))
     assert a == pool_order("ct", 0, 10)
     assert a != pool_order("ct", 1, 10)
+
+
+def test_base_steps_and_their_conflicts(tmp_path):
+    text = CONFIG.replace("min_steps = 30\nmax_steps = 200", "base_steps = 100")
+    runs = {r.id: r for r in make_design(config(tmp_path, text), AVAILABLE)}
+    assert runs["single-ct-n002-s0"].steps == 120 and runs["holdout-single-ct-n016-s0"].steps == 260
+    with pytest.raises(InputError, match="go with steps_per_volume"):
+        config(tmp_path, CONFIG.replace("steps_per_volume = 10.0", "steps = 50"))

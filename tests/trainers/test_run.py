@@ -56,11 +56,6 @@ def test_same_seed_gives_identical_losses(tiny):
     assert a["seconds"]["data_wait"] >= 0 and a["seconds"]["compute"] > 0
 
 
-def _grid_values(path: Path):
-    ds = load_grid(path)
-    return ds
-
-
 def test_grid_resumes_after_an_interruption_with_nothing_lost_or_duplicated(tiny):
     folder, path = tiny
     out_full = folder / "full.nc"
