@@ -9,7 +9,7 @@ from bayescale.pipeline import DEFAULT_CONFIG, run_demo
 
 def short_config(tmp_path):
     text = DEFAULT_CONFIG.read_text()
-    text = text.replace('grid = "../grids/default.nc"', f'grid = "{DEFAULT_CONFIG.parent.parent / "grids" / "default.nc"}"')
+    text = text.replace('grid = "../grids/phantom-mae.nc"', f'grid = "{DEFAULT_CONFIG.parent.parent / "grids" / "phantom-mae.nc"}"')
     text = text.replace("warmup = 500", "warmup = 200").replace("draws = 1000", "draws = 200").replace("chains = 4", "chains = 2")
     path = tmp_path / "demo.toml"
     path.write_text(text)
@@ -25,11 +25,11 @@ def test_demo_writes_every_output_and_resumes(tmp_path):
         assert (out / name).is_file(), name
     allocation = json.loads((out / "allocation.json").read_text())
     assert allocation["status"] == "optimal" and allocation["objective"] == "cvar:0.9"
-    assert abs(sum(allocation["allocation"].values()) - 256) < 1e-3 * 256
-    assert allocation["allocation"]["pet_wholebody"] <= 60 * (1 + 1e-6)  # availability cap
+    assert abs(sum(allocation["allocation"].values()) - 144) < 1e-3 * 144
+    assert allocation["allocation"]["pet_wholebody"] <= 12 * (1 + 1e-6)  # availability cap
     assert set(allocation["baselines"]) == {"uniform", "proportional"}
     check = json.loads((out / "check.json").read_text())
-    assert check["n"] == 50 and check["pearson_r"] > 0.95
+    assert check["n"] == 60 and check["pearson_r"] > 0.8  # 12 held-out runs x 5 domains of real MAE training
     text = console.export_text()
     assert "held-out check" in text and "diagnostics" in text
 
