@@ -23,8 +23,8 @@ def small_grid(small_world):
 
 @pytest.fixture(scope="session")
 def small_fit(small_grid):
-    """A real (short) NUTS fit of the small world: 2 chains x 300 draws."""
-    return fit(small_grid, chains=2, warmup=300, draws=300, seed=1)
+    """A real (short) NUTS fit of the small world: 2 chains x 500 draws."""
+    return fit(small_grid, chains=2, warmup=300, draws=500, seed=1)
 
 
 @pytest.fixture(scope="session")
