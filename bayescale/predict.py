@@ -35,7 +35,7 @@ def _loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, log=False):
     return E[:, None, :] + A[:, None, :] * jnp.exp(-alpha[:, None, :] * log_x)
 
 
-def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 1024) -> np.ndarray:
+def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 256) -> np.ndarray:
     """Law loss of every target for each allocation under each draw.
 
     ``allocations``: (N, I) or (I,) array in the grid's data units (not rescaled).

@@ -84,7 +84,7 @@ def main():
     # 10,000 allocations x 4,000 draws: tile the posterior to 4,000 draws.
     big = draws.subset(np.resize(np.arange(draws.n_draws), 4000))
     D = np.random.default_rng(0).dirichlet(np.ones(len(draws.sources)), 10_000) * alloc_cfg["budget"]
-    loss_draws(big, D[:10])  # compile
+    loss_draws(big, D)  # compile and touch the memory once
     t_big, out = timed(lambda: loss_draws(big, D), args.repeats)
     small = big.subset(slice(0, 200))
     t_np, ref = timed(lambda: numpy_loss(small, D), 1)
