@@ -76,6 +76,22 @@ def score_predictions(pred: xr.Dataset) -> dict:
     ok = np.isfinite(observed)
     if ok.sum() < 2:
         raise InputError("too few observed held-out losses to score (need at least 2)")
+    return _scores(pred, observed, ok)
+
+
+def score_by_target(pred: xr.Dataset) -> dict[str, dict]:
+    """:func:`score_predictions` per target (Pearson r is NaN for a target with one cell)."""
+    out = {}
+    for target in pred["target"].values:
+        cell = pred.sel(target=[target])
+        observed = cell["observed"].values.ravel()
+        ok = np.isfinite(observed)
+        if ok.any():
+            out[str(target)] = _scores(cell, observed, ok)
+    return out
+
+
+def _scores(pred: xr.Dataset, observed: np.ndarray, ok: np.ndarray) -> dict:
     obs, med = observed[ok], pred["median"].values.ravel()[ok]
     inside = {
         level: ((pred[f"lo{int(level * 100)}"].values.ravel()[ok] <= obs) & (obs <= pred[f"hi{int(level * 100)}"].values.ravel()[ok]))
@@ -83,7 +99,7 @@ def score_predictions(pred: xr.Dataset) -> dict:
     }
     return {
         "n": int(ok.sum()),
-        "pearson_r": float(np.corrcoef(med, obs)[0, 1]),
+        "pearson_r": float(np.corrcoef(med, obs)[0, 1]) if obs.size >= 2 else float("nan"),
         "median_abs_rel_error": float(np.median(np.abs(med - obs) / obs)),
         "coverage_50": float(inside[0.5].mean()),
         "coverage_90": float(inside[0.9].mean()),

@@ -352,13 +352,7 @@ def demo(
 def _import_trainers(what: str):
     """Import trainers lazily: bayescale itself must import without torch."""
     import importlib
-    import importlib.util
 
-    if importlib.util.find_spec("trainers") is None:
-        # A source checkout: trainers/ sits next to bayescale/ but is not an installed package.
-        root = Path(__file__).resolve().parents[1]
-        if (root / "trainers" / "__init__.py").exists():
-            sys.path.append(str(root))
     try:
         return importlib.import_module(what)
     except ImportError as exc:

@@ -36,7 +36,7 @@ def default_budget(grid: xr.Dataset) -> float:
 
 
 def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = None, allocation: dict | None = None,
-               grid_name: str = "", objective: str = "mean", upper: dict | None = None) -> Path:
+               grid_name: str = "", objective: str = "mean", upper: dict | None = None, diag: dict | None = None) -> Path:
     """Compute what the report shows (allocation, held-out predictions, diagnostics) and write it."""
     from bayescale.allocate import allocate
     from bayescale.check import holdout_predictions, score_predictions
@@ -51,7 +51,8 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
         holdout = holdout_predictions(draws, grid, where=grid_name or "grid")
         scores = score_predictions(holdout)
     return write_report(
-        out, idata=idata, grid=grid, allocation=allocation, holdout=holdout, scores=scores, diagnostics=diagnostics(idata)
+        out, idata=idata, grid=grid, allocation=allocation, holdout=holdout, scores=scores,
+        diagnostics=diag if diag is not None else diagnostics(idata),
     )
 
 
@@ -108,7 +109,7 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     timings["check"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report_path = report_for(idata, ds, out, allocation=allocation, grid_name=str(grid_path))
+    report_path = report_for(idata, ds, out, allocation=allocation, grid_name=str(grid_path), diag=diag)
     timings["report"] = time.perf_counter() - t0
 
     table = Table(title=f"allocation of {budget:g} {ds.attrs.get('data_unit', 'units')} ({objective})")

@@ -554,17 +554,12 @@ def _holdout_html(holdout: xr.Dataset | None, scores: dict | None) -> str:
         ]
         parts.append(_table(["score", "value"], rows))
     if holdout is not None:
-        rows = []
-        for target in holdout["target"].values:
-            cell = holdout.sel(target=target)
-            obs = cell["observed"].values
-            ok = np.isfinite(obs)
-            if not ok.any():
-                continue
-            med = cell["median"].values[ok]
-            rel = np.median(np.abs(med - obs[ok]) / obs[ok])
-            in90 = np.mean((cell["lo90"].values[ok] <= obs[ok]) & (obs[ok] <= cell["hi90"].values[ok]))
-            rows.append([(_e(target), ""), (_e(int(ok.sum())), ""), (_fmt(rel, ".3f"), ""), (_fmt(100 * in90, ".0f") + " %", "")])
+        from bayescale.check import score_by_target
+
+        rows = [
+            [(_e(target), ""), (_e(row["n"]), ""), (_fmt(row["median_abs_rel_error"], ".3f"), ""), (_fmt(100 * row["coverage_90"], ".0f") + " %", "")]
+            for target, row in score_by_target(holdout).items()
+        ]
         if rows:
             parts.append("<p>Per target:</p>")
             parts.append(_table(["target", "cells", "median |rel. error|", "90 % coverage"], rows))
