@@ -106,6 +106,49 @@ def _scores(pred: xr.Dataset, observed: np.ndarray, ok: np.ndarray) -> dict:
     }
 
 
+# A held-out coverage this improbable under the nominal rate (one-sided binomial test)
+# is reported as mis-calibration. Cells of one run share its noise, so the test is, if
+# anything, quick to raise the flag — the safe direction for a warning.
+CALIBRATION_ALPHA = 0.01
+
+
+def calibration_verdict(scores: dict) -> dict:
+    """Are the held-out intervals over- or under-confident? ``{"verdict", "message", "p_values"}``.
+
+    ``over-confident`` when fewer cells fall inside the 50 % or 90 % intervals than the
+    nominal rate makes plausible (p < CALIBRATION_ALPHA): the law extrapolates worse than
+    its intervals claim, typically because the truth is outside its family (a bend in
+    the scaling curve past the fitted budgets) or the posterior is not converged.
+    ``under-confident`` when more fall inside than plausible at both levels.
+    """
+    from scipy import stats
+
+    n = scores["n"]
+    p_low, p_high = {}, {}
+    for level in LEVELS:
+        inside = int(round(scores[f"coverage_{int(level * 100)}"] * n))
+        p_low[level] = float(stats.binomtest(inside, n, level, alternative="less").pvalue)
+        p_high[level] = float(stats.binomtest(inside, n, level, alternative="greater").pvalue)
+    low = [level for level in LEVELS if p_low[level] < CALIBRATION_ALPHA]
+    if low:
+        worst = min(low, key=lambda level: p_low[level])
+        verdict = "over-confident"
+        message = (
+            f"held-out intervals are over-confident: the {worst:.0%} intervals cover {scores[f'coverage_{int(worst * 100)}']:.0%} "
+            f"of {n} cells (p = {p_low[worst]:.1g}); the law does not extrapolate as its posterior claims "
+            "(truth outside the law's family, e.g. a bend in the scaling curve, or an unconverged fit) — widen or refit before trusting predictions"
+        )
+    elif all(p_high[level] < CALIBRATION_ALPHA for level in LEVELS):
+        verdict = "under-confident"
+        message = f"held-out intervals are wider than needed: 50 % / 90 % intervals cover {scores['coverage_50']:.0%} / {scores['coverage_90']:.0%} of {n} cells"
+    else:
+        verdict, message = "ok", f"held-out coverage consistent with the nominal 50 % / 90 % (n = {n})"
+    return {"verdict": verdict, "message": message, "p_values": {f"{level:g}": p_low[level] for level in LEVELS}}
+
+
 def check_holdout(draws: LawDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> dict:
-    """Score the posterior's predictions of the grid's held-out runs (see :func:`score_predictions`)."""
-    return score_predictions(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
+    """Score the posterior's predictions of the grid's held-out runs (see :func:`score_predictions`),
+    with a :func:`calibration_verdict` under ``"calibration"``."""
+    scores = score_predictions(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
+    scores["calibration"] = calibration_verdict(scores)
+    return scores

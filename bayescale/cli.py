@@ -314,6 +314,8 @@ def check(
         f"coverage 50% {scores['coverage_50']:.0%} · 90% {scores['coverage_90']:.0%}",
         highlight=False,
     )
+    if scores["calibration"]["verdict"] != "ok":
+        console.print(f"[bold red]warning:[/] {scores['calibration']['message']}", highlight=False)
 
 
 @app.command()

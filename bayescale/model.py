@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -45,6 +46,11 @@ class ModelData:
     self_mask: np.ndarray  # (I, J)
     loss_floor: np.ndarray  # (J,) smallest observed loss per target (upper bound of E)
     loss_scale: np.ndarray  # (J,) typical observed loss per target (scale of A)
+
+
+# A pytree, so a compiled sampler can take new data of the same shapes without
+# recompiling (MCMC(jit_model_args=True), as simulation-based calibration does).
+jax.tree_util.register_dataclass(ModelData, data_fields=[f.name for f in dataclasses.fields(ModelData)], meta_fields=[])
 
 
 def transfer_law_model(data: ModelData, law: str = "transfer", likelihood: str = "normal"):

@@ -132,6 +132,8 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
         f"{scores['median_abs_rel_error']:.2%} · coverage 50% {scores['coverage_50']:.0%}, 90% {scores['coverage_90']:.0%}",
         highlight=False,
     )
+    if scores["calibration"]["verdict"] != "ok":
+        console.print(f"[bold red]warning:[/] {scores['calibration']['message']}", highlight=False)
     console.print("stage times: " + " · ".join(f"{k} {v:.1f}s" for k, v in timings.items()), highlight=False)
     console.print(f"outputs in {out}/: fit.nc allocation.json check.json {report_path.name}", highlight=False)
     return {"diagnostics": diag, "allocation": allocation, "check": scores, "timings": timings, "report": str(report_path)}

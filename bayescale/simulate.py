@@ -56,6 +56,10 @@ class World:
     hubs: tuple[str, ...] = ()
     islands: tuple[str, ...] = ()
     design: Design = dataclasses.field(default_factory=Design)
+    # A world *outside* the law's family, for misspecification checks: past effective
+    # data x_break (law units) each target's power law bends to exponent alpha * ratio
+    # (a "broken" power law; ratio < 1 means scaling slows down). None: the law holds.
+    broken: tuple[float, float] | None = None
 
     def loss(self, data: np.ndarray) -> np.ndarray:
         """Noise-free loss (N, K) of allocations (N, K) in raw data units."""
@@ -64,7 +68,11 @@ class World:
         with np.errstate(divide="ignore"):
             powered = np.where(d[:, :, None] > 0, d[:, :, None] ** self.beta[None], 0.0)
         x = self.x0 + d @ mask + np.einsum("ij,nij->nj", self.T * (1 - mask), powered)
-        return self.E + self.A * x ** (-self.alpha)
+        if self.broken is None:
+            return self.E + self.A * x ** (-self.alpha)
+        x_break, ratio = self.broken
+        bent = x_break ** (-self.alpha) * (np.maximum(x, x_break) / x_break) ** (-self.alpha * ratio)
+        return self.E + self.A * np.where(x <= x_break, x ** (-self.alpha), bent)
 
     def to_json(self) -> str:
         names = list(self.domains)
@@ -75,6 +83,7 @@ class World:
                 "E": per(self.E), "A": per(self.A), "alpha": per(self.alpha), "x0": per(self.x0),
                 "sigma": per(self.sigma), "T": pair(self.T), "beta": pair(self.beta),
                 "data_scale": self.data_scale, "hubs": list(self.hubs), "islands": list(self.islands),
+                **({"broken": list(self.broken)} if self.broken is not None else {}),
             }
         )
 

@@ -36,3 +36,33 @@ def test_grid_from_another_world_is_refused(small_draws, small_grid):
     other = small_grid.assign_coords(source=[f"x{k}" for k in range(small_grid.sizes["source"])])
     with pytest.raises(InputError, match="not in the posterior"):
         check_holdout(small_draws, other)
+
+
+def test_calibration_verdict_flags_intervals_that_cover_too_little():
+    from bayescale.check import calibration_verdict
+
+    fine = calibration_verdict({"n": 40, "coverage_50": 0.5, "coverage_90": 0.9})
+    assert fine["verdict"] == "ok"
+    over = calibration_verdict({"n": 40, "coverage_50": 0.2, "coverage_90": 0.55})
+    assert over["verdict"] == "over-confident" and "over-confident" in over["message"] and "55%" in over["message"]
+    under = calibration_verdict({"n": 60, "coverage_50": 0.9, "coverage_90": 1.0})
+    assert under["verdict"] == "under-confident"
+    # Few cells: a shortfall that chance explains is not flagged.
+    assert calibration_verdict({"n": 6, "coverage_50": 0.33, "coverage_90": 0.67})["verdict"] == "ok"
+
+
+def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident():
+    """Misspecification: past effective data 4 (inside the held-out budgets, beyond the fit
+    ones) every loss curve bends to 40 % of its slope. The fitted law cannot see the bend,
+    so its held-out intervals are too narrow — and the check must say so."""
+    import dataclasses
+
+    from bayescale.fit import fit
+    from bayescale.posterior import law_draws
+    from bayescale.simulate import draw_world, simulate_grid
+
+    world = dataclasses.replace(draw_world(3, seed=5), broken=(4.0, 0.4))
+    grid = simulate_grid(world, seed=5)
+    scores = check_holdout(law_draws(fit(grid, chains=2, warmup=300, draws=300, seed=1)), grid)
+    assert scores["coverage_90"] < 0.8  # the intervals really are over-confident here ...
+    assert scores["calibration"]["verdict"] == "over-confident"  # ... and the check says so

@@ -84,3 +84,16 @@ def test_shipped_default_grid_is_the_medical_world():
     # asymmetric transfer: abdominal CT helps chest CT more than the reverse
     assert float(t["T"].sel(source="ct_abdomen", target="ct_chest")) >= 2 * float(t["T"].sel(source="ct_chest", target="ct_abdomen"))
     assert isinstance(t["T"], xr.DataArray)
+
+
+def test_broken_world_bends_past_its_break_and_matches_the_law_before_it():
+    import dataclasses
+
+    world = draw_world(3, seed=2)
+    broken = dataclasses.replace(world, broken=(2.0, 0.5))
+    small = np.full((1, 3), 0.2 * world.data_scale / 3)  # effective data well below 2
+    large = np.full((1, 3), 50.0 * world.data_scale)
+    np.testing.assert_allclose(broken.loss(small), world.loss(small))
+    # Past the break the reducible loss falls more slowly, so the bent loss is higher.
+    assert np.all(broken.loss(large) > world.loss(large))
+    assert '"broken"' in broken.to_json() and '"broken"' not in world.to_json()
