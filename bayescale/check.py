@@ -13,6 +13,25 @@ from bayescale.predict import add_observation_noise, loss_draws
 LEVELS = (0.5, 0.9)
 
 
+def split_at_budget(grid: xr.Dataset, cut: float, where: str = "grid") -> xr.Dataset:
+    """The grid with runs of budget <= ``cut`` marked ``fit`` and the rest ``holdout``.
+
+    For extrapolation checks on grids without a held-out split (``check --holdout-above``).
+    Refuses a cut that leaves nothing to check or too few runs to fit (fewer than the
+    number of sources plus two: each source's law needs runs of its own).
+    """
+    if not np.isfinite(cut) or cut <= 0:
+        raise InputError(f"--holdout-above must be a positive budget, got {cut}")
+    budgets = grid["data"].sum("source").values
+    fit_runs = budgets <= cut * (1 + 1e-12)
+    least = grid.sizes["source"] + 2
+    if fit_runs.all():
+        raise InputError(f"{where}: --holdout-above {cut:g} leaves no run above it to check (largest budget {budgets.max():g})")
+    if fit_runs.sum() < least:
+        raise InputError(f"{where}: --holdout-above {cut:g} leaves {int(fit_runs.sum())} run(s) to fit; need at least {least} (smallest budget {budgets.min():g})")
+    return grid.assign_coords(split=("run", np.where(fit_runs, "fit", "holdout")))
+
+
 def allocations_for(draws: LawDraws, grid: xr.Dataset, where: str = "grid") -> np.ndarray:
     """The grid's data as (run, posterior source) amounts; refuses a grid from another world."""
     grid_sources = [str(s) for s in grid["source"].values]

@@ -300,13 +300,28 @@ def check(
     posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
     grid: Annotated[Path, typer.Argument(help="The grid with held-out runs (split == 'holdout').")],
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON.")] = None,
+    holdout_above: Annotated[Optional[float], typer.Option("--holdout-above", help="Refit the posterior's law on runs with budget <= this and score the runs above it (ignores the grid's split).")] = None,
+    chains: Annotated[int, typer.Option(help="Chains of the refit (--holdout-above).")] = 4,
+    warmup: Annotated[int, typer.Option(help="Warmup of the refit (--holdout-above).")] = 500,
+    draws: Annotated[int, typer.Option(help="Draws per chain of the refit (--holdout-above).")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the refit (--holdout-above).")] = 0,
 ):
-    """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage."""
-    from bayescale.check import check_holdout
+    """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage, calibration verdict."""
+    from bayescale.check import check_holdout, split_at_budget
     from bayescale.grid import load_grid
     from bayescale.posterior import law_draws, load_posterior
 
-    scores = check_holdout(law_draws(load_posterior(posterior)), load_grid(grid), where=str(grid))
+    idata, ds = load_posterior(posterior), load_grid(grid)
+    if holdout_above is not None:
+        from bayescale.fit import fit
+
+        ds = split_at_budget(ds, holdout_above, str(grid))
+        law, likelihood = str(idata.attrs.get("law", "transfer")), str(idata.attrs.get("likelihood", "normal"))
+        console.print(f"refitting the {law} law on the {int((ds['split'] == 'fit').sum())} runs with budget <= {holdout_above:g} ...", highlight=False)
+        idata = fit(ds, law=law, likelihood=likelihood, chains=chains, warmup=warmup, draws=draws, seed=seed, grid_name=str(grid))
+    scores = check_holdout(law_draws(idata), ds, where=str(grid))
+    if holdout_above is not None:
+        scores["holdout_above"] = holdout_above
     if json_out:
         write_json(json_out, scores)
     console.print(

@@ -40,6 +40,10 @@ from bayescale.simulate import Design, draw_world, design_runs
 TARGET_QUANTITIES = ("alpha", "E", "A", "x0", "sigma")
 PAIR_QUANTITIES = ("T", "beta")
 LEVELS = (0.5, 0.9)
+# The sampler of the calibration study: 2 chains x 300 draws after 300 warmup at the
+# default target acceptance, 600 draws thinned to 99 for the ranks. Enough for uniform
+# ranks when the chains mix, and a K = 3 world takes ~15-40 s on 2 cores.
+SAMPLER = {"chains": 2, "warmup": 300, "draws": 300, "target_accept": 0.98, "thin_to": 99}
 
 
 @dataclasses.dataclass(frozen=True)

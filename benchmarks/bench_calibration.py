@@ -3,8 +3,7 @@
     .venv/bin/python benchmarks/bench_calibration.py [--worlds 100] [--domains 3] [--out DIR]
 
 Each world: parameters and losses drawn from the model's prior (fixed loss scales, see
-:mod:`bayescale.sbc`), NUTS on its fit runs (4 chains x 250 draws after 400 warmup, the
-default target acceptance 0.98), the rank of every true alpha, E, A, x0, sigma, T and beta
+:mod:`bayescale.sbc`), NUTS on its fit runs (``bayescale.sbc.SAMPLER``), the rank of every true alpha, E, A, x0, sigma, T and beta
 among 99 thinned draws, and the 50 % / 90 % predictive coverage of its held-out runs
 (budgets above every fit budget). Finished worlds are saved one file each, so an
 interrupted run resumes where it stopped. Prints one table: per quantity the chi-square
@@ -40,7 +39,7 @@ def main() -> None:
     start = time.perf_counter()
     with Progress() as progress:
         task = progress.add_task("SBC worlds", total=args.worlds)
-        results = sbc.run_sbc(args.worlds, out, domains=args.domains, law=args.law,
+        results = sbc.run_sbc(args.worlds, out, domains=args.domains, law=args.law, **sbc.SAMPLER,
                               progress=lambda done, total: progress.update(task, completed=done))
     summary = sbc.summarise(results)
     table = Table(title=f"SBC: {summary['worlds']} prior worlds, K = {args.domains}, law {args.law} ({out})")

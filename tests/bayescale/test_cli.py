@@ -193,3 +193,22 @@ def test_hubs_command(tmp_path, small_files):
     summary = json.loads(hj.read_text())
     assert summary["domains"]["d1"]["label"] == "hub" and "effective_data_share" in summary["definitions"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("cut, message", [("4", "run(s) to fit; need at least"), ("100000", "leaves no run above it"), ("-1", "must be a positive budget")])
+def test_check_holdout_above_refuses_cuts_that_leave_too_little(small_files, tmp_path, cut, message):
+    grid_path, fit_path = small_files
+    r = invoke("check", fit_path, grid_path, "--holdout-above", cut, "--json", tmp_path / "c.json")
+    assert r.exit_code == 2 and message in r.output and r.output.strip().count("\n") == 0, r.output
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_check_holdout_above_refits_below_the_cut_and_scores_above_it(small_files, tmp_path):
+    grid_path, fit_path = small_files
+    out = tmp_path / "c.json"
+    r = invoke("check", fit_path, grid_path, "--holdout-above", "32", "--chains", "2", "--warmup", "150", "--draws", "150", "--json", out)
+    assert r.exit_code == 0, r.output
+    scores = json.loads(out.read_text())
+    budgets = load_grid(grid_path)["data"].sum("source").values
+    assert scores["holdout_above"] == 32 and scores["n"] == int((budgets > 32).sum()) * load_grid(grid_path).sizes["target"]
+    assert scores["pearson_r"] > 0.9 and scores["calibration"]["verdict"] in ("ok", "over-confident", "under-confident")

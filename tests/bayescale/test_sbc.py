@@ -68,7 +68,7 @@ def test_calibration_over_100_prior_worlds():
     """Ranks of alpha, E and T uniform (chi-square, p > 0.001) and held-out 50 % / 90 %
     coverage within 5 points, over 100 worlds drawn from the prior. Reuses (or completes)
     the results of ``benchmarks/bench_calibration.py`` in benchmarks/results/."""
-    results = sbc.run_sbc(100, os.environ.get("BAYESCALE_SBC_DIR", RESULTS), domains=3)
+    results = sbc.run_sbc(100, os.environ.get("BAYESCALE_SBC_DIR", RESULTS), domains=3, **sbc.SAMPLER)
     summary = sbc.summarise(results)
     for name in ("alpha", "E", "T"):
         assert summary["quantities"][name]["chi2_p"] > 0.001, (name, summary["quantities"][name])
