@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-slow bench bench-trainers clean
+.PHONY: demo test test-slow bench bench-allocate bench-fit bench-calibration bench-trainers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "bayescale needs Python >= 3.12, found " + sys.version'
@@ -34,6 +34,15 @@ test-slow: $(VENV)/.full
 
 bench: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+bench-allocate: $(VENV)/.core
+	$(BIN)/python benchmarks/bench_allocate.py
+
+bench-fit: $(VENV)/.core
+	$(BIN)/python benchmarks/bench_fit.py
+
+bench-calibration: $(VENV)/.core
+	$(BIN)/python benchmarks/bench_calibration.py
 
 bench-trainers: $(VENV)/.full
 	$(BIN)/python benchmarks/bench_trainers.py

@@ -234,16 +234,31 @@ def predict(
 @exits_cleanly
 def allocate(
     posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
-    budget: Annotated[float, typer.Option("--budget", help="Total data budget in the grid's data units.")],
-    objective: Annotated[str, typer.Option("--objective", help="mean | cvar:GAMMA (e.g. cvar:0.9)")] = "mean",
+    budget: Annotated[Optional[float], typer.Option("--budget", help="Total data budget (cost-weighted) in the grid's data units.")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="mean | cvar:GAMMA | worst | minimax | minimax:cvar:GAMMA | minimax:worst")] = "mean",
     weights: Annotated[Optional[str], typer.Option("--weights", help="Target weights, e.g. ct=2,pet=1 (default 1 each).")] = None,
+    normalise: Annotated[bool, typer.Option("--normalise", help="Divide each target's loss by its posterior-mean loss at the uniform split.")] = False,
+    cost: Annotated[Optional[str], typer.Option("--cost", help="Cost per data unit of a source, e.g. pet=3 (default 1).")] = None,
     max_: Annotated[Optional[str], typer.Option("--max", help="Available data per source, e.g. ct=400,pet=80.")] = None,
     min_: Annotated[Optional[str], typer.Option("--min", help="Least data per source, e.g. pet=10.")] = None,
+    fixed: Annotated[Optional[str], typer.Option("--fixed", help="Sources held at an amount, e.g. mri_t1_brain=40.")] = None,
+    group: Annotated[Optional[list[str]], typer.Option("--group", help="Share of the budget for matching sources (of the spend with --min-budget), e.g. 'ct_*>=0.3' (repeatable).")] = None,
+    chance: Annotated[Optional[list[str]], typer.Option("--chance", help="Chance constraint TARGET<=LOSS@PROB, e.g. 'mri_t2_abdomen<=0.12@0.95' (repeatable).")] = None,
+    min_budget: Annotated[bool, typer.Option("--min-budget", help="Find the least budget that meets every --chance constraint.")] = False,
+    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Also solve these budgets (the allocation path), e.g. 100,200,400,800.")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Temperature tau of the temperature-sampling baseline (amounts ~ available^(1/tau)).")] = 3.0,
+    uncertainty: Annotated[int, typer.Option("--uncertainty", help="Draws whose own optimum shows how sure the recommendation is (0: skip).")] = 200,
+    integer: Annotated[bool, typer.Option("--integer", help="Also round to whole units that respect every constraint.")] = False,
+    no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baselines and the transfer-unaware optimum.")] = False,
+    max_draws: Annotated[int, typer.Option("--max-draws", help="Posterior draws the program is solved on (a fixed-seed subset).")] = 2000,
+    holdout: Annotated[float, typer.Option("--holdout", help="Share of draws kept out of the program to check chance constraints.")] = 0.25,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draw subsets.")] = 0,
     interval: Annotated[float, typer.Option("--interval")] = 0.9,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON.")] = None,
 ):
-    """The allocation of the budget over sources that minimises the posterior risk."""
+    """The allocation of the budget over sources that minimises the posterior risk (or the least budget that meets chance targets)."""
     from bayescale.allocate import allocate as solve
+    from bayescale.allocate import format_allocation
     from bayescale.posterior import law_draws, load_posterior
 
     draws = law_draws(load_posterior(posterior))
@@ -252,22 +267,27 @@ def allocate(
         budget,
         objective=objective,
         weights=parse_mapping(weights, "--weights") or None,
+        normalise=normalise,
+        costs=parse_mapping(cost, "--cost") or None,
         upper=parse_mapping(max_, "--max") or None,
         lower=parse_mapping(min_, "--min") or None,
+        fixed=parse_mapping(fixed, "--fixed") or None,
+        groups=group or None,
+        chance=chance or None,
+        min_budget=min_budget,
+        budgets=budgets,
+        temperature=temperature,
+        baselines=not no_baselines,
+        uncertainty=uncertainty,
+        integer=integer,
         interval=interval,
+        max_draws=max_draws,
+        holdout=holdout,
+        seed=seed,
     )
     if json_out:
         write_json(json_out, result)
-    print_allocation(result)
-
-
-def print_allocation(result: dict) -> None:
-    console.print(f"status {result['status']} · objective {result['objective']} = {result['objective_value']:.5g}", highlight=False)
-    console.print(f"{'source':<20} {'amount':>10} {'share':>8}", highlight=False)
-    for name, amount in result["allocation"].items():
-        console.print(f"{name:<20} {amount:>10.4g} {result['fractions'][name]:>8.1%}", highlight=False)
-    for name, base in result.get("baselines", {}).items():
-        console.print(f"baseline {name:<11} objective {base['objective_value']:.5g}", highlight=False)
+    console.print(format_allocation(result), highlight=False, markup=False)
 
 
 @app.command()

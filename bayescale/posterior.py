@@ -140,7 +140,9 @@ def load_posterior(path: str | os.PathLike):
     if not path.is_file():
         raise InputError(f"{path}: no such posterior file")
     try:
-        idata = xr.open_datatree(path, engine="netcdf4").load()
+        # Load into memory and close: netCDF4 crashes after many open handles to one file.
+        with xr.open_datatree(path, engine="netcdf4") as tree:
+            idata = tree.load()
     except Exception as exc:  # any reader failure means "not our file"
         raise InputError(f"{path}: not a readable NetCDF posterior ({type(exc).__name__})") from None
     validate_posterior(idata, str(path))
