@@ -263,6 +263,11 @@ def _strategies(allocation: dict) -> list[tuple[str, dict]]:
                             "objective_value": allocation.get("objective_value")})]
     for name, base in (allocation.get("baselines") or {}).items():
         out.append((name, base))
+    # The other comparisons of `allocate` (same structure, keys of their own).
+    for key, name in (("temperature_sampling", "temperature"), ("transfer_unaware", "transfer-unaware")):
+        base = allocation.get(key)
+        if base and base.get("allocation"):
+            out.append((name, base))
     return out
 
 
@@ -518,6 +523,17 @@ def _allocation_html(allocation: dict | None, unit: str) -> str:
         facts.append(f"<li>binding constraints: {_e(', '.join(map(str, allocation['binding'])))}</li>")
     for note in allocation.get("solver_notes") or []:
         facts.append(f"<li>solver note: {_e(note)}</li>")
+    certificate = allocation.get("certificate") or {}
+    if certificate.get("relative_gap") is not None:
+        facts.append(f"<li>optimality certificate: relative gap {_fmt(certificate['relative_gap'], '.1e')} "
+                     f"between the objective and an independent lower bound</li>")
+    value = allocation.get("value_of_transfer") or {}
+    for key, label in ((f"vs_{value.get('reference')}", f"the {value.get('reference')} mixture"), ("vs_transfer_unaware", "the transfer-unaware optimum")):
+        red = value.get(key)
+        if red and red.get("mean") is not None:
+            facts.append(f"<li>reduction of weighted reducible loss against {_e(label)}: <b>{_fmt(100 * red['mean'], '.1f')} %</b> "
+                         f"[{_fmt(100 * red['lo'], '.1f')}, {_fmt(100 * red['hi'], '.1f')}] %, better in "
+                         f"{_fmt(100 * red['probability_better'], '.0f')} % of posterior draws</li>")
     if facts:
         parts.append("<ul>" + "".join(facts) + "</ul>")
     with_pred = [(name, strat) for name, strat in strategies if strat.get("predicted")]
@@ -532,6 +548,15 @@ def _allocation_html(allocation: dict | None, unit: str) -> str:
             rows.append(row)
         parts.append("<p>Predicted loss per target (mean [credible interval]):</p>")
         parts.append(_table(["target"] + [name for name, _ in with_pred], rows))
+    unc = allocation.get("decision_uncertainty") or {}
+    if unc.get("fractions"):
+        parts.append(f"<p>How sure is the recommendation? The optimal shares re-solved on each of {_e(unc.get('solved'))} "
+                     "posterior draws (median [interval]) and how often each source gets the largest share:</p>")
+        rows = [[(_e(src), ""), (_fmt(100 * allocation.get("fractions", {}).get(src, float("nan")), ".1f") + " %", ""),
+                 (f"{_fmt(100 * f['median'], '.1f')} [{_fmt(100 * f['lo'], '.1f')}, {_fmt(100 * f['hi'], '.1f')}] %", ""),
+                 (_fmt(100 * unc.get("largest_share", {}).get(src, 0.0), ".0f") + " %", "")]
+                for src, f in unc["fractions"].items()]
+        parts.append(_table(["source", "recommended share", "per-draw optimal share", "largest share in"], rows))
     return "\n".join(parts)
 
 
@@ -553,6 +578,9 @@ def _holdout_html(holdout: xr.Dataset | None, scores: dict | None) -> str:
             [("90 % interval coverage", ""), cov("coverage_90", 0.9)],
         ]
         parts.append(_table(["score", "value"], rows))
+        verdict = scores.get("calibration") or {}
+        if verdict.get("verdict") not in (None, "ok"):
+            parts.append(f'<p class="warn">{_e(verdict["message"])}</p>')
     if holdout is not None:
         from bayescale.check import score_by_target
 

@@ -229,7 +229,8 @@ def test_allocation_plot_bars_are_the_shares(world):
     fig = report.plot_allocation(alloc)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     bars = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
-    n_sources, n_strategies = len(alloc["allocation"]), 1 + len(alloc["baselines"])
+    extra = [k for k in ("temperature_sampling", "transfer_unaware") if (alloc.get(k) or {}).get("allocation")]
+    n_sources, n_strategies = len(alloc["allocation"]), 1 + len(alloc["baselines"]) + len(extra)
     assert len(bars) == n_sources * n_strategies
     heights = [b.get_height() for b in bars[:n_sources]]
     assert np.allclose(heights, [100 * f for f in alloc["fractions"].values()])
