@@ -106,7 +106,14 @@ def fit(
     ``method="svi"`` is the fast approximate path: a full-rank Gaussian guide fitted by
     stochastic variational inference, then ``chains * draws`` draws from it in one chain;
     its attrs say ``approximate = 1`` and it has no sampler diagnostics.
+    ``law="mixing"`` fits the exponential mixing law at a fixed budget instead
+    (:func:`bayescale.mixing.fit_mixing`; its posterior has c, k, t, not the transfer law's).
     """
+    if law == "mixing":
+        from bayescale.mixing import fit_mixing
+
+        return fit_mixing(grid, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws, seed=seed,
+                          target_accept=target_accept, dense_mass=dense_mass, progress=progress, grid_name=grid_name)
     check_law(law)
     if likelihood not in LIKELIHOODS:
         raise InputError(f"--likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
