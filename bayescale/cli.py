@@ -111,7 +111,7 @@ def simulate(
 def fit(
     grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the posterior (.nc); with --prior-only, the check as JSON.")] = None,
-    law: Annotated[str, typer.Option("--law", help="transfer | linear | independent")] = "transfer",
+    law: Annotated[str, typer.Option("--law", help="transfer | linear | independent | mixing (the exponential mixing law, for grids at one fixed budget)")] = "transfer",
     likelihood: Annotated[str, typer.Option("--likelihood", help="normal | student_t (heavy tails for outlier runs)")] = "normal",
     method: Annotated[str, typer.Option("--method", help="nuts | svi (fast, approximate)")] = "nuts",
     chains: Annotated[int, typer.Option("--chains")] = 4,
@@ -327,9 +327,9 @@ def check(
     seed: Annotated[int, typer.Option(help="Seed of the refit (--holdout-above).")] = 0,
 ):
     """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage, calibration verdict."""
-    from bayescale.check import check_holdout, split_at_budget
+    from bayescale.check import calibration_verdict, check_holdout, split_at_budget
     from bayescale.grid import load_grid
-    from bayescale.posterior import law_draws, load_posterior
+    from bayescale.posterior import is_mixing, law_draws, load_posterior
 
     idata, ds = load_posterior(posterior), load_grid(grid)
     if holdout_above is not None:
@@ -339,7 +339,13 @@ def check(
         law, likelihood = str(idata.attrs.get("law", "transfer")), str(idata.attrs.get("likelihood", "normal"))
         console.print(f"refitting the {law} law on the {int((ds['split'] == 'fit').sum())} runs with budget <= {holdout_above:g} ...", highlight=False)
         idata = fit(ds, law=law, likelihood=likelihood, chains=chains, warmup=warmup, draws=draws, seed=seed, grid_name=str(grid))
-    scores = check_holdout(law_draws(idata), ds, where=str(grid))
+    if is_mixing(idata):
+        from bayescale import mixing
+
+        scores = mixing.check_holdout(mixing.mixing_draws(idata), ds, where=str(grid))
+        scores["calibration"] = calibration_verdict(scores)
+    else:
+        scores = check_holdout(law_draws(idata), ds, where=str(grid))
     if holdout_above is not None:
         scores["holdout_above"] = holdout_above
     if json_out:

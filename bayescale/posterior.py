@@ -74,8 +74,16 @@ def self_mask_for(sources, targets) -> np.ndarray:
     return np.array([[1.0 if s == t else 0.0 for t in targets] for s in sources])
 
 
+def is_mixing(idata) -> bool:
+    """Is this a posterior of the exponential mixing law (``bayescale.mixing``)?"""
+    return str(idata.attrs.get("law", "")) == "mixing"
+
+
 def law_draws(idata) -> LawDraws:
     """Flatten a posterior DataTree into :class:`LawDraws`."""
+    if is_mixing(idata):
+        raise InputError("posterior is of the mixing law (one fixed budget); predict, allocate and hubs need a "
+                         "transfer-law fit (bayescale fit --law transfer|linear|independent); check works on both")
     post = _group(idata, "posterior")
     sources = tuple(str(s) for s in post["source"].values)
     targets = tuple(str(t) for t in post["target"].values)
@@ -115,6 +123,12 @@ def validate_posterior(idata, source: str = "posterior") -> None:
         if group not in children:
             raise InputError(f"{source}: not a bayescale posterior (no {group!r} group)")
     post = idata["posterior"]
+    if is_mixing(idata):
+        # The exponential mixing law (bayescale.mixing) has parameters of its own.
+        for name in ("c", "k", "t", "sigma"):
+            if name not in post.data_vars or not np.all(np.isfinite(post[name].values)):
+                raise InputError(f"{source}: mixing-law posterior variable {name!r} is missing or non-finite")
+        return
     for name in TARGET_PARAMS:
         if name not in post.data_vars or "target" not in post[name].dims:
             raise InputError(f"{source}: posterior variable {name!r} with dim 'target' is missing")
@@ -153,6 +167,10 @@ def diagnostics(idata) -> dict:
     """Convergence summary over the law's parameters: max r-hat, min bulk/tail ESS, divergences."""
     import arviz as az
 
+    if is_mixing(idata):
+        from bayescale.mixing import diagnostics as mixing_diagnostics
+
+        return mixing_diagnostics(idata)
     names = [n for n in TARGET_PARAMS + PAIR_PARAMS + ("nu",) if n in idata["posterior"].data_vars]
     post = idata["posterior"].to_dataset()[names]
     n_draws = int(post.sizes["chain"] * post.sizes["draw"])

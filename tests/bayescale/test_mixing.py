@@ -201,3 +201,26 @@ def test_regmix_held_out_runs_are_predicted():
     assert scores["pearson_r"] > 0.93
     assert scores["coverage_90"] > 0.85
     assert scores["median_abs_rel_error"] < 0.04
+
+
+def test_command_line_fits_and_checks_a_mixing_grid_and_refuses_transfer_only_commands(simulated, tmp_path):
+    from typer.testing import CliRunner
+
+    from bayescale.cli import app
+    from bayescale.grid import save_grid
+
+    grid, _ = simulated
+    grid_path, fit_path, out = tmp_path / "g.nc", tmp_path / "f.nc", tmp_path / "c.json"
+    save_grid(grid, grid_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["fit", str(grid_path), "--law", "mixing", "--chains", "1", "--warmup", "200", "--draws", "200", "--out", str(fit_path)])
+    assert r.exit_code == 0 and fit_path.exists(), r.output
+    assert "r-hat" in r.output  # the mixing law's own diagnostics
+    r = runner.invoke(app, ["check", str(fit_path), str(grid_path), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    import json
+
+    scores = json.loads(out.read_text())
+    assert scores["pearson_r"] > 0.9 and "calibration" in scores
+    r = runner.invoke(app, ["predict", str(fit_path), "--alloc", f"{SOURCES[0]}=1"])
+    assert r.exit_code == 2 and "mixing law" in r.output and r.output.strip().count("\n") == 0, r.output
