@@ -185,7 +185,7 @@ def run_sbc(n_worlds: int, out_dir: str | os.PathLike, *, domains: int = 3, law:
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         raise ValueError(f"{out}: holds SBC results for other settings ({settings_file.read_text().strip()}); use another folder")
     write_text_atomic(settings_file, json.dumps(settings))
-    results = []
+    results, fitted = [], 0
     for index in range(n_worlds):
         path = out / f"world-{index:04d}.json"
         if path.exists():
@@ -194,6 +194,12 @@ def run_sbc(n_worlds: int, out_dir: str | os.PathLike, *, domains: int = 3, law:
             result = run_world(design, index, law=law, seed=seed, **fit_kwargs)
             write_text_atomic(path, json.dumps(result))
             results.append(result)
+            fitted += 1
+            if fitted % 10 == 0:
+                # Each world's predictive compiles anew; without this, LLVM runs out of
+                # mappable memory after ~40 worlds in one process.
+                _sampler.cache_clear()
+                jax.clear_caches()
         if progress is not None:
             progress(index + 1, n_worlds)
     return results
