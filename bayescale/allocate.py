@@ -379,6 +379,8 @@ def allocate(
                       fixed=fixed, groups=groups, chance=chance, normalise=normalise)
     if min_budget and not spec.chance:
         raise InputError("--min-budget needs at least one --chance constraint (what the budget must achieve)")
+    if np.all(spec.fixed):
+        raise InputError("--max/--min/--fixed leave no source free (every amount is fixed, e.g. every cap is 0): nothing to allocate")
     _check_law_domain(draws)
     check_linear(spec, B)
     irreducible_check(draws, spec.chance)

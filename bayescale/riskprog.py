@@ -151,8 +151,8 @@ class LawEval:
     def hessian(self, pt, W) -> np.ndarray:
         """sum_s sum_j W_sj * Hessian of L_sj in the free raw amounts (W >= 0, shape (S, J))."""
         rows = np.flatnonzero(np.any(W != 0, axis=1))
-        if rows.size == 0:
-            n = pt["dx"].shape[1]
+        n = pt["dx"].shape[1]
+        if rows.size == 0 or n == 0:  # nothing weighted, or no free source (every cap 0)
             return np.zeros((n, n))
         W = W[rows]
         dx = pt["dx"][rows]

@@ -9,6 +9,11 @@ from bayescale.fit import fit
 from bayescale.grid import save_grid
 from bayescale.posterior import law_draws, save_posterior
 from bayescale.simulate import draw_world, simulate_grid
+from hypothesis import settings as _hypothesis_settings
+
+# Property tests draw the same examples on every run (reproducible CI; a failure replays).
+_hypothesis_settings.register_profile("bayescale", derandomize=True)
+_hypothesis_settings.load_profile("bayescale")
 
 
 @pytest.fixture(scope="session")

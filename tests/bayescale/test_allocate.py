@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bayescale import allocate as al
@@ -286,6 +286,7 @@ def test_normalised_weights():
 def test_budget_and_bounds_respected(budget, caps, mins, costs, objective):
     draws = make_draws(S=40, seed=11)
     upper = {n: c for n, c in zip(NAMES, caps) if c is not None}
+    assume(not (len(upper) == len(NAMES) and all(c == 0 for c in upper.values())))  # nothing free: a clear error (below)
     lower = {n: m * min(upper.get(n, np.inf), budget / (len(NAMES) * 3)) for n, m in zip(NAMES, mins) if m is not None}
     cost = dict(zip(NAMES, costs))
     result = al.allocate(draws, budget, objective=objective, upper=upper or None, lower=lower or None, costs=cost,
@@ -610,3 +611,10 @@ def test_real_posterior_all_objectives(small_draws):
         D = vec(result, names=names)
         assert result["objective_value"] == pytest.approx(ref_objective(sub, D, objective)[0], rel=1e-10)
         assert result["objective_value"] <= ref_objective(sub, cands, objective).min() + result["certificate"]["gap"]
+
+
+def test_no_free_source_is_a_clear_error():
+    # Found by hypothesis: every cap 0 leaves nothing to decide (it used to crash the QP).
+    draws = make_draws(S=40, seed=11)
+    with pytest.raises(InputError, match="no source free"):
+        al.allocate(draws, 20.0, upper={n: 0.0 for n in NAMES}, uncertainty=0)
