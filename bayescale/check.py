@@ -62,14 +62,21 @@ def holdout_predictions(draws: LawDraws, grid: xr.Dataset, *, split: str = "hold
     log_pred = loss_draws(draws, data, log=True).astype(np.float64)  # (S, N, J)
     rng = np.random.default_rng(seed)
     predictive = add_observation_noise(log_pred, draws, rng)
+    return predictive_bands(runs, targets, draws.targets, log_pred, predictive, rng)
+
+
+def predictive_bands(runs: xr.Dataset, targets, draw_targets, log_pred, predictive, rng) -> xr.Dataset:
+    """Observed loss, median and 50 % / 90 % bands of log-loss predictive draws (S, N, J) over
+    (run, target); the runs' ``loss_se`` widens the predictive where given. Shared by every law."""
+    draws_targets = list(draw_targets)
     if "loss_se" in runs:
         # A held-out loss measured with a known standard error is that much noisier.
-        observed_loss = runs["loss"].reindex(target=list(draws.targets)).transpose("run", "target").values
-        se = runs["loss_se"].reindex(target=list(draws.targets)).transpose("run", "target").values
+        observed_loss = runs["loss"].reindex(target=draws_targets).transpose("run", "target").values
+        se = runs["loss_se"].reindex(target=draws_targets).transpose("run", "target").values
         log_se = np.where(np.isfinite(se) & np.isfinite(observed_loss), se / observed_loss, 0.0)
         predictive = predictive + log_se[None] * rng.standard_normal(predictive.shape)
     quantiles = np.exp(np.quantile(predictive, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0))
-    cols = [draws.targets.index(t) for t in targets]
+    cols = [draws_targets.index(t) for t in targets]
     coords = {"run": runs["run"].values, "target": targets}
 
     def da(values):

@@ -491,30 +491,9 @@ def holdout_predictions(
     log_pred = log_loss_draws(draws, proportions(data, where))
     rng = np.random.default_rng(seed)
     predictive = log_pred + draws.sigma[:, None, :] * rng.standard_normal(log_pred.shape)
-    if "loss_se" in runs:
-        observed_loss = runs["loss"].reindex(target=list(draws.targets)).transpose("run", "target").values
-        se = runs["loss_se"].reindex(target=list(draws.targets)).transpose("run", "target").values
-        log_se = np.where(np.isfinite(se) & np.isfinite(observed_loss), se / observed_loss, 0.0)
-        predictive = predictive + log_se[None] * rng.standard_normal(predictive.shape)
-    quantiles = np.exp(np.quantile(predictive, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0))
-    cols = [draws.targets.index(t) for t in targets]
-    coords = {"run": runs["run"].values, "target": targets}
+    from bayescale.check import predictive_bands
 
-    def da(values):
-        return xr.DataArray(values[:, cols], coords=coords, dims=("run", "target"))
-
-    return xr.Dataset(
-        {
-            "observed": runs["loss"].sel(target=targets).transpose("run", "target"),
-            "median": da(quantiles[2]),
-            "mean_law": da(np.exp(log_pred).mean(axis=0)),
-            "lo50": da(quantiles[1]),
-            "hi50": da(quantiles[3]),
-            "lo90": da(quantiles[0]),
-            "hi90": da(quantiles[4]),
-            "budget": runs["data"].sum("source"),
-        }
-    )
+    return predictive_bands(runs, targets, draws.targets, log_pred, predictive, rng)
 
 
 def check_holdout(draws: MixingDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> dict:
