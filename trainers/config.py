@@ -103,6 +103,7 @@ class TrainingConfig:
     eval_batch_size: int = 16
     mask_seed: int = 1234
     log_every: int = 50
+    save_checkpoints: bool = False  # write <records>/<run id>.pt (the weights) beside each record
 
     def steps_for(self, budget: float) -> int:
         """Optimisation steps of a run with ``budget`` training volumes: ``steps``, or
@@ -160,7 +161,7 @@ class TrainConfig:
         return {
             "data": _plain(asdict(self.data), drop=("manifest", "cache_dir")),
             "model": _plain(asdict(self.model)),
-            "training": _plain(asdict(self.training), drop=("log_every",)),
+            "training": _plain(asdict(self.training), drop=("log_every", "save_checkpoints")),
             "phantoms": None if self.phantoms is None else _plain(asdict(self.phantoms), drop=("out",)),
         }
 
@@ -392,6 +393,7 @@ def load_config(path: str | Path) -> TrainConfig:
         eval_batch_size=t.int("eval_batch_size", d.eval_batch_size, minimum=1),
         mask_seed=t.int("mask_seed", d.mask_seed, minimum=0),
         log_every=t.int("log_every", d.log_every, minimum=1),
+        save_checkpoints=t.bool("save_checkpoints", d.save_checkpoints),
     )
     t.done()
     if steps is not None and (t.has("base_steps") or t.has("min_steps") or t.has("max_steps")):

@@ -135,8 +135,11 @@ def evaluate_all(model, data: PreparedData, config: TrainConfig, targets: list[s
 
 
 def train_run(spec: RunSpec, data: PreparedData, config: TrainConfig, targets: list[str] | None = None,
-              on_step: StepCallback | None = None, eval_steps: tuple[int, ...] = ()) -> dict:
+              on_step: StepCallback | None = None, eval_steps: tuple[int, ...] = (),
+              checkpoint: Path | None = None) -> dict:
     """Train one run and evaluate it on every target; returns the result part of its record.
+
+    ``checkpoint``: where to save the trained weights (:mod:`trainers.checkpoint`), if anywhere.
 
     ``eval_steps`` also scores the model at those steps (a learning curve, ``val_curve``; for
     experiments, it costs an evaluation each).
@@ -197,6 +200,10 @@ def train_run(spec: RunSpec, data: PreparedData, config: TrainConfig, targets: l
         t_eval = time.perf_counter()
         scores = evaluate_all(model, data, config, targets, device)
         t_end = time.perf_counter()
+        if checkpoint is not None:
+            from trainers.checkpoint import save_checkpoint
+
+            save_checkpoint(checkpoint, model, config.model, config.data.crop, spec.id)
     tail = recent[-max(1, len(recent) // 10):]
     extra = {"val_curve": val_curve + [[spec.steps, {t: v["loss"] for t, v in scores.items()}]]} if eval_steps else {}
     return {
@@ -234,8 +241,12 @@ class RunJob:
         import monai
         import torch
 
-        result = train_run(spec, data, self.config, list(self.targets), on_step)
+        from trainers.checkpoint import checkpoint_path
+
+        ckpt = checkpoint_path(self.records_dir, spec.id) if self.config.training.save_checkpoints else None
+        result = train_run(spec, data, self.config, list(self.targets), on_step, checkpoint=ckpt)
         record = {
+            **({"checkpoint": ckpt.name} if ckpt is not None else {}),
             "format": RECORD_FORMAT,
             "run": spec.as_dict(),
             "config_hash": self.config_hash,

@@ -164,3 +164,41 @@ def test_kill_minus_9_then_rerun_resumes(tiny):
     for name, text in done_before.items():  # finished runs were kept, not redone
         assert (records / name).read_text() == text
     assert json.loads(next(iter(done_before.values())))["format"] == "bayescale.trainers.record/1"
+
+
+def test_checkpoint_round_trip_reloads_the_same_model_and_refuses_foreign_files(tiny):
+    import torch
+
+    from trainers.checkpoint import checkpoint_path, load_checkpoint
+    from trainers.mae import build_model
+
+    folder, path = tiny
+    config = load_config(path)
+    data = prepare_data(config, load_manifest(config.data.manifest, 1), folder / "cache")
+    ckpt = checkpoint_path(folder / "records", "r")
+    train_run(_spec(), data, config, checkpoint=ckpt)
+    payload = load_checkpoint(ckpt)
+    assert payload["run"] == "r" and payload["model_config"] == config.model
+    model = build_model(payload["model_config"], payload["crop"])
+    model.load_state_dict(payload["state_dict"])  # strict: every key matches the architecture
+    fresh = build_model(config.model, config.data.crop).state_dict()
+    assert any(not torch.equal(fresh[k], payload["state_dict"][k]) for k in fresh)  # it was trained
+    assert not list(ckpt.parent.glob("*.tmp"))
+
+    # a pickle that would run code, a truncated file, a foreign dict: one-line InputErrors
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = folder / "evil.pt"
+    torch.save({"format": "x", "obj": Evil()}, bad)
+    with pytest.raises(InputError, match="evil.pt: not a readable checkpoint"):
+        load_checkpoint(bad)
+    truncated = folder / "cut.pt"
+    truncated.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(InputError, match="cut.pt: not a readable checkpoint"):
+        load_checkpoint(truncated)
+    other = folder / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(InputError, match="not a bayescale encoder checkpoint"):
+        load_checkpoint(other)
