@@ -76,6 +76,12 @@ def predictive_bands(runs: xr.Dataset, targets, draw_targets, log_pred, predicti
         log_se = np.where(np.isfinite(se) & np.isfinite(observed_loss), se / observed_loss, 0.0)
         predictive = predictive + log_se[None] * rng.standard_normal(predictive.shape)
     quantiles = np.exp(np.quantile(predictive, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0))
+    # PIT: where the observation falls in its predictive distribution. Uniform on [0, 1] when
+    # the predictive is calibrated; its spread gives coverage at every nominal level at once.
+    observed_all = runs["loss"].reindex(target=draws_targets).transpose("run", "target").values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_obs = np.log(observed_all)
+    pit = np.where(np.isfinite(log_obs), (predictive < log_obs[None]).mean(axis=0), np.nan)
     cols = [draws_targets.index(t) for t in targets]
     coords = {"run": runs["run"].values, "target": targets}
 
@@ -91,6 +97,7 @@ def predictive_bands(runs: xr.Dataset, targets, draw_targets, log_pred, predicti
             "hi50": da(quantiles[3]),
             "lo90": da(quantiles[0]),
             "hi90": da(quantiles[4]),
+            "pit": da(pit),
             "budget": runs["data"].sum("source"),
         }
     )
@@ -138,6 +145,27 @@ def _scores(pred: xr.Dataset, observed: np.ndarray, ok: np.ndarray) -> dict:
 CALIBRATION_ALPHA = 0.01
 
 
+def coverage_curve(pred: xr.Dataset, levels=None) -> dict:
+    """Empirical coverage of central predictive intervals at each nominal level, from the PIT values.
+
+    A cell is inside the central ``q`` interval when its PIT lies in [(1 - q) / 2, (1 + q) / 2].
+    Returns ``{"nominal", "empirical", "lo", "hi", "n"}``; ``lo``/``hi`` bound the empirical coverage
+    a calibrated predictive gives 95 % of the time with this many cells (binomial).
+    """
+    from scipy import stats
+
+    levels = np.linspace(0.05, 0.95, 19) if levels is None else np.asarray(levels, float)
+    pit = pred["pit"].values.ravel()
+    pit = pit[np.isfinite(pit)]
+    n = pit.size
+    if n == 0:
+        raise InputError("no observed held-out cells to compute calibration from")
+    empirical = np.array([np.mean(np.abs(pit - 0.5) <= q / 2) for q in levels])
+    lo = stats.binom.ppf(0.025, n, levels) / n
+    hi = stats.binom.ppf(0.975, n, levels) / n
+    return {"nominal": levels.tolist(), "empirical": empirical.tolist(), "lo": lo.tolist(), "hi": hi.tolist(), "n": int(n)}
+
+
 def calibration_verdict(scores: dict) -> dict:
     """Are the held-out intervals over- or under-confident? ``{"verdict", "message", "p_values"}``.
 
@@ -178,3 +206,97 @@ def check_holdout(draws: LawDraws, grid: xr.Dataset, *, split: str = "holdout", 
     scores = score_predictions(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
     scores["calibration"] = calibration_verdict(scores)
     return scores
+
+
+def score_posterior(idata, grid: xr.Dataset, *, seed: int = 0, where: str = "grid") -> tuple[xr.Dataset, dict]:
+    """Held-out predictions and scores (with calibration verdict) of any posterior, transfer-family or mixing."""
+    from bayescale.posterior import is_mixing, law_draws
+
+    if is_mixing(idata):
+        from bayescale import mixing
+
+        pred = mixing.holdout_predictions(mixing.mixing_draws(idata), grid, seed=seed, where=where)
+    else:
+        pred = holdout_predictions(law_draws(idata), grid, seed=seed, where=where)
+    scores = score_predictions(pred)
+    scores["calibration"] = calibration_verdict(scores)
+    return pred, scores
+
+
+def parse_law_families(text: str) -> list[tuple[str, str]]:
+    """``"transfer,linear,independent:student_t"`` -> [(law, likelihood), ...]; ``"all"`` is every transfer-family law."""
+    from bayescale.laws import LAWS, MIXING_LAWS
+    from bayescale.model import LIKELIHOODS
+
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if items == ["all"]:
+        return [(law, "normal") for law in LAWS]
+    out = []
+    for item in items:
+        law, _, likelihood = item.partition(":")
+        likelihood = likelihood or "normal"
+        if law not in LAWS + MIXING_LAWS:
+            raise InputError(f"--laws: unknown law {law!r} (choose from {', '.join(LAWS + MIXING_LAWS)}, or 'all')")
+        if likelihood not in LIKELIHOODS:
+            raise InputError(f"--laws: unknown likelihood {likelihood!r} in {item!r} (choose from {', '.join(LIKELIHOODS)})")
+        if (law, likelihood) in out:
+            raise InputError(f"--laws: {item!r} is given twice")
+        out.append((law, likelihood))
+    if not out:
+        raise InputError("--laws: name at least one law, e.g. transfer,linear,independent")
+    return out
+
+
+def extrapolation_by_law(grid: xr.Dataset, families: list[tuple[str, str]], *, fit_options: dict | None = None,
+                         seed: int = 0, where: str = "grid", fitted: dict | None = None, progress=None) -> list[dict]:
+    """Fit every law family to the grid's ``fit`` runs and score each on its ``holdout`` runs.
+
+    One row per family, in the order given: the held-out scores of :func:`score_predictions`,
+    the calibration verdict, the fit's convergence diagnostics and its wall time. ``fitted``
+    maps (law, likelihood) to a posterior already fitted on the same split (reused, not refitted).
+    Shows which law extrapolates best on this grid, and whether its intervals can be trusted.
+    """
+    import time
+
+    from bayescale.fit import fit
+    from bayescale.posterior import diagnostics
+
+    runs = grids.select_split(grid, "holdout")
+    if runs.sizes["run"] == 0:
+        raise InputError(f"{where}: no held-out runs (split == 'holdout') to score the laws on; use --holdout-above BUDGET")
+    rows = []
+    for law, likelihood in families:
+        start = time.perf_counter()
+        idata = (fitted or {}).get((law, likelihood))
+        if idata is None:
+            if progress is not None:
+                progress(law, likelihood)
+            idata = fit(grid, law=law, likelihood=likelihood, seed=seed, grid_name=where, **(fit_options or {}))
+        seconds = time.perf_counter() - start
+        pred, scores = score_posterior(idata, grid, seed=seed, where=where)
+        diag = diagnostics(idata)
+        log_err = np.abs(np.log(pred["median"].values) - np.log(pred["observed"].values))
+        rows.append({
+            "law": law,
+            "likelihood": likelihood,
+            **scores,
+            "mean_abs_log_error": float(np.nanmean(log_err)),
+            "divergences": int(diag.get("divergences", 0)),
+            "max_rhat": float(diag.get("max_rhat", float("nan"))),
+            "seconds": seconds,
+        })
+    return rows
+
+
+def format_law_table(rows: list[dict]) -> str:
+    """The per-law extrapolation table as aligned text, best (lowest median |rel. error|) marked."""
+    best = min(range(len(rows)), key=lambda i: rows[i]["median_abs_rel_error"])
+    lines = [f"{'law':<24} {'cells':>5} {'r':>7} {'med|err|':>9} {'cov50':>6} {'cov90':>6} {'calibration':<16} {'div':>4} {'r-hat':>6}"]
+    for i, row in enumerate(rows):
+        name = row["law"] + ("" if row["likelihood"] == "normal" else f":{row['likelihood']}") + ("  *" if i == best else "")
+        lines.append(
+            f"{name:<24} {row['n']:>5d} {row['pearson_r']:>7.4f} {row['median_abs_rel_error']:>9.2%} {row['coverage_50']:>6.0%} "
+            f"{row['coverage_90']:>6.0%} {row['calibration']['verdict']:<16} {row['divergences']:>4d} {row['max_rhat']:>6.3f}"
+        )
+    lines.append("* lowest median |relative error| on the held-out runs; trust its intervals only if calibration says ok")
+    return "\n".join(lines)

@@ -35,24 +35,37 @@ def default_budget(grid: xr.Dataset) -> float:
     return float(2 * budgets.max())
 
 
+def path_budgets(budget: float) -> list[float]:
+    """Budgets of the allocation path the report draws: from an eighth of the budget to a quarter above it."""
+    return [budget * f for f in (0.125, 0.25, 0.5, 0.75, 1.0, 1.25)]
+
+
 def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = None, allocation: dict | None = None,
                grid_name: str = "", objective: str = "mean", upper: dict | None = None, diag: dict | None = None) -> Path:
-    """Compute what the report shows (allocation, held-out predictions, diagnostics) and write it."""
+    """Compute what the report shows (allocation and its path, hubs, held-out predictions and
+    calibration, diagnostics and LOO) and write it."""
     from bayescale.allocate import allocate
-    from bayescale.check import holdout_predictions, score_predictions
+    from bayescale.check import calibration_verdict, holdout_predictions, score_predictions
+    from bayescale.hubs import hub_island_table
     from bayescale.posterior import diagnostics, law_draws
-    from bayescale.report import write_report
+    from bayescale.report import loo_summary, write_report
 
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder (the report is a folder of HTML and PNG files)")
     draws = law_draws(idata)
     if allocation is None:
-        allocation = allocate(draws, budget or default_budget(grid), objective=objective, upper=upper)
+        budget = budget or default_budget(grid)
+        allocation = allocate(draws, budget, objective=objective, upper=upper, budgets=path_budgets(budget))
     holdout = scores = None
     if "split" in grid.coords and (grid["split"] == "holdout").any():
         holdout = holdout_predictions(draws, grid, where=grid_name or "grid")
         scores = score_predictions(holdout)
+        scores["calibration"] = calibration_verdict(scores)
+    # The independent law has no transfer: no hubs or islands to find.
+    hubs = hub_island_table(idata) if draws.law != "independent" else None
     return write_report(
         out, idata=idata, grid=grid, allocation=allocation, holdout=holdout, scores=scores,
-        diagnostics=diag if diag is not None else diagnostics(idata),
+        diagnostics=diag if diag is not None else diagnostics(idata), hubs=hubs, loo=loo_summary(idata),
     )
 
 
@@ -71,9 +84,11 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     config = load_demo_config(config_path)
     grid_path = Path(grid) if grid else Path(config["grid"])
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    ds = grids.load_grid(grid_path)  # before the output folder exists: a bad grid leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    ds = grids.load_grid(grid_path)
     console.rule("bayescale demo")
     console.print(grids.format_grid_summary(grids.grid_summary(ds)), highlight=False)
 
@@ -99,7 +114,8 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     budget = float(alloc_cfg.get("budget", default_budget(ds)))
     objective = alloc_cfg.get("objective", "mean")
     upper = alloc_cfg.get("available") or None
-    allocation = allocate(draws, budget, objective=objective, upper=upper, weights=alloc_cfg.get("weights"))
+    allocation = allocate(draws, budget, objective=objective, upper=upper, weights=alloc_cfg.get("weights"),
+                          budgets=path_budgets(budget))
     write_json(out / "allocation.json", allocation)
     timings["allocate"] = time.perf_counter() - t0
 

@@ -34,7 +34,7 @@ from bayescale import grid as grids
 from bayescale._files import atomic_path, write_text_atomic
 from bayescale.posterior import LawDraws, law_draws
 
-FIGURE_NAMES = ("scaling_curves", "transfer_matrix", "allocation", "holdout")
+FIGURE_NAMES = ("scaling_curves", "transfer_matrix", "transfer_graph", "allocation", "allocation_path", "holdout", "calibration")
 DPI = 110
 OWN_COLOUR = "#1f77b4"
 UNIFORM_COLOUR = "#ff7f0e"
@@ -328,7 +328,11 @@ def plot_holdout(holdout: xr.Dataset, scores: dict | None = None) -> Figure:
     """Predicted (median) vs observed loss on held-out cells, thick bars 50 % and thin bars 90 %
     predictive intervals, y = x line, coloured by target, log-log axes."""
     fig = Figure(figsize=(6.6, 5.6), layout="constrained")
-    ax = fig.subplots()
+    _draw_holdout(fig.subplots(), holdout, scores)
+    return fig
+
+
+def _draw_holdout(ax, holdout: xr.Dataset, scores: dict | None) -> None:
     targets = [str(t) for t in holdout["target"].values]
     everything = []
     for k, target in enumerate(targets):
@@ -374,7 +378,97 @@ def plot_holdout(holdout: xr.Dataset, scores: dict | None = None) -> Figure:
         )
     else:
         ax.set_title("Held-out runs", fontsize=11)
+
+
+def plot_allocation_path(allocation: dict) -> Figure:
+    """Recommended amount of each source as the budget grows (the allocation path), solved with the
+    same objective and constraints as the main recommendation; the main budget is marked."""
+    path = [entry for entry in allocation.get("path") or [] if entry.get("allocation")]
+    fig = Figure(figsize=(12.5, 4.4), layout="constrained")
+    ax_amount, ax_share = fig.subplots(1, 2)
+    if not path:
+        for ax in (ax_amount, ax_share):
+            ax.text(0.5, 0.5, "no feasible budget on the path", transform=ax.transAxes, ha="center")
+        return fig
+    sources = list(path[0]["allocation"])
+    budgets = np.array([entry["budget"] for entry in path])
+    for k, src in enumerate(sources):
+        amounts = np.array([entry["allocation"][src] for entry in path])
+        shares = np.array([entry["fractions"][src] for entry in path])
+        ax_amount.plot(budgets, amounts, "o-", color=f"C{k % 10}", label=src, markersize=4)
+        ax_share.plot(budgets, 100 * shares, "o-", color=f"C{k % 10}", label=src, markersize=4)
+    main = allocation.get("budget")
+    for ax in (ax_amount, ax_share):
+        if main is not None:
+            ax.axvline(main, color="black", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        _plain_log_ticks(ax, which="x")
+        ax.set_xlabel("budget (dotted: the recommendation above)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+    ax_amount.set_ylabel("recommended amount", fontsize=10)
+    ax_amount.set_title(f"Allocation path ({allocation.get('objective', '?')})", fontsize=11)
+    ax_share.set_ylabel("share of budget (%)", fontsize=10)
+    ax_share.set_title("Shares along the path", fontsize=11)
+    ax_amount.legend(fontsize=8.5, frameon=False)
     return fig
+
+
+def plot_calibration(holdout: xr.Dataset) -> Figure:
+    """Left: histogram of the held-out cells' PIT values (flat when the predictive is calibrated;
+    U-shaped when over-confident, a hump when under-confident) with the band a calibrated
+    predictive stays in. Right: empirical coverage of central intervals against their nominal level."""
+    fig = Figure(figsize=(11.5, 4.4), layout="constrained")
+    ax_pit, ax_cov = fig.subplots(1, 2)
+    _draw_pit(ax_pit, holdout)
+    _draw_coverage(ax_cov, holdout)
+    return fig
+
+
+def plot_check(holdout: xr.Dataset, scores: dict | None = None) -> Figure:
+    """What ``bayescale check --figure`` saves: predicted vs observed, PIT histogram, coverage vs nominal."""
+    fig = Figure(figsize=(17.5, 5.4), layout="constrained")
+    ax_pred, ax_pit, ax_cov = fig.subplots(1, 3, width_ratios=[1.15, 1, 1])
+    _draw_holdout(ax_pred, holdout, scores)
+    _draw_pit(ax_pit, holdout)
+    _draw_coverage(ax_cov, holdout)
+    return fig
+
+
+def _draw_pit(ax, holdout: xr.Dataset) -> None:
+    from scipy import stats
+
+    pit = holdout["pit"].values.ravel()
+    pit = pit[np.isfinite(pit)]
+    n, bins = pit.size, 10
+    counts, edges = np.histogram(pit, bins=bins, range=(0, 1))
+    lo, hi = stats.binom.ppf([0.025, 0.975], n, 1 / bins)
+    ax.axhspan(lo, hi, color="#bbbbbb", alpha=0.4, label="95 % range if calibrated")
+    ax.axhline(n / bins, color="black", linestyle="--", linewidth=1)
+    ax.bar(edges[:-1], counts, width=1 / bins, align="edge", color="#4c72b0", edgecolor="white")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(counts.max(), hi) * 1.25)
+    ax.set_xlabel("PIT: share of predictive draws below the observed loss", fontsize=10)
+    ax.set_ylabel("held-out cells", fontsize=10)
+    ax.set_title(f"PIT histogram (n = {n}); piled at the edges = over-confident", fontsize=11)
+    ax.legend(fontsize=8.5, frameon=False, loc="upper center")
+
+
+def _draw_coverage(ax, holdout: xr.Dataset) -> None:
+    from bayescale.check import coverage_curve
+
+    curve = coverage_curve(holdout)
+    nominal = 100 * np.asarray(curve["nominal"])
+    ax.fill_between(nominal, 100 * np.asarray(curve["lo"]), 100 * np.asarray(curve["hi"]), color="#bbbbbb", alpha=0.4,
+                    label="95 % range if calibrated")
+    ax.plot([0, 100], [0, 100], color="black", linestyle="--", linewidth=1, label="nominal")
+    ax.plot(nominal, 100 * np.asarray(curve["empirical"]), "o-", color="#c44e52", markersize=4, label="held-out cells")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("nominal coverage of the central interval (%)", fontsize=10)
+    ax.set_ylabel("held-out cells inside (%)", fontsize=10)
+    ax.set_title("Coverage vs nominal; below the band = over-confident", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8.5, frameon=False, loc="upper left")
 
 
 # --------------------------------------------------------------------------------------
@@ -403,6 +497,8 @@ figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 0.92em; margin-top: 4px; }
 pre { background: #f6f6f6; padding: 8px 12px; overflow-x: auto; font-size: 0.88em; }
 code { font-size: 0.92em; }
+.share { color: #666; font-size: 0.88em; }
+.scroll { overflow-x: auto; }
 """
 
 CAPTIONS = {
@@ -416,6 +512,17 @@ CAPTIONS = {
     "allocation": "Left: the share of the budget each strategy puts on each source (numbers above the green bars are "
     "the recommended amounts); right: each strategy's predicted loss per target, mean with its credible interval — "
     "lower is better.",
+    "transfer_graph": "Left: the directed transfer graph (an arrow i -> j when source i's data, at the reference amount, "
+    "is worth a noticeable share of target j's effective data; wider arrows transfer more), nodes coloured hub, island or "
+    "neither with their posterior probabilities. Right: each domain's out-transfer (how much it helps others) against its "
+    "in-transfer (how much others help it), posterior means with intervals; the rules are in the table above.",
+    "allocation_path": "The recommended allocation re-solved at a range of budgets with the same objective and "
+    "constraints: which source to add next as the budget grows (left: amounts; right: shares). Budgets the constraints "
+    "cannot meet are left out.",
+    "calibration": "Left: where each held-out observation falls within its predictive distribution (PIT). A calibrated "
+    "predictive gives a flat histogram inside the grey band; bars piled at 0 and 1 mean the intervals are too narrow. "
+    "Right: the share of held-out cells inside the central interval of each nominal level; points below the diagonal "
+    "and grey band mean the law is more confident than it should be.",
     "holdout": "Each point is one held-out (run, target) cell: its observed loss (x) against the posterior predictive "
     "median (y) with 50 % (thick) and 90 % (thin) intervals; points on the dashed line are predicted exactly, and "
     "about 90 % of the thin bars should cross it.",
@@ -439,14 +546,14 @@ def _fmt(value, spec: str = ".4g") -> str:
 def _table(header: list[str], rows: list[list[tuple[str, str]]]) -> str:
     """rows: lists of (html cell content, css class); the first column is left-aligned."""
     heads = "".join(f'<th class="name">{_e(h)}</th>' if k == 0 else f"<th>{_e(h)}</th>" for k, h in enumerate(header))
-    out = ["<table>", f"<tr>{heads}</tr>"]
+    out = ['<div class="scroll"><table>', f"<tr>{heads}</tr>"]
     for row in rows:
         cells = []
         for k, (content, cls) in enumerate(row):
             classes = " ".join(c for c in (("name" if k == 0 else ""), cls) if c)
             cells.append(f'<td class="{classes}">{content}</td>' if classes else f"<td>{content}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "\n".join(out)
 
 
@@ -496,9 +603,8 @@ def _allocation_html(allocation: dict | None, unit: str) -> str:
         + (f" on {_e(allocation['draws_used'])} posterior draws" if "draws_used" in allocation else "")
         + ".</p>"
     )
-    header = ["source"]
-    for name, _ in strategies:
-        header += [f"{name} ({unit})", f"{name} share"]
+    # One column per strategy, amount over share, so five strategies fit the page.
+    header = [f"source: amount ({unit}) and share"] + [name for name, _ in strategies]
     rows = []
     for s in sources:
         row = [(_e(s), "")]
@@ -506,13 +612,14 @@ def _allocation_html(allocation: dict | None, unit: str) -> str:
             amounts = strat["allocation"]
             total = sum(float(v) for v in amounts.values())
             amount = float(amounts.get(s, 0.0))
-            row += [(_fmt(amount, ".2f"), ""), (_fmt(100 * amount / total if total > 0 else 0.0, ".1f") + " %", "")]
+            share = _fmt(100 * amount / total if total > 0 else 0.0, ".1f") + " %"
+            row.append((f'{_fmt(amount, ".2f")}<br><span class="share">{share}</span>', ""))
         rows.append(row)
     total_row = [("<b>total</b>", "")]
     objective_row = [("<b>objective value</b>", "")]
     for name, strat in strategies:
-        total_row += [(_fmt(sum(float(v) for v in strat["allocation"].values()), ".2f"), ""), ("100 %", "")]
-        objective_row += [(_fmt(strat.get("objective_value"), ".5g"), "good" if name == "recommended" else ""), ("", "")]
+        total_row.append((_fmt(sum(float(v) for v in strat["allocation"].values()), ".2f"), ""))
+        objective_row.append((_fmt(strat.get("objective_value"), ".5g"), "good" if name == "recommended" else ""))
     parts.append(_table(header, rows + [total_row, objective_row]))
     shadow = allocation.get("shadow_price")
     facts = []
@@ -558,6 +665,75 @@ def _allocation_html(allocation: dict | None, unit: str) -> str:
                 for src, f in unc["fractions"].items()]
         parts.append(_table(["source", "recommended share", "per-draw optimal share", "largest share in"], rows))
     return "\n".join(parts)
+
+
+def _loo_html(loo: dict | None) -> str:
+    if not loo:
+        return ""
+    bad = loo.get("pareto_k_bad", 0)
+    rows = [
+        [("elpd (PSIS-LOO)", ""), (_fmt(loo["elpd_loo"], ".1f") + " &plusmn; " + _fmt(loo["se"], ".1f"), ""), ("higher is better", "")],
+        [("effective parameters p_loo", ""), (_fmt(loo["p_loo"], ".1f"), ""), ("", "")],
+        [("observations with Pareto k above " + _fmt(loo["pareto_k_threshold"], ".2f"), ""),
+         (f"{_e(bad)} of {_e(loo['n'])}", "bad" if bad else "good"), ("0", "")],
+    ]
+    note = (f'<p class="warn">LOO is unreliable for {_e(bad)} observations (high Pareto k): '
+            "compare laws on held-out runs (<code>bayescale check --laws</code>) rather than by LOO alone.</p>") if bad else ""
+    return "<p>Leave-one-out predictive accuracy of the fitted runs:</p>" + _table(["check", "value", "wanted"], rows) + note
+
+
+def loo_summary(idata) -> dict | None:
+    """PSIS-LOO of a posterior with a log-likelihood group, as a small dict; None without one."""
+    import warnings
+
+    import arviz as az
+
+    if "log_likelihood" not in getattr(idata, "children", {}):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the Pareto-k count below says it
+        loo = az.loo(idata)
+    k = np.asarray(loo.pareto_k).ravel()
+    return {"elpd_loo": float(loo.elpd), "se": float(loo.se), "p_loo": float(loo.p), "n": int(k.size),
+            "pareto_k_bad": int(np.sum(k > loo.good_k)), "pareto_k_threshold": float(loo.good_k)}
+
+
+def _hubs_html(hubs: xr.Dataset | None) -> str:
+    if hubs is None:
+        return '<p class="note">No hub and island table was given (a law without transfer has none), so this section is omitted.</p>'
+    from bayescale.hubs import summary_from_table
+
+    summary = summary_from_table(hubs)
+    rows = []
+    for name, d in summary["domains"].items():
+        def measure(m):
+            return "n/a" if m is None else f"{_fmt(m['mean'], '.3g')} [{_fmt(m['lo'], '.3g')}, {_fmt(m['hi'], '.3g')}]"
+
+        label = d["label"]
+        rows.append([(_e(name), "name"), (_e(d["role"]), "text"), (measure(d["out_transfer"]), ""), (measure(d["in_transfer"]), ""),
+                     (_fmt(d["p_hub"], ".2f") if d["p_hub"] is not None else "n/a", ""),
+                     (_fmt(d["p_island"], ".2f") if d["p_island"] is not None else "n/a", ""),
+                     (f"<b>{_e(label)}</b>" if label != "neither" else _e(label), "")])
+    pct = round(100 * summary["interval"])
+    table = _table(["domain", "role", f"out-transfer [{pct} %]", f"in-transfer [{pct} %]", "P(hub)", "P(island)", "label"], rows)
+    definitions = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in summary["definitions"].items())
+    return table + f"<ul>{definitions}</ul>"
+
+
+def _path_html(allocation: dict | None) -> str:
+    path = (allocation or {}).get("path") or []
+    if not path:
+        return ""
+    sources = next((list(e["allocation"]) for e in path if e.get("allocation")), [])
+    rows = []
+    for entry in path:
+        if entry.get("allocation"):
+            cells = [(_fmt(100 * entry["fractions"][s], ".0f") + " %", "") for s in sources]
+            rows.append([(_fmt(entry["budget"], ".4g"), "")] + cells + [(_e(entry["status"]), "text")])
+        else:
+            rows.append([(_fmt(entry["budget"], ".4g"), "")] + [("&ndash;", "") for _ in sources]
+                        + [(_e(entry.get("message", entry["status"])), "text bad")])
+    return "<p>The recommendation at other budgets (shares of each budget):</p>" + _table(["budget"] + sources + ["status"], rows)
 
 
 def _holdout_html(holdout: xr.Dataset | None, scores: dict | None) -> str:
@@ -648,11 +824,15 @@ def write_report(
     holdout: xr.Dataset | None = None,
     scores: dict | None = None,
     diagnostics: dict | None = None,
+    hubs: xr.Dataset | None = None,
+    loo: dict | None = None,
     title: str = "bayescale report",
 ) -> Path:
     """Write the figures as PNG files and ``report.html`` (figures embedded) into the folder ``out``.
 
-    Sections whose input is None are left out with a note. Returns the HTML path.
+    Sections whose input is None are left out with a note. ``hubs`` is a
+    :func:`bayescale.hubs.hub_island_table`; ``loo`` the PSIS-LOO summary of :func:`loo_summary`.
+    Returns the HTML path.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -664,10 +844,18 @@ def write_report(
         ("scaling_curves", plot_scaling_curves(draws, grid), "scaling curves per target"),
         ("transfer_matrix", plot_transfer_matrix(draws), "posterior transfer matrix"),
     ]
+    if hubs is not None:
+        from bayescale.hubs import plot_transfer_graph
+
+        figures.append(("transfer_graph", plot_transfer_graph(idata, hubs, data_unit=unit), "transfer graph with hubs and islands"))
     if allocation is not None:
         figures.append(("allocation", plot_allocation(allocation), "recommended allocation vs baselines"))
+        if any(entry.get("allocation") for entry in allocation.get("path") or []):
+            figures.append(("allocation_path", plot_allocation_path(allocation), "allocation path over budgets"))
     if holdout is not None:
         figures.append(("holdout", plot_holdout(holdout, scores), "held-out predictions vs observations"))
+        if "pit" in holdout and np.isfinite(holdout["pit"].values).any():
+            figures.append(("calibration", plot_calibration(holdout), "calibration: PIT histogram and coverage vs nominal"))
     rendered = {}
     for name, fig, alt in figures:
         png = _figure_png(fig)
@@ -684,14 +872,19 @@ def write_report(
             return _figure_html(name, *rendered[name])
         return f'<p class="note">No {_e(what)} was given, so this figure is omitted.</p>'
 
+    def figure_if(name: str) -> str:
+        return _figure_html(name, *rendered[name]) if name in rendered else ""
+
     sections = [
         ("Grid", _grid_html(grid, idata)),
-        ("Convergence diagnostics", _diagnostics_html(diagnostics)),
+        ("Convergence diagnostics", _diagnostics_html(diagnostics) + _loo_html(loo)),
         ("Scaling curves", figure_or_note("scaling_curves", "grid")),
         ("Transfer between domains", figure_or_note("transfer_matrix", "posterior")),
-        ("Recommended allocation", _allocation_html(allocation, unit) + "\n" + figure_or_note("allocation", "allocation")),
+        ("Hubs and islands", _hubs_html(hubs) + figure_if("transfer_graph")),
+        ("Recommended allocation", _allocation_html(allocation, unit) + "\n" + figure_or_note("allocation", "allocation")
+         + _path_html(allocation) + figure_if("allocation_path")),
         ("Held-out check", _holdout_html(holdout, scores) + ("\n" + figure_or_note("holdout", "held-out prediction")
-                                                             if holdout is not None else "")),
+                                                             + figure_if("calibration") if holdout is not None else "")),
     ]
     subtitle = (
         f"{len(draws.sources)} sources, {len(draws.targets)} targets; law <code>{_e(draws.law)}</code>, "

@@ -63,6 +63,66 @@ def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident()
 
     world = dataclasses.replace(draw_world(3, seed=5), broken=(4.0, 0.4))
     grid = simulate_grid(world, seed=5)
-    scores = check_holdout(law_draws(fit(grid, chains=2, warmup=300, draws=300, seed=1)), grid)
+    draws = law_draws(fit(grid, chains=2, warmup=300, draws=300, seed=1))
+    scores = check_holdout(draws, grid)
     assert scores["coverage_90"] < 0.8  # the intervals really are over-confident here ...
     assert scores["calibration"]["verdict"] == "over-confident"  # ... and the check says so
+    # ... and so does the PIT: held-out observations pile up in the predictive's tails
+    from bayescale.check import coverage_curve
+
+    pit = holdout_predictions(draws, grid)["pit"].values.ravel()
+    assert np.mean((pit < 0.05) | (pit > 0.95)) > 0.2  # 10 % if calibrated
+    curve = coverage_curve(holdout_predictions(draws, grid))
+    below = np.asarray(curve["empirical"]) < np.asarray(curve["lo"])
+    assert below[-5:].all()  # the wide intervals cover less than a calibrated predictive could by chance
+
+
+def test_pit_and_coverage_curve_agree_with_the_interval_scores(small_draws, small_grid):
+    from bayescale.check import coverage_curve
+
+    pred = holdout_predictions(small_draws, small_grid)
+    scores = score_predictions(pred)
+    pit = pred["pit"].values.ravel()
+    assert np.all((pit >= 0) & (pit <= 1)) and pit.size == scores["n"]
+    # PIT < the cell's 50 % quantile exactly when the observation is below the predictive median
+    below_median = pred["observed"].values.ravel() < pred["median"].values.ravel()
+    assert np.array_equal(pit < 0.5, below_median) or np.mean((pit < 0.5) != below_median) <= 1 / pit.size
+    curve = coverage_curve(pred, levels=[0.5, 0.9])
+    tolerance = 2 / scores["n"]  # quantile interpolation vs draw counting: at most a cell or two apart
+    assert curve["empirical"][0] == pytest.approx(scores["coverage_50"], abs=tolerance)
+    assert curve["empirical"][1] == pytest.approx(scores["coverage_90"], abs=tolerance)
+    full = coverage_curve(pred)
+    assert np.all(np.diff(full["empirical"]) >= 0)  # wider intervals cover at least as much
+    assert np.all(np.asarray(full["lo"]) <= np.asarray(full["nominal"])) and np.all(np.asarray(full["nominal"]) <= np.asarray(full["hi"]))
+    # on a world from the law's own family the PIT is roughly uniform: no tail pile-up
+    assert np.mean((pit < 0.05) | (pit > 0.95)) < 0.25
+
+
+def test_parse_law_families_reads_laws_and_likelihoods_and_refuses_bad_names():
+    from bayescale.check import parse_law_families
+    from bayescale.laws import LAWS
+
+    assert parse_law_families("transfer, independent:student_t") == [("transfer", "normal"), ("independent", "student_t")]
+    assert parse_law_families("all") == [(law, "normal") for law in LAWS]
+    for text, message in (("transfer,bogus", "unknown law 'bogus'"), ("linear:cauchy", "unknown likelihood 'cauchy'"),
+                          ("linear,linear", "given twice"), (" , ", "name at least one law")):
+        with pytest.raises(InputError, match=message):
+            parse_law_families(text)
+
+
+def test_extrapolation_by_law_ranks_the_true_family_first(small_grid, small_fit):
+    """The small world transfers between domains: the independent law, blind to transfer, must
+    extrapolate the held-out mixtures worse than the transfer law that generated them."""
+    from bayescale.check import extrapolation_by_law, format_law_table
+
+    rows = extrapolation_by_law(small_grid, [("transfer", "normal"), ("independent", "normal")],
+                                fit_options={"chains": 1, "warmup": 200, "draws": 200}, fitted={("transfer", "normal"): small_fit})
+    by_law = {row["law"]: row for row in rows}
+    assert by_law["transfer"]["median_abs_rel_error"] < by_law["independent"]["median_abs_rel_error"]
+    assert by_law["transfer"]["mean_abs_log_error"] < by_law["independent"]["mean_abs_log_error"]
+    assert all(row["n"] == by_law["transfer"]["n"] for row in rows)  # the same held-out cells for every law
+    table = format_law_table(rows)
+    assert table.splitlines()[1].startswith("transfer") and table.splitlines()[1].rstrip().endswith(f"{rows[0]['max_rhat']:.3f}")
+    assert "transfer  *" in table  # the best one is marked
+    with pytest.raises(InputError, match="no held-out runs"):
+        extrapolation_by_law(select_split(small_grid, "fit"), [("transfer", "normal")])

@@ -18,6 +18,7 @@ from bayescale import report
 from bayescale.allocate import allocate
 from bayescale.check import holdout_predictions, score_predictions
 from bayescale.fit import fit
+from bayescale.hubs import hub_island_table
 from bayescale.posterior import diagnostics, law_draws
 from bayescale.simulate import draw_world, simulate_grid
 
@@ -33,7 +34,7 @@ def world():
     grid = simulate_grid(draw_world(3, seed=0), seed=0)
     idata = fit(grid, chains=2, warmup=150, draws=100, seed=0)
     draws = law_draws(idata)
-    allocation = allocate(draws, BUDGET, upper=UPPER)
+    allocation = allocate(draws, BUDGET, upper=UPPER, budgets=[50.0, 100.0, BUDGET, 300.0])
     holdout = holdout_predictions(draws, grid)
     return {
         "grid": grid,
@@ -43,6 +44,8 @@ def world():
         "holdout": holdout,
         "scores": score_predictions(holdout),
         "diagnostics": diagnostics(idata),
+        "hubs": hub_island_table(idata),
+        "loo": report.loo_summary(idata),
     }
 
 
@@ -57,6 +60,8 @@ def full_report(world, tmp_path_factory):
         holdout=world["holdout"],
         scores=world["scores"],
         diagnostics=world["diagnostics"],
+        hubs=world["hubs"],
+        loo=world["loo"],
         title="Report <for> CT & MRI",
     )
     return out, path, path.read_text()
@@ -80,7 +85,7 @@ def test_full_report_embeds_every_figure_as_a_valid_png_and_saves_it(full_report
     out, path, text = full_report
     assert path == out / "report.html" and path.is_file()
     pngs = embedded_pngs(text)
-    assert text.count("data:image/png;base64,") == len(report.FIGURE_NAMES) == len(pngs) == 4
+    assert text.count("data:image/png;base64,") == len(report.FIGURE_NAMES) == len(pngs) == 7
     for name, png in zip(report.FIGURE_NAMES, pngs):
         assert_valid_png(png)
         on_disk = out / f"{name}.png"
@@ -98,7 +103,7 @@ def test_full_report_is_self_contained_and_escapes_text(full_report):
     assert "<title>Report &lt;for&gt; CT &amp; MRI</title>" in text
     assert "Report <for>" not in text
     for heading in ("Grid", "Convergence diagnostics", "Scaling curves", "Transfer between domains",
-                    "Recommended allocation", "Held-out check"):
+                    "Hubs and islands", "Recommended allocation", "Held-out check"):
         assert f"<h2>{heading}</h2>" in text
     assert "omitted" not in text
 
@@ -120,7 +125,7 @@ def test_full_report_shows_the_input_numbers(world, full_report):
         assert f">{100 * alloc['fractions'][source]:.1f} %<" in text
     assert set(alloc["baselines"]) == {"uniform", "proportional"}
     for name, base in alloc["baselines"].items():
-        assert f"{name} share" in text
+        assert f"<th>{name}</th>" in text
         assert f">{base['objective_value']:.5g}<" in text
         for amount in base["allocation"].values():
             assert f">{amount:.2f}<" in text
@@ -134,6 +139,21 @@ def test_full_report_shows_the_input_numbers(world, full_report):
     assert f">{100 * scores['coverage_90']:.0f} %<" in text
     assert f">{scores['n']}<" in text
     assert world["grid"].attrs["description"] in text
+
+    # LOO, hubs and the allocation path carry their numbers too
+    loo = world["loo"]
+    assert f"{loo['elpd_loo']:.1f} &plusmn; {loo['se']:.1f}" in text
+    assert f"{loo['pareto_k_bad']} of {loo['n']}" in text
+    from bayescale.hubs import summary_from_table
+
+    for name, row in summary_from_table(world["hubs"])["domains"].items():
+        assert (f">{row['label']}<" in text or f"<b>{row['label']}</b>" in text) and f"{row['out_transfer']['mean']:.3g} [" in text
+    path = [e for e in alloc["path"] if e.get("allocation")]
+    assert len(path) >= 3
+    for entry in path:
+        assert f">{entry['budget']:.4g}<" in text
+    # at 300 the caps (270 in all) bind and the rest of the budget stays unspent
+    assert sum(alloc["path"][-1]["allocation"].values()) == pytest.approx(sum(UPPER.values()), rel=1e-6)
 
 
 # --------------------------------------------------------------------------------------
@@ -155,6 +175,8 @@ def test_report_without_optional_inputs_omits_their_sections(world, tmp_path):
     assert "No allocation was given" in text
     assert "No held-out predictions were given" in text
     assert "No diagnostics were given" in text
+    assert "No hub and island table was given" in text
+    assert "fig-allocation_path" not in text and "fig-calibration" not in text and "PSIS-LOO" not in text
     assert 'id="fig-allocation"' not in text and 'id="fig-holdout"' not in text
     assert "shadow price" not in text and "coverage" not in text
     assert "<title>bayescale report</title>" in text
