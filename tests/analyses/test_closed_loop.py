@@ -1,0 +1,335 @@
+"""analyses/closed_loop.py: its pure pieces on real objects, and one end-to-end run on a tiny world."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bayescale.allocate import law_losses
+from bayescale.baselines import fill
+from bayescale.check import holdout_predictions
+from bayescale.errors import InputError
+from bayescale.grid import load_grid, make_grid
+from bayescale.predict import predict
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "analyses" / "closed_loop.py"
+_spec = importlib.util.spec_from_file_location("closed_loop", SCRIPT)
+cl = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cl)
+
+DEMO_CAPS = {"ct_abdomen": 56, "ct_chest": 56, "mri_t1_brain": 40, "mri_t2_abdomen": 24, "pet_wholebody": 12}
+
+
+# ------------------------------------------------------------------------------------ allocations and runs
+
+
+def test_integer_rules_at_the_demo_budget_spend_it_exactly_under_the_caps():
+    uniform = cl.integer_rule(144, DEMO_CAPS, "uniform")
+    proportional = cl.integer_rule(144, DEMO_CAPS, "proportional")
+    # uniform: 28.8 each would break PET's 12 and MRI T2's 24; the rest water-fills to 36 each
+    assert uniform == {"ct_abdomen": 36, "ct_chest": 36, "mri_t1_brain": 36, "mri_t2_abdomen": 24, "pet_wholebody": 12}
+    # proportional: 144 * caps / 188 = 42.9, 42.9, 30.6, 18.4, 9.2 -> largest remainders
+    assert proportional == {"ct_abdomen": 43, "ct_chest": 43, "mri_t1_brain": 31, "mri_t2_abdomen": 18, "pet_wholebody": 9}
+    caps = np.array(list(DEMO_CAPS.values()), float)
+    for ints, shape in ((uniform, None), (proportional, caps)):
+        continuous = fill(144.0, np.zeros(5), caps, shape)
+        assert np.all(np.abs(np.array(list(ints.values())) - continuous) < 1)
+
+
+def test_integer_rule_rounds_without_breaking_a_cap():
+    # uniform split of 8 over caps (2, 10, 10): 2, 3, 3 exactly; of 7: 2 and 2.5 + 2.5 -> one of them gets 3
+    assert cl.integer_rule(8, {"a": 2, "b": 10, "c": 10}, "uniform") == {"a": 2, "b": 3, "c": 3}
+    got = cl.integer_rule(7, {"a": 2, "b": 10, "c": 10}, "uniform")
+    assert sum(got.values()) == 7 and got["a"] == 2 and sorted([got["b"], got["c"]]) == [2, 3]
+    # fractions all pushing towards a capped domain: the unit goes elsewhere
+    assert cl.round_capped([2.9, 2.05, 2.05], [2, 5, 5], 7) == [2, 3, 2]
+    with pytest.raises(InputError, match="more than the caps allow"):
+        cl.integer_rule(30, {"a": 2, "b": 10, "c": 10}, "uniform")
+    with pytest.raises(InputError, match="whole number"):
+        cl.integer_rule(6.5, {"a": 10}, "uniform")
+
+
+def test_plan_runs_names_every_run_by_strategy_and_seed():
+    allocations = {"recommended": {"a": 3, "b": 1}, "proportional": {"a": 2, "b": 2}}
+    runs = cl.plan_runs(allocations, [0, 4])
+    assert [r["id"] for r in runs] == ["recommended-s0", "proportional-s0", "recommended-s4", "proportional-s4"]
+    assert runs[2] == {"id": "recommended-s4", "strategy": "recommended", "seed": 4, "data": {"a": 3, "b": 1}}
+    with pytest.raises(InputError, match="whole volumes"):
+        cl.plan_runs({"recommended": {"a": 2.5, "b": 1}}, [0])
+    with pytest.raises(InputError, match="distinct"):
+        cl.plan_runs(allocations, [1, 1])
+    with pytest.raises(InputError, match="run ids"):
+        cl.plan_runs({"my plan": {"a": 1}}, [0])
+    with pytest.raises(InputError, match="no data"):
+        cl.plan_runs({"empty": {"a": 0}}, [0])
+
+
+def test_train_config_keeps_the_shipped_recipe_and_lists_the_runs(tmp_path):
+    from trainers.config import config_hash, load_config
+    from trainers.design import make_design
+
+    recommended = {"ct_abdomen": 26, "ct_chest": 53, "mri_t1_brain": 29, "mri_t2_abdomen": 24, "pet_wholebody": 12}
+    allocations = {"recommended": recommended,
+                   "uniform": cl.integer_rule(144, DEMO_CAPS, "uniform")}
+    runs = cl.plan_runs(allocations, [0, 1, 2])
+    out = tmp_path / "study"
+    out.mkdir()
+    base = REPO / "data" / "configs" / "phantom.toml"
+    (out / "train.toml").write_text(cl.train_config_text(base, runs, out))
+    config, shipped = load_config(out / "train.toml"), load_config(base)
+    # the same recipe as the shipped grid: its records' hash
+    assert config_hash(config, None) == load_grid(REPO / "data" / "grids" / "phantom-mae.nc").attrs["config_hash"]
+    assert config.data.manifest.resolve() == shipped.data.manifest.resolve()
+    assert config.data.cache_dir.resolve() == shipped.data.cache_dir.resolve()
+    assert config.phantoms.out.resolve() == shipped.phantoms.out.resolve()
+    written = tomllib.loads((out / "train.toml").read_text())
+    assert not Path(written["data"]["manifest"]).is_absolute()  # relative to the new file, as the base's were
+    assert config.records == out / "records" and config.training.save_checkpoints
+    design = make_design(config, {d: 56 for d in DEMO_CAPS})
+    assert [r.id for r in design] == [r["id"] for r in runs]
+    assert all(r.steps == 1200 + 50 * 144 and r.split == "holdout" for r in design)
+    assert {k: v for k, v in design[0].data.items()} == allocations["recommended"]
+    # a smoke run's fixed steps or a forced device is another recipe, and says so by its hash
+    (out / "smoke.toml").write_text(cl.train_config_text(base, runs, out, steps=20))
+    smoke = load_config(out / "smoke.toml")
+    assert smoke.training.steps_for(144) == 20 and config_hash(smoke, None) != config_hash(config, None)
+    (out / "cpu.toml").write_text(cl.train_config_text(base, runs, out, device="cpu"))
+    assert config_hash(load_config(out / "cpu.toml"), None) != config_hash(config, None)
+
+
+# ------------------------------------------------------------------------------------ predictions
+
+
+def _allocations(draws, budget=40.0):
+    k = len(draws.sources)
+    even = {s: budget / k for s in draws.sources}
+    skewed = {s: (budget * 0.55 if i == 0 else budget * 0.45 / (k - 1)) for i, s in enumerate(draws.sources)}
+    return {"recommended": skewed, "proportional": even, "uniform": dict(skewed)}
+
+
+def test_predicted_table_bands_and_improvements(small_draws):
+    allocations = _allocations(small_draws)
+    targets = list(small_draws.targets)
+    rel = np.full(len(targets), 0.04)
+    pred = cl.predicted_table(small_draws, allocations, relative_se=rel, n_seeds=3, seed=0)
+    assert pred["targets"] == targets and pred["draws"] == small_draws.n_draws
+    law = {name: law_losses(small_draws, [a[s] for s in small_draws.sources]) for name, a in allocations.items()}
+    for name, entry in pred["strategies"].items():
+        for t in targets + [cl.MEAN]:
+            row = entry["rows"][t]
+            for kind in ("single_run", "seed_mean", "law"):
+                b = row[kind]
+                assert b["lo90"] < b["lo50"] < b["median"] < b["hi50"] < b["hi90"]
+            width = {k: row[k]["hi90"] - row[k]["lo90"] for k in row}
+            assert width["law"] < width["seed_mean"] < width["single_run"]  # noise of one run > of a mean of 3
+        for j, t in enumerate(targets):  # the law's band is the library's prediction without noise
+            assert entry["rows"][t]["law"]["median"] == pytest.approx(float(np.median(law[name][:, j])), rel=1e-5)
+            lib = predict(small_draws, allocations[name], interval=0.9)["targets"][t]
+            assert entry["rows"][t]["law"]["lo90"] == pytest.approx(lib["lo"], rel=1e-5)
+        mean_law = law[name].mean(axis=1)
+        assert entry["rows"][cl.MEAN]["law"]["median"] == pytest.approx(float(np.median(mean_law)), rel=1e-5)
+    # improvement over a baseline, draw by draw; identical allocations improve on nothing
+    imp = 1 - law["recommended"].mean(axis=1) / law["proportional"].mean(axis=1)
+    got = pred["improvement"]["proportional"]["law"]
+    assert got["median"] == pytest.approx(float(np.median(imp)), rel=1e-4)
+    assert got["p_better"] == pytest.approx(float(np.mean(imp > 0)))
+    same = pred["improvement"]["uniform"]["law"]
+    assert same["lo90"] == same["hi90"] == 0.0 and same["p_better"] == 0.0
+    assert pred["improvement"]["uniform"]["single_run"]["hi90"] > 0 > pred["improvement"]["uniform"]["single_run"]["lo90"]
+    # more evaluation noise, wider single-run intervals
+    wider = cl.predicted_table(small_draws, allocations, relative_se=rel * 3, n_seeds=3, seed=0)
+    t0 = targets[0]
+    band = lambda p: p["strategies"]["recommended"]["rows"][t0]["single_run"]  # noqa: E731
+    assert band(wider)["hi90"] - band(wider)["lo90"] > 1.2 * (band(pred)["hi90"] - band(pred)["lo90"])
+
+
+def test_single_run_band_is_the_held_out_predictive_of_check(small_draws):
+    """One new run's band equals bayescale.check's held-out band for a run with that loss_se."""
+    allocations = _allocations(small_draws)
+    targets = list(small_draws.targets)
+    rel = np.array([0.02, 0.05, 0.03, 0.08])[: len(targets)]
+    pred = cl.predicted_table(small_draws, {"recommended": allocations["recommended"]}, relative_se=rel, n_seeds=1)
+    data = np.array([[allocations["recommended"][s] for s in small_draws.sources]])
+    loss = np.ones((1, len(targets)))
+    grid = make_grid(["new"], list(small_draws.sources), targets, data, loss, split="holdout", loss_se=rel[None] * loss)
+    bands = holdout_predictions(small_draws, grid)
+    for j, t in enumerate(targets):
+        mine = pred["strategies"]["recommended"]["rows"][t]["single_run"]
+        for q in ("median", "lo50", "hi50", "lo90", "hi90"):  # Monte Carlo of two independent noise draws
+            assert mine[q] == pytest.approx(float(bands[q].sel(run="new", target=t)), rel=0.03)
+
+
+# ------------------------------------------------------------------------------------ measured vs predicted
+
+
+def _measured(pred, factor: dict[str, float], seeds=(0, 1, 2)):
+    """Measured losses: each strategy's predicted single-run median times a factor."""
+    out = {}
+    for name, entry in pred["strategies"].items():
+        for s in seeds:
+            loss = {t: entry["rows"][t]["single_run"]["median"] * factor[name] for t in pred["targets"]}
+            out.setdefault(name, {})[s] = {"loss": loss, "loss_se": {t: 0.0 for t in pred["targets"]}}
+    return out
+
+
+def test_compare_counts_coverage_and_says_when_the_recommendation_loses(small_draws):
+    allocations = _allocations(small_draws)
+    pred = cl.predicted_table(small_draws, allocations, relative_se=np.full(len(small_draws.targets), 0.03), n_seeds=3)
+    J = len(pred["targets"])
+    # the recommendation measured 60 % above its prediction: outside every interval, and worse than both rules
+    result = cl.compare(pred, _measured(pred, {"recommended": 1.6, "proportional": 1.0, "uniform": 1.0}))
+    cov = result["coverage"]
+    assert cov["targets"]["n"] == 3 * 3 * J and cov[cl.MEAN]["n"] == 9
+    assert cov["targets"]["inside50"] == cov["targets"]["inside90"] == 2 * 3 * J  # the two rules, at their medians
+    rec_rows = [r for r in result["rows"] if r["strategy"] == "recommended"]
+    assert all(not any(r["inside90"].values()) for r in rec_rows)
+    imp = result["improvement"]["proportional"]
+    assert imp["n"] == 3 and imp["seeds_better"] == 0 and imp["mean"] < -0.3
+    assert "did NOT beat proportional" in imp["verdict"] and "OUTSIDE" in imp["verdict"]
+    w = result["weighted_mean"]
+    assert imp["per_seed"][0] == pytest.approx(1 - w["recommended"][0] / w["proportional"][0])
+    assert w["recommended"][0] == pytest.approx(np.mean([r["measured"][0] for r in rec_rows if r["target"] != cl.MEAN]))
+
+    # the recommendation 5 % better in every seed: a win; missing seeds are not counted
+    measured = _measured(pred, {"recommended": 0.95, "proportional": 1.0, "uniform": 1.0}, seeds=(0, 1))
+    del measured["uniform"][1]
+    result = cl.compare(pred, measured)
+    assert result["improvement"]["proportional"]["n"] == 2 and result["improvement"]["uniform"]["n"] == 1
+    med = {n: np.mean([pred["strategies"][n]["rows"][t]["single_run"]["median"] for t in pred["targets"]]) for n in allocations}
+    assert result["improvement"]["proportional"]["mean"] == pytest.approx(1 - 0.95 * med["recommended"] / med["proportional"])
+    assert result["improvement"]["proportional"]["mean"] > 0
+    assert "beat proportional in 2 of 2 seeds" in result["improvement"]["proportional"]["verdict"]
+    assert result["improvement"]["uniform"]["sd"] is None
+    assert cl.compare(pred, {})["improvement"]["proportional"]["verdict"] == "vs proportional: not measured yet"
+
+
+def test_measured_from_grid_maps_runs_to_strategies_and_refuses_another_plan():
+    runs = cl.plan_runs({"recommended": {"a": 3, "b": 1}, "uniform": {"a": 2, "b": 2}}, [0, 1])
+    grid = make_grid(["uniform-s1", "recommended-s0", "other"], ["a", "b"], ["a", "b"],
+                     [[2, 2], [3, 1], [1, 1]], [[0.5, 0.6], [0.4, 0.7], [0.9, 0.9]], loss_se=np.full((3, 2), 0.01),
+                     split="holdout")
+    measured = cl.measured_from_grid(grid, runs)
+    assert measured == {"uniform": {1: {"loss": {"a": 0.5, "b": 0.6}, "loss_se": {"a": 0.01, "b": 0.01}}},
+                        "recommended": {0: {"loss": {"a": 0.4, "b": 0.7}, "loss_se": {"a": 0.01, "b": 0.01}}}}
+    bad = grid.copy(deep=True)
+    bad["data"][0, 0] = 1.0
+    with pytest.raises(InputError, match="uniform-s1"):
+        cl.measured_from_grid(bad, runs)
+
+
+def test_to_toml_round_trips_nested_tables():
+    import tomllib
+
+    config = {"description": 'a "quoted" name', "records": "r", "training": {"lr": 0.003, "spacing": [6.0, 6.0], "ok": True},
+              "design": {"runs": [{"id": "x-s0", "seed": 0, "data": {"a": 1, "b-c": 0}}]}}
+    assert tomllib.loads(cl.to_toml(config)) == config
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+TINY_STUDY = """
+grid = "grid.nc"
+[fit]
+law = "transfer"
+chains = 2
+warmup = 100
+draws = 100
+target_accept = 0.8
+[allocate]
+budget = 4
+objective = "cvar:0.9"
+[allocate.available]
+ct_a = 3
+mri_b = 1
+pet_c = 3
+"""
+
+
+@pytest.fixture
+def tiny_study(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("monai")
+    from tests.trainers.test_domains import write_config, write_dataset
+    from trainers.run import train_grid
+
+    write_dataset(tmp_path)
+    config = write_config(tmp_path)
+    train_grid(config, tmp_path / "grid.nc", progress=False, workers=1)  # the grid the law is fitted to
+    study = tmp_path / "study.toml"
+    study.write_text(textwrap.dedent(TINY_STUDY))
+    return tmp_path, config, study
+
+
+def _run(*args, timeout=240):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+def test_end_to_end_on_a_tiny_world_trains_compares_and_resumes(tiny_study):
+    folder, config, study = tiny_study
+    out = folder / "out"
+    args = ("--config", study, "--train-config", config, "--out", out, "--workers", "1", "--quiet", "--budget", "4")
+    t0 = time.perf_counter()
+    first = _run(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    seconds = time.perf_counter() - t0
+    result = json.loads((out / "results.json").read_text())
+    assert result["runs_planned"] == result["runs_measured"] == 9
+    # trained with the recipe of the grid the law was fitted to
+    recipe = result["recipe"]
+    assert recipe["config_hash"] == load_grid(folder / "grid.nc").attrs["config_hash"] == recipe["grid_config_hash"]
+    alloc = result["allocations"]
+    assert set(alloc) == {"recommended", "proportional", "uniform"}
+    assert alloc["proportional"] == {"ct_a": 2, "mri_b": 0, "pet_c": 2}
+    assert alloc["uniform"] == {"ct_a": 2, "mri_b": 1, "pet_c": 1}
+    for name, amounts in alloc.items():
+        assert sum(amounts.values()) == 4 and amounts["mri_b"] <= 1 and all(v >= 0 for v in amounts.values())
+    grid = load_grid(out / "runs.nc")
+    assert sorted(grid["run"].values) == sorted(f"{n}-s{s}" for n in alloc for s in (0, 1, 2))
+    assert set(grid["split"].values) == {"holdout"}
+    for run in grid["run"].values:  # every run kept its encoder for fine-tuning
+        assert (out / "records" / f"{run}.pt").stat().st_size > 1000
+    cov = result["comparison"]["coverage"]
+    assert cov["targets"]["n"] == 27 and cov[cl.MEAN]["n"] == 9
+    assert 0 <= cov["targets"]["inside50"] <= cov["targets"]["inside90"] <= 27
+    measured = result["comparison"]["weighted_mean"]
+    loss = grid["loss"].sel(run="uniform-s2").values
+    assert measured["uniform"]["2"] == pytest.approx(float(loss.mean()))
+    md = (out / "results.md").read_text()
+    assert "| ct_a | recommended |" in md and "vs proportional" in md
+    assert (out / "closed_loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "improvement of the recommendation" in first.stdout
+    print(f"first run {seconds:.1f}s")
+
+    # interrupted after all but one run: the rerun trains exactly that one, reusing fit and plan
+    (out / "records" / "proportional-s1.json").unlink()
+    (out / "records" / "proportional-s1.pt").unlink()
+    plan_before = (out / "plan.json").read_text()
+    second = _run(*args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "reusing" in second.stdout and "trained 1, skipped 8" in second.stdout
+    assert (out / "plan.json").read_text() == plan_before
+    assert (out / "records" / "proportional-s1.pt").is_file()
+    again = json.loads((out / "results.json").read_text())
+    assert again["comparison"] == result["comparison"]  # deterministic training: the same numbers
+
+
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
+    study = tmp_path / "study.toml"
+    study.write_text(textwrap.dedent(TINY_STUDY))
+    assert cl.main(["--config", str(study), "--out", str(tmp_path / "out"), "--budget", "40", "--quiet"]) == 2
+    text = capsys.readouterr().out.replace("\n", " ")
+    assert "error:" in text and "budget 40 is more than the caps allow" in text
+    assert cl.main(["--config", str(study), "--out", str(tmp_path / "out"), "--seeds", "1,1", "--quiet"]) == 2
+    assert "distinct" in capsys.readouterr().out
