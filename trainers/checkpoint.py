@@ -7,7 +7,8 @@ from elsewhere cannot run code. It sits beside the run's record: ``<records>/<ru
 Contents: ``format`` (:data:`CHECKPOINT_FORMAT`), ``run`` (the run id), ``model`` (the
 :class:`~trainers.config.ModelConfig` as a dict), ``crop`` (the input size the position
 embeddings were built for) and ``state_dict`` (the whole MaskedAutoEncoderViT; fine-tuning
-takes the encoder part, the keys under ``patch_embedding.``, ``blocks.`` and ``norm.``).
+takes the encoder part: ``patch_embedding.*``, ``blocks.0 .. blocks.{num_layers - 1}`` and the
+encoder's final LayerNorm, which MONAI's MAE keeps as ``blocks.{num_layers}``).
 """
 
 from __future__ import annotations

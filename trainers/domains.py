@@ -18,8 +18,23 @@ true``::
 
 MRI domains take ``percentiles = [1, 99]`` (mapped to [0, 1], clipped), PET domains ``suv_max``
 (SUV clipped to [0, suv_max] and scaled to [0, 1]). Keys written by
-:func:`trainers.phantoms.write_manifest` that training does not use (``label_glob``,
-``labels_csv``, ``spacing``, ``shape``, a ``[labels]`` table) are accepted and ignored.
+:func:`trainers.phantoms.write_manifest` that training does not use (``spacing``, ``shape``, a
+``[labels]`` table) are accepted and ignored.
+
+Labels (optional; pretraining ignores them, downstream fine-tuning, :mod:`trainers.finetune`, reads
+them)::
+
+    label = "ct_abdomen/ct_abdomen_[0-9][0-9][0-9][0-9]_label.nii.gz"   # or a list; alias: label_glob
+    labels_csv = "ct_abdomen/labels.csv"  # header row, then: subject (file stem), class (0 or 1)
+
+A label volume pairs with the image of the same file stem (the name without ``.nii.gz``/``.nii``),
+or with the image whose stem is its own minus one of the suffixes ``_label``, ``_labels``,
+``_seg``, ``_mask``, ``_gt``: ``x_0004_label.nii.gz`` and ``labels/x_0004.nii.gz`` both pair with
+``x_0004.nii.gz``. Label files that pair with no image are ignored, but a label glob that pairs
+with none at all is an error, as are two label volumes for one image. A ``labels_csv`` row pairs
+with the image whose stem is its first column. Shapes and affines of label volumes are checked
+against their images before fine-tuning (:func:`trainers.downstream_data.check_label_volumes`), not
+here: pretraining does not need to read them.
 
 Preprocessing is MONAI: LoadImage (nibabel), Orientation (RAS), Spacing (the config's common
 spacing), the modality's intensity transform; its output is cached on disk with
@@ -48,7 +63,8 @@ MODALITIES = ("ct", "mri", "pet")
 DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
 DEFAULT_MRI_PERCENTILES = (1.0, 99.0)
 DEFAULT_PET_SUV_MAX = 10.0
-_IGNORED_DOMAIN_KEYS = ("label_glob", "labels_csv", "spacing", "shape", "description")
+_IGNORED_DOMAIN_KEYS = ("spacing", "shape", "description")
+LABEL_SUFFIXES = ("_label", "_labels", "_seg", "_mask", "_gt")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -63,6 +79,21 @@ class Domain:
     window: tuple[float, float] = DEFAULT_CT_WINDOW
     percentiles: tuple[float, float] = DEFAULT_MRI_PERCENTILES
     suv_max: float = DEFAULT_PET_SUV_MAX
+    labels: tuple[tuple[Path, Path], ...] = ()  # (image, label volume), in image order
+    classes: tuple[tuple[Path, int], ...] = ()  # (image, class label from labels_csv)
+    class_name: str | None = None  # the labels_csv header of the class column
+    labels_csv: Path | None = None
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every image of the domain (validation set and training pool), sorted."""
+        return tuple(sorted({*self.validation, *self.train}))
+
+    def label_of(self, image: Path) -> Path | None:
+        return dict(self.labels).get(Path(image))
+
+    def class_of(self, image: Path) -> int | None:
+        return dict(self.classes).get(Path(image))
 
     def intensity(self) -> dict:
         if self.modality == "ct":
@@ -207,9 +238,108 @@ def _read_domain(t: _Table, name: str, where: str, root: Path, folder: Path, all
     for key, applies in (("window", "ct"), ("percentiles", "mri"), ("suv_max", "pet")):
         if t.has(key) and modality != applies:
             raise InputError(f"{here}: {key} applies to {applies} domains, not to modality {modality!r}")
+    images = sorted({*train, *validation})
+    labels = _read_label_volumes(t, here, images, root, folder, allow_absolute)
+    classes, class_name, csv_path = _read_labels_csv(t, here, images, root, folder, allow_absolute)
     t.done()
     return Domain(name=name, modality=modality, train=tuple(train), validation=tuple(validation),
-                  window=window, percentiles=percentiles, suv_max=suv_max)
+                  window=window, percentiles=percentiles, suv_max=suv_max, labels=labels, classes=classes,
+                  class_name=class_name, labels_csv=csv_path)
+
+
+def file_stem(path: Path | str) -> str:
+    """A volume's name without its extension: ``x.nii.gz`` -> ``x``, ``x.nii`` -> ``x``."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def _image_stems(images, here: str) -> dict[str, Path | None]:
+    stems: dict[str, Path | None] = {}
+    for p in images:
+        s = file_stem(p)
+        stems[s] = None if s in stems else p  # None: two images share the stem (ambiguous)
+    return stems
+
+
+def _read_label_volumes(t: _Table, here: str, images, root: Path, folder: Path, allow_absolute: bool):
+    """``label`` (or its alias ``label_glob``): label volumes paired with the images by file stem."""
+    if t.has("label") and t.has("label_glob"):
+        raise InputError(f"{here}: give label or label_glob (the same thing), not both")
+    key = "label" if t.has("label") else "label_glob"
+    if not t.has(key):
+        t.raw("label")
+        t.raw("label_glob")
+        return ()
+    value = t.raw(key)
+    label_files = _file_set(value, key, here, root, folder, allow_absolute)
+    stems = _image_stems(images, here)
+    image_set = set(images)
+    pairs: dict[Path, Path] = {}
+    for lab in label_files:
+        if lab in image_set:
+            raise InputError(f"{here}: {key} matches {lab}, which is also one of the domain's images; narrow the image glob or the label glob")
+        s = file_stem(lab)
+        candidates = [s] + [s[: -len(x)] for x in LABEL_SUFFIXES if s.endswith(x) and len(s) > len(x)]
+        for c in candidates:
+            if c not in stems:
+                continue
+            image = stems[c]
+            if image is None:
+                raise InputError(f"{here}: label volume {lab} pairs with more than one image of stem {c!r}")
+            if image in pairs:
+                raise InputError(f"{here}: {image} has two label volumes, {pairs[image]} and {lab}")
+            pairs[image] = lab
+            break
+    if not pairs:
+        example = file_stem(images[0]) if images else "x"
+        raise InputError(
+            f"{here}: {key} {value!r} matches {len(label_files)} file{'s' if len(label_files) != 1 else ''} but pairs none "
+            f"with an image of the domain (e.g. {label_files[0].name}); a label pairs with the image of the same file stem, "
+            f"optionally plus _label, _seg or _mask (e.g. {example}_label.nii.gz for {example}.nii.gz)"
+        )
+    return tuple((image, pairs[image]) for image in images if image in pairs)
+
+
+def _read_labels_csv(t: _Table, here: str, images, root: Path, folder: Path, allow_absolute: bool):
+    """``labels_csv``: one class label (0 or 1) per subject, paired with the images by file stem."""
+    import csv
+
+    if not t.has("labels_csv"):
+        t.raw("labels_csv")
+        return (), None, None
+    text = t.str("labels_csv")
+    if not text.strip():
+        raise InputError(f"{here}: labels_csv is empty; expected a path")
+    path = _resolve(text, root, folder, allow_absolute, f"{here}: labels_csv")
+    if not path.is_file():
+        raise InputError(f"{here}: labels_csv names {path}, which is not a file")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise InputError(f"{path}: cannot read the labels CSV ({' '.join(str(error).split())})") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows or len(rows[0]) < 2:
+        raise InputError(f"{path}: expected a header row 'subject,<class name>' and one row per subject")
+    class_name = rows[0][1].strip() or "class"
+    stems = _image_stems(images, here)
+    values: dict[str, int] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) < 2:
+            raise InputError(f"{path}: line {line} has {len(row)} column; expected subject,{class_name}")
+        subject, raw = file_stem(row[0].strip()), row[1].strip()
+        if raw not in ("0", "1"):
+            raise InputError(f"{path}: line {line}: {class_name} of {subject!r} is {raw!r}; expected 0 or 1")
+        if subject in values:
+            raise InputError(f"{path}: line {line}: subject {subject!r} appears twice")
+        values[subject] = int(raw)
+    classes = [(p, values[file_stem(p)]) for p in images if file_stem(p) in values and stems.get(file_stem(p)) is not None]
+    if not classes:
+        raise InputError(f"{path}: none of its {len(values)} subjects pairs with an image of {here.split(': ', 1)[-1]} by file stem")
+    return tuple(classes), class_name, path
 
 
 def _pair(t: _Table, key: str, default, here: str) -> tuple[float, float]:
@@ -268,8 +398,13 @@ def _file_set(value, key: str, here: str, root: Path, folder: Path, allow_absolu
 # MONAI preprocessing
 
 
-def preprocess_transform(domain: Domain, data: DataConfig):
-    """The deterministic MONAI chain of one domain: load, RAS, common spacing, intensity to [0, 1]."""
+def preprocess_transform(domain: Domain, data: DataConfig, label: bool = False):
+    """The deterministic MONAI chain of one domain: load, RAS, common spacing, intensity to [0, 1].
+
+    ``label``: also load the item's ``"label"`` volume through the same chain (same orientation
+    and spacing; nearest-neighbour resampling; no intensity transform), for fine-tuning. The
+    image's chain is the same either way.
+    """
     from monai.transforms import (
         Compose,
         EnsureTyped,
@@ -280,10 +415,12 @@ def preprocess_transform(domain: Domain, data: DataConfig):
         Spacingd,
     )
 
+    keys = ["image", "label"] if label else "image"
     chain = [
-        LoadImaged(keys="image", reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32),
-        Orientationd(keys="image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd(keys="image", pixdim=data.spacing, mode="bilinear", padding_mode="border", dtype=np.float32),
+        LoadImaged(keys=keys, reader="NibabelReader", image_only=True, ensure_channel_first=True, dtype=np.float32),
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=keys, pixdim=data.spacing, mode=("bilinear", "nearest") if label else "bilinear",
+                 padding_mode="border", dtype=np.float32),
     ]
     if domain.modality == "ct":
         lo, hi = domain.window
@@ -293,7 +430,7 @@ def preprocess_transform(domain: Domain, data: DataConfig):
         chain.append(ScaleIntensityRangePercentilesd(keys="image", lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True))
     else:
         chain.append(ScaleIntensityRanged(keys="image", a_min=0.0, a_max=domain.suv_max, b_min=0.0, b_max=1.0, clip=True))
-    chain.append(EnsureTyped(keys="image", dtype=np.float32, track_meta=False))
+    chain.append(EnsureTyped(keys=keys, dtype=np.float32, track_meta=False))
     return Compose(chain)
 
 
