@@ -259,7 +259,7 @@ def figure(summary: dict, path: Path, groups) -> None:
             jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
             ax.scatter(i + np.asarray(jitter), values, s=14, color=colours.get(s, "k"), alpha=0.6, zorder=3)
             ax.errorbar(i + 0.25, r["mean"], yerr=r["sd"] or 0, fmt="o", color=colours.get(s, "k"), capsize=3, zorder=4)
-        ax.set_xticks(range(len(strategies)), [s[:5] for s in strategies], fontsize=8)
+        ax.set_xticks(range(len(strategies)), strategies, fontsize=8, rotation=20)
         ax.set_title(f"{target}\n{task}", fontsize=9)
         ax.set_ylabel(METRIC_LABEL[task], fontsize=8)
         if task == "classification":
