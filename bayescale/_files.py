@@ -12,13 +12,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from bayescale.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{path}: cannot write there; a part of {path.parent} is a file, not a folder") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot write there ({error.strerror or error})") from None
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp makes the file private (0600); give it the permissions a plain open() would.
@@ -31,6 +39,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_writable(path: str | os.PathLike, flag: str | None = None) -> None:
+    """Refuse, before any work is done, an output path that names an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        where = f"{flag} {path}" if flag else str(path)
+        raise InputError(f"{where}: is a directory; give a file name")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 
 import jax
@@ -26,13 +27,15 @@ def grid_fingerprint(grid: xr.Dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def model_data(grid: xr.Dataset) -> tuple[ModelData, dict]:
-    """Turn the fit runs of a grid into model arrays (law units) and the coordinates to label them."""
+def model_data(grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
+    """Turn the fit runs of a grid into model arrays (law units) and the coordinates to label them.
+
+    ``where`` names the grid (its file) in error messages."""
     fit_runs = grids.select_split(grid, "fit")
     if fit_runs.sizes["run"] == 0:
-        raise InputError("grid has no runs with split == 'fit' to fit the law to")
-    fit_runs = grids.validate_grid(fit_runs)
-    scale = grids.data_scale(fit_runs)
+        raise InputError(f"{where}: no runs with split == 'fit' to fit the law to")
+    fit_runs = grids.validate_grid(fit_runs, where)
+    scale = grids.data_scale(fit_runs, where)
     loss = fit_runs["loss"].transpose("run", "target").values
     observed_targets = np.isfinite(loss).any(axis=0)
     if not observed_targets.all():
@@ -70,6 +73,68 @@ def model_data(grid: xr.Dataset) -> tuple[ModelData, dict]:
         "data_scale": scale,
     }
     return data, coords
+
+
+def identification_warnings(data: ModelData, coords: dict, law: str = "transfer", unit: str = "units") -> list[str]:
+    """What the fit runs cannot tell apart, as one-line warnings (the fit still runs).
+
+    Parameters the data say nothing about keep their (wide) priors, so the posterior stays
+    honest; but a reader must know that intervals there are the prior's, not the grid's:
+
+    - every fit run has the same budget: the law is fitted to how runs split that budget,
+      and predictions at other budgets extrapolate from that alone;
+    - a source without data in any fit run: its scaling and transfer are not identified;
+    - (transfer laws) no cross-domain variation: no run with data from one domain was
+      evaluated on another, or every run mixes the sources in the same proportions, so
+      transfer cannot be told apart from a domain's own data; or, short of that, the
+      (source, target) pairs no run informs.
+    """
+    d = np.asarray(data.d, dtype=np.float64)
+    sources, targets = list(coords["source"]), list(coords["target"])
+    scale = float(coords["data_scale"])
+    out = []
+    budgets = d.sum(axis=1)
+    positive = np.sort(budgets[budgets > 0])
+    if positive.size and positive[-1] <= positive[0] * (1 + 1e-9):
+        out.append(
+            f"every fit run has the same budget ({positive[0] * scale:g} {unit}): the law is fitted to how the runs split it, "
+            "so predictions at other budgets rest on the law's form and its priors; add runs at other budgets "
+            "(or fit the fixed-budget mixing law, --law mixing)"
+        )
+    unused = [s for i, s in enumerate(sources) if not (d[:, i] > 0).any()]
+    if unused:
+        out.append(
+            f"source(s) {', '.join(unused)} have no data in any fit run: their scaling and their transfer "
+            "to other targets are not identified and keep their priors"
+        )
+    if law == "independent":
+        return out
+    off = 1.0 - np.asarray(data.self_mask) > 0  # (I, J): pairs with a transfer coefficient
+    informed = np.zeros(off.shape, dtype=bool)
+    same_mix = []
+    for j in range(len(targets)):
+        rows = np.unique(data.obs_run[data.obs_target == j])
+        informed[:, j] = (d[rows] > 0).any(axis=0)
+        mixes = d[rows][budgets[rows] > 0]
+        shares = mixes / mixes.sum(axis=1, keepdims=True)
+        # Only one way of mixing the sources, and more than one source in it: own data and
+        # transferred data always move together and cannot be told apart.
+        same_mix.append(len(shares) > 0 and np.ptp(shares, axis=0).max() < 1e-9 and (shares[0] > 0).sum() > 1)
+    if off.any() and (not (informed & off).any() or all(same_mix)):
+        out.append(
+            "transfer is not identified: no cross-domain variation in the fit runs (no run with data from one domain is "
+            "evaluated on another, or every run mixes the sources in the same proportions); T and beta keep their wide "
+            "priors; add single-domain runs evaluated on every target, or runs with different mixtures"
+        )
+    else:
+        missing = [(sources[i], targets[j]) for i, j in zip(*np.nonzero(off & ~informed)) if sources[i] not in unused]
+        if missing:
+            example = ", ".join(f"{a} -> {b}" for a, b in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            out.append(
+                f"transfer of {len(missing)} of {int(off.sum())} (source, target) pairs is not informed by any fit run "
+                f"({example}): no run with data from that source is evaluated on that target; those T and beta keep their priors"
+            )
+    return out
 
 
 DIMS = {
@@ -125,7 +190,9 @@ def fit(
     if not 0 < target_accept < 1:
         raise InputError(f"--target-accept must lie strictly between 0 and 1, got {target_accept}")
     grid = grids.validate_grid(grid, grid_name or "grid")
-    data, coords = model_data(grid)
+    data, coords = model_data(grid, grid_name or "grid")
+    for message in identification_warnings(data, coords, law, str(grid.attrs.get("data_unit", "units"))):
+        warnings.warn(message, UserWarning, stacklevel=2)
     model_kwargs = {"law": law, "likelihood": likelihood}
     key = jax.random.PRNGKey(seed)
     if method == "nuts":
@@ -153,6 +220,54 @@ def fit(
     return idata
 
 
+_ABANDONED: list[threading.Event] = []
+
+
+def computation_abandoned() -> bool:
+    """Is a computation that Ctrl-C left behind still running in this process?
+
+    A process must then end with ``os._exit``: XLA aborts if the interpreter shuts down
+    under a running computation. The command line does so (exit status 130)."""
+    return any(not finished.is_set() for finished in _ABANDONED)
+
+
+def interruptible(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, run so that Ctrl-C (SIGINT) stops the command at once.
+
+    Python handles a signal only between bytecodes of the main thread, and a compiled JAX
+    loop (parallel chains, or no progress bar) keeps the main thread inside XLA until the
+    whole phase is done, which can be minutes or hours. So the work runs in a daemon thread
+    while the main thread waits in short waits, where a KeyboardInterrupt arrives at once;
+    the abandoned computation dies with the process, and nothing has been written yet.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+    outcome: dict = {}
+    finished = threading.Event()
+    x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting (jax.enable_x64): carry it over
+
+    def work():
+        try:
+            with jax.enable_x64(x64):
+                outcome["value"] = fn(*args, **kwargs)
+        except BaseException as error:  # handed to the caller's thread below
+            outcome["error"] = error
+        finally:
+            finished.set()
+
+    # An Event, not Thread.join: a join interrupted by Ctrl-C marks a running thread as stopped.
+    threading.Thread(target=work, name="bayescale-sampler", daemon=True).start()
+    try:
+        while not finished.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        _ABANDONED.append(finished)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _sample_nuts(data, model_kwargs, key, chains, warmup, draws, target_accept, dense_mass, progress):
     from numpyro.infer import MCMC, NUTS, init_to_median
 
@@ -160,11 +275,16 @@ def _sample_nuts(data, model_kwargs, key, chains, warmup, draws, target_accept, 
     chain_method = "parallel" if jax.local_device_count() >= chains else "sequential"
     kernel = NUTS(transfer_law_model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=25), dense_mass=dense_mass)
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method, progress_bar=progress)
-    mcmc.run(key, data, extra_fields=("diverging", "energy", "num_steps"), **model_kwargs)
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {"diverging": np.asarray(extra["diverging"]), "energy": np.asarray(extra["energy"]), "n_steps": np.asarray(extra["num_steps"])}
-    return samples, stats
+
+    def sample():
+        mcmc.run(key, data, extra_fields=("diverging", "energy", "num_steps"), **model_kwargs)
+        # np.asarray waits for the (asynchronously dispatched) chains: inside, so Ctrl-C reaches it.
+        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        stats = {"diverging": np.asarray(extra["diverging"]), "energy": np.asarray(extra["energy"]), "n_steps": np.asarray(extra["num_steps"])}
+        return samples, stats
+
+    return interruptible(sample)
 
 
 def _approximate_svi(data, model_kwargs, key, n_draws, steps, progress):
@@ -176,8 +296,13 @@ def _approximate_svi(data, model_kwargs, key, n_draws, steps, progress):
     guide = AutoMultivariateNormal(transfer_law_model, init_loc_fn=init_to_median(num_samples=25))
     svi = SVI(transfer_law_model, guide, optim.ClippedAdam(step_size=0.01), Trace_ELBO())
     fit_key, draw_key = jax.random.split(key)
-    result = svi.run(fit_key, steps, data, progress_bar=progress, **model_kwargs)
-    if not np.isfinite(result.losses[-1]):
+
+    def optimise():
+        result = svi.run(fit_key, steps, data, progress_bar=progress, **model_kwargs)
+        return result, np.asarray(result.losses)
+
+    result, losses = interruptible(optimise)
+    if not np.isfinite(losses[-1]):
         raise InputError("SVI diverged (non-finite ELBO); use --method nuts for this grid")
     # Ask for every latent and deterministic site: by default Predictive returns only
     # the sites the guide does not sample.
@@ -186,7 +311,7 @@ def _approximate_svi(data, model_kwargs, key, n_draws, steps, progress):
     predictive = Predictive(transfer_law_model, guide=guide, params=result.params, num_samples=n_draws, return_sites=sites)
     draws = predictive(draw_key, data, **model_kwargs)
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "log_loss"}
-    return samples, {}, float(np.mean(np.asarray(result.losses)[-100:]))
+    return samples, {}, float(np.mean(losses[-100:]))
 
 
 def _to_datatree(samples: dict, stats: dict, data: ModelData, coords: dict, model_kwargs: dict):
@@ -216,7 +341,8 @@ def _to_datatree(samples: dict, stats: dict, data: ModelData, coords: dict, mode
     return idata
 
 
-def prior_predictive(grid: xr.Dataset, *, law: str = "transfer", likelihood: str = "normal", draws: int = 1000, seed: int = 0) -> dict:
+def prior_predictive(grid: xr.Dataset, *, law: str = "transfer", likelihood: str = "normal", draws: int = 1000, seed: int = 0,
+                     grid_name: str = "") -> dict:
     """Prior predictive check: do the priors, adapted to this grid, cover its observed losses?
 
     Simulates ``draws`` worlds from the prior at the grid's own fit runs and compares, per
@@ -229,7 +355,12 @@ def prior_predictive(grid: xr.Dataset, *, law: str = "transfer", likelihood: str
     from numpyro.infer import Predictive
 
     check_law(law)
-    data, coords = model_data(grids.validate_grid(grid))
+    if likelihood not in LIKELIHOODS:
+        raise InputError(f"--likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}")
+    if draws < 1:
+        raise InputError(f"--draws must be >= 1, got {draws}")
+    where = grid_name or "grid"
+    data, coords = model_data(grids.validate_grid(grid, where), where)
     prior_data = dataclasses.replace(data, log_loss=None)
     sim = Predictive(transfer_law_model, num_samples=draws)(jax.random.PRNGKey(seed), prior_data, law=law, likelihood=likelihood)
     simulated = np.exp(np.asarray(sim["log_loss"]))  # (draws, M)

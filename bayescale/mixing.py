@@ -300,11 +300,16 @@ def fit_mixing(
     kernel = NUTS(mixing_law_model, target_accept_prob=target_accept, dense_mass=dense_mass, max_tree_depth=max_tree_depth,
                   init_strategy=init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method, progress_bar=progress)
-    mcmc.run(jax.random.PRNGKey(seed), data, extra_fields=("diverging", "energy", "num_steps"))
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    stats = {"diverging": np.asarray(extra["diverging"]), "energy": np.asarray(extra["energy"]),
-             "n_steps": np.asarray(extra["num_steps"])}
+    from bayescale.fit import interruptible
+
+    def sample():  # in a thread, so that Ctrl-C stops a long fit at once (see bayescale.fit.interruptible)
+        mcmc.run(jax.random.PRNGKey(seed), data, extra_fields=("diverging", "energy", "num_steps"))
+        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        return samples, {"diverging": np.asarray(extra["diverging"]), "energy": np.asarray(extra["energy"]),
+                         "n_steps": np.asarray(extra["num_steps"])}
+
+    samples, stats = interruptible(sample)
     idata = _to_datatree(samples, stats, data, coords)
     from bayescale.fit import grid_fingerprint
 

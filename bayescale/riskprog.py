@@ -69,7 +69,9 @@ FEAS_TOL = 1e-7  # relative violation of a chance constraint's CVaR that still c
 QP_SOLVERS = ("CLARABEL", "HIGHS", "OSQP", "SCS")
 QP_SETTINGS = {
     "CLARABEL": {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "max_iter": 300},
-    "HIGHS": {},
+    # A time limit: on badly scaled subproblems (losses from 1e-6 to 1e3 at a budget of 1e12) HiGHS's QP
+    # solver ran for hours; the next solvers in the list then take over.
+    "HIGHS": {"time_limit": 10.0},
     "OSQP": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iter": 200_000, "polish": True},
     "SCS": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200_000},
 }
