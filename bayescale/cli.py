@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bayescale.errors import InputError
 
@@ -35,10 +37,17 @@ def exits_cleanly(fn):
         try:
             return fn(*args, **kwargs)
         except InputError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # escape: a message may quote TOML tables ("[training]"), which rich would take for markup and drop
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]: finished outputs are kept; nothing half-written was left behind")
+            fit_module = sys.modules.get("bayescale.fit")
+            if fit_module is not None and fit_module.computation_abandoned():
+                # A sampler is still running in XLA; a normal shutdown under it aborts the process.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -67,6 +76,9 @@ def parse_mapping(text: str | None, flag: str) -> dict[str, float]:
 
 
 def refuse_overwrite_of_input(out: Path, *inputs: Path) -> None:
+    from bayescale._files import check_writable
+
+    check_writable(out, "--out")  # before any work: an hour of sampling must not end in "is a directory"
     for path in inputs:
         if path is not None and out.resolve() == Path(path).resolve():
             raise InputError(f"--out {out} would overwrite the input file")
@@ -136,7 +148,7 @@ def fit(
         refuse_overwrite_of_input(out, grid)
     ds = load_grid(grid)
     if prior_only:
-        check = prior_predictive(ds, law=law, likelihood=likelihood, draws=draws, seed=seed)
+        check = prior_predictive(ds, law=law, likelihood=likelihood, draws=draws, seed=seed, grid_name=str(grid))
         console.print(f"prior predictive check ({law} law, {draws} draws) at the grid's fit runs:", highlight=False)
         console.print(f"{'target':<20} {'observed min..max':>22} {'prior 5%..95%':>22} {'obs inside 90%':>15}", highlight=False)
         for name, row in check["targets"].items():
@@ -324,14 +336,24 @@ def check(
     chains: Annotated[int, typer.Option(help="Chains of the refit (--holdout-above).")] = 4,
     warmup: Annotated[int, typer.Option(help="Warmup of the refit (--holdout-above).")] = 500,
     draws: Annotated[int, typer.Option(help="Draws per chain of the refit (--holdout-above).")] = 500,
-    seed: Annotated[int, typer.Option(help="Seed of the refit (--holdout-above).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the refit (--holdout-above) and of the --laws fits.")] = 0,
+    laws: Annotated[Optional[str], typer.Option("--laws", help="Also fit these law families on the same split and tabulate how each extrapolates, e.g. transfer,linear,independent or all (law:student_t for a Student-t likelihood).")] = None,
+    figure: Annotated[Optional[Path], typer.Option("--figure", help="Also save predicted-vs-observed and calibration (PIT, coverage vs nominal) as PNG.")] = None,
 ):
     """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage, calibration verdict."""
-    from bayescale.check import calibration_verdict, check_holdout, split_at_budget
+    from bayescale.check import coverage_curve, extrapolation_by_law, format_law_table, parse_law_families, score_posterior, split_at_budget
     from bayescale.grid import load_grid
-    from bayescale.posterior import is_mixing, law_draws, load_posterior
+    from bayescale.posterior import load_posterior
 
+    if chains < 1 or warmup < 1 or draws < 1:
+        raise InputError(f"--chains, --warmup and --draws must be >= 1, got {chains}, {warmup}, {draws}")
+    families = parse_law_families(laws) if laws is not None else None
+    if figure is not None and figure.suffix.lower() != ".png":
+        raise InputError(f"--figure {figure}: the figure is written as PNG; give a .png path")
     idata, ds = load_posterior(posterior), load_grid(grid)
+    from bayescale.fit import grid_fingerprint
+
+    fitted_here = idata.attrs.get("grid_fingerprint") == grid_fingerprint(ds)
     if holdout_above is not None:
         from bayescale.fit import fit
 
@@ -339,15 +361,23 @@ def check(
         law, likelihood = str(idata.attrs.get("law", "transfer")), str(idata.attrs.get("likelihood", "normal"))
         console.print(f"refitting the {law} law on the {int((ds['split'] == 'fit').sum())} runs with budget <= {holdout_above:g} ...", highlight=False)
         idata = fit(ds, law=law, likelihood=likelihood, chains=chains, warmup=warmup, draws=draws, seed=seed, grid_name=str(grid))
-    if is_mixing(idata):
-        from bayescale import mixing
-
-        scores = mixing.check_holdout(mixing.mixing_draws(idata), ds, where=str(grid))
-        scores["calibration"] = calibration_verdict(scores)
-    else:
-        scores = check_holdout(law_draws(idata), ds, where=str(grid))
+    pred, scores = score_posterior(idata, ds, where=str(grid))
+    scores["coverage_curve"] = coverage_curve(pred)
     if holdout_above is not None:
         scores["holdout_above"] = holdout_above
+    if families is not None:
+        own = (str(idata.attrs.get("law", "transfer")), str(idata.attrs.get("likelihood", "normal")))
+        scores["laws"] = extrapolation_by_law(
+            ds, families, fit_options={"chains": chains, "warmup": warmup, "draws": draws}, seed=seed, where=str(grid),
+            fitted={own: idata} if holdout_above is not None or fitted_here else None,  # this very split: no refit
+            progress=lambda law, lik: console.print(f"fitting the {law} law ({lik} likelihood) ...", highlight=False),
+        )
+    if figure is not None:
+        from bayescale._files import atomic_path
+        from bayescale.report import plot_check
+
+        with atomic_path(figure) as tmp:
+            plot_check(pred, scores).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     if json_out:
         write_json(json_out, scores)
     console.print(
@@ -357,6 +387,8 @@ def check(
     )
     if scores["calibration"]["verdict"] != "ok":
         console.print(f"[bold red]warning:[/] {scores['calibration']['message']}", highlight=False)
+    if families is not None:
+        console.print(format_law_table(scores["laws"]), highlight=False, markup=False)
 
 
 @app.command()
@@ -446,6 +478,28 @@ def train(
     what = "collected" if collect_only else f"trained {result.trained}, skipped {result.skipped} finished"
     console.print(f"wrote {result.out} ({result.runs} runs; {what}; {result.seconds:.0f}s); records in {result.records_dir}", highlight=False)
     console.print(format_grid_summary(grid_summary(load_grid(result.out))), highlight=False)
+
+
+@app.command()
+@exits_cleanly
+def finetune(
+    config: Annotated[Path, typer.Argument(help="Fine-tuning config (.toml): pretraining config, labelled manifest, recipe.")],
+    encoder: Annotated[str, typer.Option("--encoder", help="Run id (its checkpoint RECORDS/RUN_ID.pt), a checkpoint path (.pt), or scratch.")],
+    target: Annotated[str, typer.Option("--target", help="Labelled domain of the config's manifest to fine-tune and test on.")],
+    task: Annotated[str, typer.Option("--task", help="segmentation | classification")],
+    records: Annotated[Optional[Path], typer.Option("--records", help="Records folder of the pretraining runs (default: the config's records).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the new layers' initial weights, crops and batches.")] = 0,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the result as JSON.")] = None,
+):
+    """Fine-tune a pretrained encoder (or one from scratch) on a labelled domain; Dice per structure or AUROC on a fixed test split."""
+    if out is not None:
+        refuse_overwrite_of_input(out, config)
+    module = _import_trainers("trainers.finetune")
+    result = module.run_finetune(config, encoder, target, task, seed=seed, records=records, console=console)
+    console.print(module.format_result(result), highlight=False)
+    if out is not None:
+        write_json(out, result)
+        console.print(f"wrote {out}", highlight=False)
 
 
 def main() -> None:

@@ -212,3 +212,39 @@ def test_check_holdout_above_refits_below_the_cut_and_scores_above_it(small_file
     budgets = load_grid(grid_path)["data"].sum("source").values
     assert scores["holdout_above"] == 32 and scores["n"] == int((budgets > 32).sum()) * load_grid(grid_path).sizes["target"]
     assert scores["pearson_r"] > 0.9 and scores["calibration"]["verdict"] in ("ok", "over-confident", "under-confident")
+
+
+def test_check_figure_and_law_table(small_files, tmp_path):
+    """check --laws fits each family on the same split and prints the extrapolation table;
+    --figure saves predicted-vs-observed, PIT and coverage; --json carries both."""
+    import matplotlib.image as mpimg
+
+    grid_path, fit_path = small_files
+    out, fig = tmp_path / "c.json", tmp_path / "check.png"
+    r = invoke("check", fit_path, grid_path, "--laws", "transfer,independent", "--chains", 1, "--warmup", 150, "--draws", 150,
+               "--figure", fig, "--json", out)
+    assert r.exit_code == 0, r.output
+    scores = json.loads(out.read_text())
+    assert [row["law"] for row in scores["laws"]] == ["transfer", "independent"]
+    assert scores["laws"][0]["pearson_r"] == pytest.approx(scores["pearson_r"])  # the given posterior, not a refit
+    assert "fitting the independent law" in r.output and "fitting the transfer law" not in r.output  # reused
+    assert "* lowest median |relative error|" in r.output
+    curve = scores["coverage_curve"]
+    assert len(curve["nominal"]) == 19 and curve["n"] == scores["n"]
+    image = mpimg.imread(fig)
+    assert image.shape[1] > 2 * image.shape[0]  # three panels side by side
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--laws", "transfer,nonsense"), "--laws: unknown law 'nonsense'"),
+        (("--figure", "check.pdf"), "give a .png path"),
+        (("--chains", "0"), "--chains, --warmup and --draws must be >= 1"),
+    ],
+)
+def test_check_bad_flags_are_one_line_errors(small_files, tmp_path, args, message):
+    grid_path, fit_path = small_files
+    r = invoke("check", fit_path, grid_path, *args, "--json", tmp_path / "c.json")
+    assert r.exit_code == 2 and message in r.output and r.output.strip().count("\n") == 0, r.output
+    assert not (tmp_path / "c.json").exists() and not (tmp_path / "check.pdf").exists()
