@@ -460,6 +460,22 @@ def _root_cause(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def checked_volume(image, path, domain: Domain, data: DataConfig, where: str) -> np.ndarray:
+    """A preprocessed image as a float32 (1, X, Y, Z) array; one-line InputError if it is not one
+    finite 3D volume at least as large as the crop."""
+    array = np.ascontiguousarray(np.asarray(image, dtype=np.float32))
+    if array.ndim != 4 or array.shape[0] != 1:
+        raise InputError(f"{where}: domain {domain.name!r}: {path} has shape {array.shape[1:]} after loading; expected one 3D volume")
+    if not np.isfinite(array).all():
+        raise InputError(f"{where}: domain {domain.name!r}: {path} holds NaN or infinite values")
+    if any(s < c for s, c in zip(array.shape[1:], data.crop)):
+        raise InputError(
+            f"{where}: domain {domain.name!r}: {path} is {'x'.join(map(str, array.shape[1:]))} voxels at "
+            f"{'x'.join(f'{s:g}' for s in data.spacing)} mm, smaller than the crop {'x'.join(map(str, data.crop))}"
+        )
+    return array
+
+
 def load_volumes(domain: Domain, files, data: DataConfig, where: str, cache_dir: Path | None = None) -> list[np.ndarray]:
     """Preprocessed volumes (float32, shape (1, x, y, z), values in [0, 1]) of ``files``.
 
@@ -510,17 +526,7 @@ def _load_volumes(domain, files, data, where, cache_dir, CacheDataset, Persisten
                 raise InputError(
                     f"{where}: domain {domain.name!r}: cannot read {item['image']} as a NIfTI volume ({_root_cause(error)})"
                 ) from None
-            array = np.ascontiguousarray(np.asarray(result["image"], dtype=np.float32))
-            if array.ndim != 4 or array.shape[0] != 1:
-                raise InputError(f"{where}: domain {domain.name!r}: {item['image']} has shape {array.shape[1:]} after loading; expected one 3D volume")
-            if not np.isfinite(array).all():
-                raise InputError(f"{where}: domain {domain.name!r}: {item['image']} holds NaN or infinite values")
-            if any(s < c for s, c in zip(array.shape[1:], data.crop)):
-                raise InputError(
-                    f"{where}: domain {domain.name!r}: {item['image']} is {'x'.join(map(str, array.shape[1:]))} voxels at "
-                    f"{'x'.join(f'{s:g}' for s in data.spacing)} mm, smaller than the crop {'x'.join(map(str, data.crop))}"
-                )
-            out.append(array)
+            out.append(checked_volume(result["image"], item["image"], domain, data, where))
     return out
 
 

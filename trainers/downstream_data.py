@@ -23,7 +23,7 @@ import numpy as np
 
 from bayescale.errors import InputError
 from trainers.config import DataConfig
-from trainers.domains import Domain, _root_cause, file_stem, preprocess_transform
+from trainers.domains import Domain, _root_cause, checked_volume, file_stem, preprocess_transform
 
 AFFINE_TOLERANCE_MM = 1e-3
 
@@ -139,16 +139,7 @@ def load_labelled(domain: Domain, images, data: DataConfig, where: str, cache_di
                 except Exception as error:  # a reader or transform failure is a property of the files
                     what = f"{item['image']}" + (f" or its label volume {item['label']}" if with_labels else "")
                     raise InputError(f"{where}: domain {domain.name!r}: cannot read {what} ({_root_cause(error)})") from None
-                image = np.ascontiguousarray(np.asarray(result["image"], dtype=np.float32))
-                if image.ndim != 4 or image.shape[0] != 1:
-                    raise InputError(f"{where}: domain {domain.name!r}: {item['image']} has shape {image.shape[1:]} after loading; expected one 3D volume")
-                if not np.isfinite(image).all():
-                    raise InputError(f"{where}: domain {domain.name!r}: {item['image']} holds NaN or infinite values")
-                if any(s < c for s, c in zip(image.shape[1:], data.crop)):
-                    raise InputError(
-                        f"{where}: domain {domain.name!r}: {item['image']} is {'x'.join(map(str, image.shape[1:]))} voxels at "
-                        f"{'x'.join(f'{s:g}' for s in data.spacing)} mm, smaller than the crop {'x'.join(map(str, data.crop))}"
-                    )
+                image = checked_volume(result["image"], item["image"], domain, data, where)
                 label = None
                 if with_labels:
                     raw = np.asarray(result["label"], dtype=np.float32)
