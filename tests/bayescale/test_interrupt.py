@@ -33,7 +33,10 @@ def cli(*args) -> list[str]:
 
 
 def child_env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    """The command as a user runs it: numpyro hides its progress bars (which these tests watch for)
+    when it sees CI or pytest-xdist in the environment, so neither is passed on."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_XDIST_WORKER")}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
 def tree(folder: Path) -> set[str]:
