@@ -27,6 +27,19 @@ def grid_fingerprint(grid: xr.Dataset) -> str:
     return h.hexdigest()[:16]
 
 
+def observed_cells(fit_runs: xr.Dataset, loss: np.ndarray):
+    """(run index, target index, loss, relative standard error) of every observed cell of (run, target)
+    ``loss``; the relative error (loss_se / loss, the log-scale noise it adds) is 0 where the grid has none."""
+    obs_run, obs_target = np.nonzero(np.isfinite(loss))
+    observed = loss[obs_run, obs_target]
+    if "loss_se" in fit_runs:
+        se = fit_runs["loss_se"].transpose("run", "target").values[obs_run, obs_target]
+        log_se = np.where(np.isfinite(se), se / observed, 0.0)
+    else:
+        log_se = np.zeros_like(observed)
+    return obs_run, obs_target, observed, log_se
+
+
 def model_data(grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
     """Turn the fit runs of a grid into model arrays (law units) and the coordinates to label them.
 
@@ -45,13 +58,7 @@ def model_data(grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
         loss = fit_runs["loss"].transpose("run", "target").values
     sources = [str(s) for s in fit_runs["source"].values]
     targets = [str(t) for t in fit_runs["target"].values]
-    obs_run, obs_target = np.nonzero(np.isfinite(loss))
-    observed = loss[obs_run, obs_target]
-    if "loss_se" in fit_runs:
-        se = fit_runs["loss_se"].transpose("run", "target").values[obs_run, obs_target]
-        log_se = np.where(np.isfinite(se), se / observed, 0.0)
-    else:
-        log_se = np.zeros_like(observed)
+    obs_run, obs_target, observed, log_se = observed_cells(fit_runs, loss)
     floor = np.array([np.nanmin(loss[:, j]) for j in range(len(targets))])
     typical = np.array([np.nanmedian(loss[:, j]) for j in range(len(targets))])
     data = ModelData(

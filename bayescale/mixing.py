@@ -130,13 +130,9 @@ def mixing_data(grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict
     slope_basis, slope_loc, slope_tril = slope_coordinates(r, basis)
     sources = [str(s) for s in fit_runs["source"].values]
     targets = [str(t) for t in fit_runs["target"].values]
-    obs_run, obs_target = np.nonzero(np.isfinite(loss))
-    observed = loss[obs_run, obs_target]
-    if "loss_se" in fit_runs:
-        se = fit_runs["loss_se"].transpose("run", "target").values[obs_run, obs_target]
-        log_se = np.where(np.isfinite(se), se / observed, 0.0)
-    else:
-        log_se = np.zeros_like(observed)
+    from bayescale.fit import observed_cells
+
+    obs_run, obs_target, observed, log_se = observed_cells(fit_runs, loss)
     model_data = MixingData(
         r=r,
         obs_run=obs_run,
@@ -481,14 +477,9 @@ def holdout_predictions(
     targets = [t for t in draws.targets if t in grid_targets]
     if not targets:
         raise InputError(f"{where}: none of the posterior's targets ({', '.join(draws.targets)}) is in the grid")
-    grid_sources = [str(s) for s in runs["source"].values]
-    unknown = [s for s in grid_sources if s not in draws.sources and float(runs["data"].sel(source=s).sum()) > 0]
-    if unknown:
-        raise InputError(f"{where}: source {unknown[0]!r} is not in the posterior (was it fitted to another grid?)")
-    data = np.zeros((runs.sizes["run"], len(draws.sources)))
-    for i, name in enumerate(draws.sources):
-        if name in grid_sources:
-            data[:, i] = runs["data"].sel(source=name).values
+    from bayescale.check import allocations_for, predictive_bands
+
+    data = allocations_for(draws, runs, where)
     budget = data.sum(axis=1)
     if np.any(np.abs(budget - draws.budget) > BUDGET_TOLERANCE * draws.budget):
         warnings.warn(f"{where}: some {split} runs are not at the fitted budget {draws.budget:g}; "
@@ -496,8 +487,6 @@ def holdout_predictions(
     log_pred = log_loss_draws(draws, proportions(data, where))
     rng = np.random.default_rng(seed)
     predictive = log_pred + draws.sigma[:, None, :] * rng.standard_normal(log_pred.shape)
-    from bayescale.check import predictive_bands
-
     return predictive_bands(runs, targets, draws.targets, log_pred, predictive, rng)
 
 
@@ -511,36 +500,10 @@ def check_holdout(draws: MixingDraws, grid: xr.Dataset, *, split: str = "holdout
 
 
 def diagnostics(idata) -> dict:
-    """Convergence summary over c, k, t and sigma: max r-hat, min bulk/tail ESS, divergences
-    (the keys of :func:`bayescale.posterior.diagnostics`, so ``format_diagnostics`` prints it)."""
-    import arviz as az
+    """Convergence summary over c, k, t and sigma (:func:`bayescale.posterior.sampler_diagnostics`)."""
+    from bayescale.posterior import sampler_diagnostics
 
-    post = idata["posterior"].to_dataset()[list(PARAMS)]
-    varying = post.std(("chain", "draw")) > 0
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rhat = az.rhat(post).where(varying)
-        ess_bulk = az.ess(post, method="bulk").where(varying)
-        ess_tail = az.ess(post, method="tail").where(varying)
-
-    def reduce(ds, fn):
-        values = np.concatenate([np.ravel(ds[v].values) for v in ds.data_vars])
-        values = values[np.isfinite(values)]
-        return float(fn(values)) if values.size else float("nan")
-
-    stats = idata["sample_stats"]
-    result = {
-        "method": "nuts",
-        "approximate": False,
-        "max_rhat": reduce(rhat, np.max),
-        "min_ess_bulk": reduce(ess_bulk, np.min),
-        "min_ess_tail": reduce(ess_tail, np.min),
-        "divergences": int(stats["diverging"].sum()),
-        "draws": int(post.sizes["chain"] * post.sizes["draw"]),
-        "chains": int(post.sizes["chain"]),
-    }
-    result["ok"] = bool(result["max_rhat"] <= 1.01 and result["divergences"] == 0 and result["min_ess_bulk"] >= 400)
-    return result
+    return sampler_diagnostics(idata, PARAMS)
 
 
 # ---------------------------------------------------------------------------

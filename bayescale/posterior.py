@@ -165,14 +165,18 @@ def load_posterior(path: str | os.PathLike):
 
 def diagnostics(idata) -> dict:
     """Convergence summary over the law's parameters: max r-hat, min bulk/tail ESS, divergences."""
+    if is_mixing(idata):
+        from bayescale.mixing import PARAMS as names
+    else:
+        names = TARGET_PARAMS + PAIR_PARAMS + ("nu",)
+    return sampler_diagnostics(idata, [n for n in names if n in idata["posterior"].data_vars])
+
+
+def sampler_diagnostics(idata, names) -> dict:
+    """Max r-hat, min bulk/tail ESS, divergences and min E-BFMI over the posterior variables ``names``."""
     import arviz as az
 
-    if is_mixing(idata):
-        from bayescale.mixing import diagnostics as mixing_diagnostics
-
-        return mixing_diagnostics(idata)
-    names = [n for n in TARGET_PARAMS + PAIR_PARAMS + ("nu",) if n in idata["posterior"].data_vars]
-    post = idata["posterior"].to_dataset()[names]
+    post = idata["posterior"].to_dataset()[list(names)]
     n_draws = int(post.sizes["chain"] * post.sizes["draw"])
     if "sample_stats" not in idata.children:
         # An approximate (SVI) posterior: independent draws, no sampler to diagnose.
