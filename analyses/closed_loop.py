@@ -11,12 +11,12 @@ The test that the whole system is right, not only self-consistent (issue 6, part
 2. **recommend** the allocation of a budget larger than any training run (default 144 volumes, the
    demo's; the grid's largest run has 48) with the demo's objective (``cvar:0.9``) and availability
    caps, rounded to whole volumes (``allocate(..., integer=True)``), and form the data-proportional
-   and uniform allocations at the same budget under the same caps (``bayescale.baselines.fill``,
+   and uniform allocations at the same budget under the same caps (``bayescale.optimise.baselines.fill``,
    then largest-remainder rounding that respects the caps);
 3. **predict**, before any training, the validation loss of one new run of each allocation: per
    target and for the weighted mean of the targets (the quantity whose CVaR over the posterior the
    allocation minimises), median and central 50 % / 90 % intervals of the posterior predictive,
-   with observation noise the way :mod:`bayescale.check` adds it for held-out runs (each draw's
+   with observation noise the way :mod:`bayescale.evaluate.check` adds it for held-out runs (each draw's
    sigma, plus the typical relative ``loss_se`` of the grid's runs on that target), and the
    improvement of the recommendation over proportional and uniform. The plan and these predictions
    are written to ``OUT/plan.json`` first (pre-registered) and reused on a rerun;
@@ -84,11 +84,11 @@ SMOKE = {"steps": 20, "budget": 6, "fit": {"chains": 2, "warmup": 300, "draws": 
 def integer_rule(budget: int, caps: dict[str, float], rule: str) -> dict[str, int]:
     """The ``uniform`` or ``proportional`` (to the caps) split of ``budget`` whole volumes under ``caps``.
 
-    The continuous split is :func:`bayescale.baselines.fill` (water-filling, what ``allocate``
+    The continuous split is :func:`bayescale.optimise.baselines.fill` (water-filling, what ``allocate``
     reports as the baseline); it is rounded by largest remainder without exceeding any cap, so the
     result spends exactly ``budget``.
     """
-    from bayescale.baselines import fill
+    from bayescale.optimise.baselines import fill
 
     if rule not in BASELINES:
         raise InputError(f"unknown mixing rule {rule!r}; expected one of {', '.join(BASELINES)}")
@@ -262,7 +262,7 @@ def _value(v) -> str:
 def typical_relative_se(grid, targets) -> np.ndarray:
     """Per target: the median over the grid's runs of loss_se / loss (0 where the grid has none).
 
-    A new run's measured loss carries that much evaluation noise; :mod:`bayescale.check` widens the
+    A new run's measured loss carries that much evaluation noise; :mod:`bayescale.evaluate.check` widens the
     predictive of a held-out run by its own ``loss_se`` the same way (in log space).
     """
     out = np.zeros(len(targets))
@@ -299,7 +299,7 @@ def predicted_table(draws, allocations: dict[str, dict[str, float]], *, weights=
     noise of different runs is drawn independently (as in the model), so the run-level intervals
     ignore that runs of one seed share their initial weights.
     """
-    from bayescale.predict import add_observation_noise, loss_draws, parse_allocation
+    from bayescale.evaluate.predict import add_observation_noise, loss_draws, parse_allocation
 
     if n_seeds < 1:
         raise InputError(f"n_seeds must be >= 1, got {n_seeds}")
@@ -785,8 +785,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def load_or_fit(out: Path, grid, settings: dict, console):
     """The posterior of ``out/fit.nc`` if it was fitted to this grid with these settings, else a new NUTS fit."""
-    from bayescale.fit import fit, grid_fingerprint
-    from bayescale.posterior import load_posterior, save_posterior
+    from bayescale.inference.fit import fit, grid_fingerprint
+    from bayescale.inference.posterior import load_posterior, save_posterior
 
     path = out / "fit.nc"
     key = json.dumps({"fit": settings["fit"], "seed": settings["seed"]}, sort_keys=True)
@@ -813,7 +813,7 @@ def load_or_fit(out: Path, grid, settings: dict, console):
 
 def make_plan(draws, grid, settings: dict, idata) -> dict:
     """Allocations (recommended by ``allocate``, the two mixing rules), the runs and the pre-registered predictions."""
-    from bayescale.allocate import allocate, objective_values, weights_vector
+    from bayescale.optimise.allocate import allocate, objective_values, weights_vector
 
     caps = settings["caps"]
     unknown = [s for s in caps if s not in draws.sources]
@@ -835,7 +835,7 @@ def make_plan(draws, grid, settings: dict, idata) -> dict:
     w = weights_vector(draws, settings["weights"])
     objective_all = {name: objective_values(draws, np.array([a[s] for s in draws.sources], float), settings["objective"], w)
                      for name, a in allocations.items()}
-    from bayescale.grid import select_split
+    from bayescale.data.grid import select_split
 
     rel_se = typical_relative_se(select_split(grid, "fit"), list(draws.targets))
     predicted = predicted_table(draws, allocations, weights=w, relative_se=rel_se, n_seeds=len(settings["seeds"]),
@@ -899,7 +899,7 @@ def train(out: Path, plan: dict, args, console):
 
 
 def results_for(plan: dict, grid, settings: dict, diag: dict, measured_grid, steps_per_run, draws) -> dict:
-    from bayescale.posterior import format_diagnostics
+    from bayescale.inference.posterior import format_diagnostics
 
     comparison = compare(plan["predicted"], measured_from_grid(measured_grid, plan["runs"]) if measured_grid is not None else {})
     budgets = grid["data"].sum("source").values
@@ -914,7 +914,7 @@ def results_for(plan: dict, grid, settings: dict, diag: dict, measured_grid, ste
         baseline = {str(t): float(v) for t, v in zip(grid["target"].values, grid["baseline_loss"].values)}
     check = None
     if measured_grid is not None and measured_grid.sizes["run"] >= 1:
-        from bayescale.check import holdout_predictions, score_predictions
+        from bayescale.evaluate.check import holdout_predictions, score_predictions
 
         runs = measured_grid.sel(run=[r["id"] for r in plan["runs"] if r["id"] in set(map(str, measured_grid["run"].values))])
         try:
@@ -970,9 +970,9 @@ def main(argv=None) -> int:
 
     from rich.console import Console
 
-    from bayescale import grid as grids
+    from bayescale.data import grid as grids
     from bayescale._files import write_text_atomic
-    from bayescale.posterior import diagnostics, format_diagnostics, law_draws
+    from bayescale.inference.posterior import diagnostics, format_diagnostics, law_draws
     from trainers.config import config_hash, load_config
 
     console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: no wrapping of the tables

@@ -6,7 +6,7 @@ to over-trained models, per training corpus and model size.
 
 Reads the published runs (``$BAYESCALE_SHARED_DATA/openlm-scaling`` or
 ``../shared/data/openlm-scaling``; exits 0 with a message when absent). For each (corpus,
-model size) with enough runs it builds a loss grid (:func:`bayescale.realgrids.openlm_grid`:
+model size) with enough runs it builds a loss grid (:func:`bayescale.data.realgrids.openlm_grid`:
 one source, the corpus, with data in billions of training tokens; 8 validation sets as
 targets; ``loss_se`` from the published 95 % intervals), fits the transfer law with NUTS on
 the runs below ``--holdout-from`` x the Chinchilla-optimal tokens, and scores its
@@ -31,10 +31,10 @@ import bayescale  # noqa: F401  (sets the XLA host device count before JAX start
 import numpy as np
 import xarray as xr
 
-from bayescale import realgrids
-from bayescale.check import holdout_predictions, score_predictions
-from bayescale.fit import fit
-from bayescale.posterior import diagnostics, law_draws
+from bayescale.data import realgrids
+from bayescale.evaluate.check import holdout_predictions, score_predictions
+from bayescale.inference.fit import fit
+from bayescale.inference.posterior import diagnostics, law_draws
 
 
 def last_run_baseline(grid: xr.Dataset) -> float:

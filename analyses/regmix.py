@@ -5,7 +5,7 @@
 Reads the published RegMix 1M-parameter runs (``$BAYESCALE_SHARED_DATA/regmix-1m`` or
 ``../shared/data/regmix-1m``; exits 0 with a message when absent), holds out a seeded
 random 20 % of the runs, fits L_j(r) = c_j + k_j exp(sum_i t_ij r_i) with NUTS
-(:mod:`bayescale.mixing`) to the rest, and scores its predictions of the held-out runs
+(:mod:`bayescale.laws.mixing`) to the rest, and scores its predictions of the held-out runs
 (Pearson r, median |relative error|, 50 % / 90 % coverage), overall and per target,
 against two baselines: the fit runs' mean loss per target, and RegMix's own linear
 regression of loss on the mixture weights (least squares per target).
@@ -27,8 +27,9 @@ import bayescale  # noqa: F401  (sets the XLA host device count before JAX start
 import numpy as np
 import xarray as xr
 
-from bayescale import mixing, realgrids
-from bayescale.check import score_by_target, score_predictions
+from bayescale.laws.power import mixing
+from bayescale.data import realgrids
+from bayescale.evaluate.check import score_by_target, score_predictions
 
 
 def baselines(grid: xr.Dataset) -> dict:

@@ -2,13 +2,13 @@
 
 The flow is grid -> posterior -> decisions -> report:
 
-- :mod:`bayescale.grid`     load, validate and save loss grids (NetCDF, CSV)
-- :mod:`bayescale.simulate` simulated worlds with known parameters
-- :mod:`bayescale.fit`      NUTS fit of the hierarchical transfer law (:mod:`bayescale.model`)
-- :mod:`bayescale.predict`  posterior predictive loss for any allocation
-- :mod:`bayescale.allocate` risk-aware allocation against posterior draws (cvxpy)
-- :mod:`bayescale.check`    held-out extrapolation checks
-- :mod:`bayescale.report`   figures and an HTML report
+- :mod:`bayescale.data.grid`     load, validate and save loss grids (NetCDF, CSV)
+- :mod:`bayescale.data.simulate` simulated worlds with known parameters
+- :mod:`bayescale.inference.fit`      NUTS fit of the hierarchical transfer law (:mod:`bayescale.laws.transfer`)
+- :mod:`bayescale.evaluate.predict`  posterior predictive loss for any allocation
+- :mod:`bayescale.optimise.allocate` risk-aware allocation against posterior draws (cvxpy)
+- :mod:`bayescale.evaluate.check`    held-out extrapolation checks
+- :mod:`bayescale.render.report`   figures and an HTML report
 """
 
 import os as _os

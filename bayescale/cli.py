@@ -29,6 +29,23 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
+# Library errors name the Python parameter (``upper: ...``); the command line names its flag.
+# A parameter not listed here is the flag spelled with dashes (``target_accept`` -> ``--target-accept``).
+FLAG_NAMES = {"upper": "--max", "lower": "--min", "costs": "--cost", "groups": "--group", "allocation": "--alloc",
+              "cut": "--holdout-above", "families": "--laws", "baselines": "--no-baselines"}
+
+
+class _Flags(dict):
+    def __missing__(self, parameter: str) -> str:
+        return "--" + parameter.replace("_", "-")
+
+    def __contains__(self, parameter) -> bool:
+        return True
+
+
+FLAGS = _Flags(FLAG_NAMES)
+
+
 def exits_cleanly(fn):
     """Run a command; bad input becomes one line on stderr and exit status 2 (no traceback)."""
 
@@ -38,11 +55,11 @@ def exits_cleanly(fn):
             return fn(*args, **kwargs)
         except InputError as exc:
             # escape: a message may quote TOML tables ("[training]"), which rich would take for markup and drop
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(exc.naming(FLAGS))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]: finished outputs are kept; nothing half-written was left behind")
-            fit_module = sys.modules.get("bayescale.fit")
+            fit_module = sys.modules.get("bayescale.inference.fit")
             if fit_module is not None and fit_module.computation_abandoned():
                 # A sampler is still running in XLA; a normal shutdown under it aborts the process.
                 sys.stdout.flush()
@@ -94,7 +111,7 @@ def write_json(path: Path, payload: dict) -> None:
 @exits_cleanly
 def grid_info(grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")]):
     """Print a grid's domains, runs, budgets and splits."""
-    from bayescale.grid import format_grid_summary, grid_summary, load_grid
+    from bayescale.data.grid import format_grid_summary, grid_summary, load_grid
 
     console.print(format_grid_summary(grid_summary(load_grid(grid))), highlight=False)
 
@@ -108,8 +125,8 @@ def simulate(
     world: Annotated[Optional[Path], typer.Option("--world", help="World TOML with parameters and design.")] = None,
 ):
     """Simulate a grid from a world with known parameters (stored in the grid's attrs)."""
-    from bayescale.grid import format_grid_summary, grid_summary, save_grid
-    from bayescale.simulate import draw_world, load_world, simulate_grid
+    from bayescale.data.grid import format_grid_summary, grid_summary, save_grid
+    from bayescale.data.simulate import draw_world, load_world, simulate_grid
 
     w = load_world(world, seed=seed) if world else draw_world(domains, seed=seed)
     ds = simulate_grid(w, seed=seed)
@@ -137,10 +154,10 @@ def fit(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ):
     """Fit the hierarchical transfer law to the grid's fit runs (NUTS, or SVI as a fast approximation)."""
-    from bayescale.fit import fit as fit_law
-    from bayescale.fit import prior_predictive
-    from bayescale.grid import load_grid
-    from bayescale.posterior import diagnostics, format_diagnostics, save_posterior
+    from bayescale.inference.fit import fit as fit_law
+    from bayescale.inference.fit import prior_predictive
+    from bayescale.data.grid import load_grid
+    from bayescale.inference.posterior import diagnostics, format_diagnostics, save_posterior
 
     if out is None and not prior_only:
         raise InputError("--out is required (where to write the posterior)")
@@ -193,9 +210,9 @@ def compare(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
 ):
     """Compare fits by PSIS-LOO (with Pareto-k warnings) and, given --grid, by their held-out score."""
-    from bayescale.compare import compare_fits
-    from bayescale.grid import load_grid
-    from bayescale.posterior import load_posterior
+    from bayescale.evaluate.compare import compare_fits
+    from bayescale.data.grid import load_grid
+    from bayescale.inference.posterior import load_posterior
 
     fits = {str(p): load_posterior(p) for p in posteriors}
     rows = compare_fits(fits, load_grid(grid) if grid else None)
@@ -229,8 +246,8 @@ def predict(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON.")] = None,
 ):
     """Predicted loss per target for one allocation, with a credible interval."""
-    from bayescale.posterior import law_draws, load_posterior
-    from bayescale.predict import predict as predict_loss
+    from bayescale.inference.posterior import law_draws, load_posterior
+    from bayescale.evaluate.predict import predict as predict_loss
 
     draws = law_draws(load_posterior(posterior))
     result = predict_loss(draws, parse_mapping(alloc, "--alloc"), interval)
@@ -269,9 +286,9 @@ def allocate(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON.")] = None,
 ):
     """The allocation of the budget over sources that minimises the posterior risk (or the least budget that meets chance targets)."""
-    from bayescale.allocate import allocate as solve
-    from bayescale.allocate import format_allocation
-    from bayescale.posterior import law_draws, load_posterior
+    from bayescale.optimise.allocate import allocate as solve
+    from bayescale.optimise.allocate import format_allocation
+    from bayescale.inference.posterior import law_draws, load_posterior
 
     draws = law_draws(load_posterior(posterior))
     result = solve(
@@ -311,8 +328,8 @@ def hubs(
     figure: Annotated[Optional[Path], typer.Option("--figure", help="Also save the transfer graph as PNG.")] = None,
 ):
     """Hub and island domains, each with its posterior probability, and how much each domain gives and takes."""
-    from bayescale.hubs import hub_island_table, hubs_command_output, plot_transfer_graph, summary_from_table
-    from bayescale.posterior import load_posterior
+    from bayescale.evaluate.hubs import hub_island_table, hubs_command_output, plot_transfer_graph, summary_from_table
+    from bayescale.inference.posterior import load_posterior
 
     idata = load_posterior(posterior)
     table = hub_island_table(idata, reference_data=reference_data)
@@ -341,9 +358,9 @@ def check(
     figure: Annotated[Optional[Path], typer.Option("--figure", help="Also save predicted-vs-observed and calibration (PIT, coverage vs nominal) as PNG.")] = None,
 ):
     """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage, calibration verdict."""
-    from bayescale.check import coverage_curve, extrapolation_by_law, format_law_table, parse_law_families, score_posterior, split_at_budget
-    from bayescale.grid import load_grid
-    from bayescale.posterior import load_posterior
+    from bayescale.evaluate.check import coverage_curve, extrapolation_by_law, format_law_table, parse_law_families, score_posterior, split_at_budget
+    from bayescale.data.grid import load_grid
+    from bayescale.inference.posterior import load_posterior
 
     if chains < 1 or warmup < 1 or draws < 1:
         raise InputError(f"--chains, --warmup and --draws must be >= 1, got {chains}, {warmup}, {draws}")
@@ -351,11 +368,11 @@ def check(
     if figure is not None and figure.suffix.lower() != ".png":
         raise InputError(f"--figure {figure}: the figure is written as PNG; give a .png path")
     idata, ds = load_posterior(posterior), load_grid(grid)
-    from bayescale.fit import grid_fingerprint
+    from bayescale.inference.fit import grid_fingerprint
 
     fitted_here = idata.attrs.get("grid_fingerprint") == grid_fingerprint(ds)
     if holdout_above is not None:
-        from bayescale.fit import fit
+        from bayescale.inference.fit import fit
 
         ds = split_at_budget(ds, holdout_above, str(grid))
         law, likelihood = str(idata.attrs.get("law", "transfer")), str(idata.attrs.get("likelihood", "normal"))
@@ -374,7 +391,7 @@ def check(
         )
     if figure is not None:
         from bayescale._files import atomic_path
-        from bayescale.report import plot_check
+        from bayescale.render.report import plot_check
 
         with atomic_path(figure) as tmp:
             plot_check(pred, scores).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -400,9 +417,9 @@ def report(
     budget: Annotated[Optional[float], typer.Option("--budget", help="Budget for the allocation section (default: 2x the largest fit budget).")] = None,
 ):
     """Write an HTML report with figures: scaling curves, transfer matrix, allocation, held-out check."""
-    from bayescale.grid import load_grid
-    from bayescale.pipeline import report_for
-    from bayescale.posterior import load_posterior
+    from bayescale.data.grid import load_grid
+    from bayescale.workflows import report_for
+    from bayescale.inference.posterior import load_posterior
 
     path = report_for(load_posterior(posterior), load_grid(grid), out, budget=budget, grid_name=str(grid))
     console.print(f"wrote {path}", highlight=False)
@@ -416,7 +433,7 @@ def demo(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ):
     """The main job end to end on the shipped grid: fit, allocate, check, report."""
-    from bayescale.pipeline import run_demo
+    from bayescale.workflows import run_demo
 
     run_demo(out, grid=grid, seed=seed, console=console)
 
@@ -473,7 +490,7 @@ def train(
     run = _import_trainers("trainers.run")
     result = run.train_grid(config, out, executor=executor, address=address, workers=workers, collect_only=collect_only,
                             progress=progress, console=console)
-    from bayescale.grid import format_grid_summary, grid_summary, load_grid
+    from bayescale.data.grid import format_grid_summary, grid_summary, load_grid
 
     what = "collected" if collect_only else f"trained {result.trained}, skipped {result.skipped} finished"
     console.print(f"wrote {result.out} ({result.runs} runs; {what}; {result.seconds:.0f}s); records in {result.records_dir}", highlight=False)

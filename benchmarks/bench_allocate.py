@@ -30,8 +30,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bayescale import allocate as al
-from bayescale.riskprog import LawEval
+from bayescale.optimise import allocate as al
+from bayescale.optimise.riskprog import LawEval
 
 WORLD_SEED = 8
 BUDGET = 256.0
@@ -39,9 +39,9 @@ GAMMA = 0.9
 
 
 def posterior(cache: Path):
-    from bayescale.fit import fit
-    from bayescale.posterior import law_draws, load_posterior, save_posterior
-    from bayescale.simulate import draw_world, simulate_grid
+    from bayescale.inference.fit import fit
+    from bayescale.inference.posterior import law_draws, load_posterior, save_posterior
+    from bayescale.data.simulate import draw_world, simulate_grid
 
     path = cache / f"fit8_seed{WORLD_SEED}.nc"
     if not path.exists():

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_calibration.py [--worlds 100] [--domains 3] [--out DIR]
 
 Each world: parameters and losses drawn from the model's prior (fixed loss scales, see
-:mod:`bayescale.sbc`), NUTS on its fit runs (``bayescale.sbc.SAMPLER``), the rank of every true alpha, E, A, x0, sigma, T and beta
+:mod:`bayescale.inference.sbc`), NUTS on its fit runs (``bayescale.inference.sbc.SAMPLER``), the rank of every true alpha, E, A, x0, sigma, T and beta
 among 99 thinned draws, and the 50 % / 90 % predictive coverage of its held-out runs
 (budgets above every fit budget). Finished worlds are saved one file each, so an
 interrupted run resumes where it stopped. Prints one table: per quantity the chi-square
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bayescale import sbc
+from bayescale.inference import sbc
 
 RESULTS = Path(__file__).parent / "results"
 

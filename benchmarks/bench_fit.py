@@ -7,12 +7,12 @@ ladders + 17 Dirichlet mixtures)) and 16 held-out mixtures at 128 and 256 volume
 fit budget, it times in the same process:
 
 - NUTS, 4 chains x (500 warmup + 1000 draws), the default target acceptance
-  (``bayescale.fit.fit``): wall time, min bulk ESS, ESS/s, divergences, max r-hat;
+  (``bayescale.inference.fit.fit``): wall time, min bulk ESS, ESS/s, divergences, max r-hat;
 - SVI (``method="svi"``, full-rank Gaussian guide, 4000 draws);
-- the Chinchilla-style alternative (``bayescale.bootstrap``): Huber-loss (δ = 1e-3) BFGS point
+- the Chinchilla-style alternative (``bayescale.inference.bootstrap``): Huber-loss (δ = 1e-3) BFGS point
   fit from a grid of initialisations, then 1000 bootstrap refits to resampled runs;
 
-and scores each on the same held-out cells (``bayescale.check.check_holdout``): Pearson r,
+and scores each on the same held-out cells (``bayescale.evaluate.check.check_holdout``): Pearson r,
 median relative error, 50 % and 90 % interval coverage. Times are medians over ``--repeats``
 (seeds 0, 1, …; the first repeat includes JAX compilation, shown separately); scores are
 medians too. The table is printed and written as Markdown to ``--out``
@@ -33,12 +33,12 @@ import jax
 from rich.console import Console
 from rich.table import Table
 
-from bayescale.bootstrap import bootstrap_fit, point_fit
-from bayescale.check import check_holdout
-from bayescale.fit import fit
-from bayescale.grid import grid_summary
-from bayescale.posterior import diagnostics, law_draws
-from bayescale.simulate import Design, draw_world, simulate_grid
+from bayescale.inference.bootstrap import bootstrap_fit, point_fit
+from bayescale.evaluate.check import check_holdout
+from bayescale.inference.fit import fit
+from bayescale.data.grid import grid_summary
+from bayescale.inference.posterior import diagnostics, law_draws
+from bayescale.data.simulate import Design, draw_world, simulate_grid
 
 DESIGN = Design(fit_budgets=(8.0, 16.0, 32.0, 64.0), holdout_budgets=(128.0, 256.0), mixtures_per_budget=17, holdout_mixtures_per_budget=7)
 CHAINS, WARMUP, DRAWS = 4, 500, 1000

@@ -19,13 +19,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bayescale.allocate import allocate
-from bayescale.check import check_holdout
-from bayescale.fit import fit
-from bayescale.grid import load_grid
-from bayescale.pipeline import REPO_DATA, load_demo_config
-from bayescale.posterior import LawDraws, diagnostics, law_draws
-from bayescale.predict import loss_draws, predict
+from bayescale.optimise.allocate import allocate
+from bayescale.evaluate.check import check_holdout
+from bayescale.inference.fit import fit
+from bayescale.data.grid import load_grid
+from bayescale.workflows import REPO_DATA, load_demo_config
+from bayescale.inference.posterior import LawDraws, diagnostics, law_draws
+from bayescale.evaluate.predict import loss_draws, predict
 
 
 def timed(fn, repeats):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import bayescale  # noqa: F401  (sets the XLA host device count before JAX starts)
 import pytest
 
-from bayescale.fit import fit
-from bayescale.grid import save_grid
-from bayescale.posterior import law_draws, save_posterior
-from bayescale.simulate import draw_world, simulate_grid
+from bayescale.inference.fit import fit
+from bayescale.data.grid import save_grid
+from bayescale.inference.posterior import law_draws, save_posterior
+from bayescale.data.simulate import draw_world, simulate_grid
 from hypothesis import settings as _hypothesis_settings
 
 # Property tests draw the same examples on every run (reproducible CI; a failure replays).

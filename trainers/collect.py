@@ -3,7 +3,7 @@
 Every finished run writes one JSON record, ``<records>/<run id>.json``, atomically (a temporary
 file renamed into place), so a record is either complete or absent: an interrupted grid loses at
 most the runs in flight. :func:`collect_grid` turns the records into the NetCDF loss grid of
-:mod:`bayescale.grid` (``data`` = volumes per source, ``loss`` = masked MSE per target, with
+:mod:`bayescale.data.grid` (``data`` = volumes per source, ``loss`` = masked MSE per target, with
 ``loss_se`` and ``baseline_loss``), written atomically too.
 """
 
@@ -98,7 +98,7 @@ def _ordered_union(lists: Iterable[list[str]]) -> list[str]:
 
 def records_to_grid(records: list[dict], *, description: str = "", attrs: dict | None = None):
     """The loss grid (xarray Dataset, validated) of a list of run records."""
-    from bayescale.grid import make_grid
+    from bayescale.data.grid import make_grid
 
     if not records:
         raise InputError("no finished runs to collect")
@@ -177,7 +177,7 @@ def collect_grid(records_dir: Path, out: Path, *, config_hash: str | None = None
 
     Returns (path, number of runs). With no finished run, nothing is written (InputError).
     """
-    from bayescale.grid import save_grid
+    from bayescale.data.grid import save_grid
 
     records = read_records(records_dir, config_hash=config_hash)
     if not records:

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayescale.allocate import law_losses
-from bayescale.baselines import fill
-from bayescale.check import holdout_predictions
+from bayescale.optimise.allocate import law_losses
+from bayescale.optimise.baselines import fill
+from bayescale.evaluate.check import holdout_predictions
 from bayescale.errors import InputError
-from bayescale.grid import load_grid, make_grid
-from bayescale.predict import predict
+from bayescale.data.grid import load_grid, make_grid
+from bayescale.evaluate.predict import predict
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "analyses" / "closed_loop.py"
@@ -154,7 +154,7 @@ def test_predicted_table_bands_and_improvements(small_draws):
 
 
 def test_single_run_band_is_the_held_out_predictive_of_check(small_draws):
-    """One new run's band equals bayescale.check's held-out band for a run with that loss_se."""
+    """One new run's band equals bayescale.evaluate.check's held-out band for a run with that loss_se."""
     allocations = _allocations(small_draws)
     targets = list(small_draws.targets)
     rel = np.array([0.02, 0.05, 0.03, 0.08])[: len(targets)]

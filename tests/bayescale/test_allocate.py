@@ -1,4 +1,4 @@
-"""Tests for bayescale.allocate: every returned allocation is checked against independent NumPy code.
+"""Tests for bayescale.optimise.allocate: every returned allocation is checked against independent NumPy code.
 
 The reference law and the reference risk measures (sorted tail mean with fractional weighting,
 max, per-target max) below are written separately from the module's own evaluation, so
@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from bayescale import allocate as al
-from bayescale import riskprog
+from bayescale.optimise import allocate as al
+from bayescale.optimise import riskprog
 from bayescale.errors import InputError
-from bayescale.posterior import LawDraws, self_mask_for
+from bayescale.inference.posterior import LawDraws, self_mask_for
 
 NAMES = ("web", "code", "math", "ct", "mri")  # "web" is the hub, "mri" the island
 D0 = 50.0

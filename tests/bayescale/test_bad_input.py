@@ -20,8 +20,8 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from bayescale.cli import app
-from bayescale.grid import load_grid, save_grid
-from bayescale.simulate import draw_world, simulate_grid
+from bayescale.data.grid import load_grid, save_grid
+from bayescale.data.simulate import draw_world, simulate_grid
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -47,9 +47,9 @@ WIDE_HEADER = "run,data_a,data_b,loss_a,loss_b\n"
 @pytest.fixture(scope="module")
 def mixing_fit(tmp_path_factory):
     """A real (very short) fit of the exponential mixing law: a valid posterior the transfer-only commands refuse."""
-    from bayescale import mixing
-    from bayescale.fit import fit
-    from bayescale.posterior import save_posterior
+    from bayescale.laws.power import mixing
+    from bayescale.inference.fit import fit
+    from bayescale.inference.posterior import save_posterior
 
     rng = np.random.default_rng(3)
     t = rng.normal(0.0, 0.7, (3, 2))
@@ -126,7 +126,7 @@ def bad(tmp_path_factory, small_files, mixing_fit):
 @pytest.fixture(scope="module")
 def other_fit(tmp_path_factory, small_files):
     """The small posterior relabelled as if it were fitted to a grid whose domains are x1..x4."""
-    from bayescale.posterior import load_posterior, save_posterior
+    from bayescale.inference.posterior import load_posterior, save_posterior
 
     _, fit_path = small_files
     idata = load_posterior(fit_path)

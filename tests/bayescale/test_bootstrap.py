@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bayescale import bootstrap as bs
-from bayescale import laws
-from bayescale.check import check_holdout
+from bayescale.inference import bootstrap as bs
+from bayescale.laws import power as laws
+from bayescale.evaluate.check import check_holdout
 from bayescale.errors import InputError
-from bayescale.grid import select_split
-from bayescale.predict import predict
-from bayescale.simulate import true_params
+from bayescale.data.grid import select_split
+from bayescale.evaluate.predict import predict
+from bayescale.data.simulate import true_params
 
 RESAMPLES = 50
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from bayescale.check import check_holdout, holdout_predictions, score_predictions
+from bayescale.evaluate.check import check_holdout, holdout_predictions, score_predictions
 from bayescale.errors import InputError
-from bayescale.grid import select_split
+from bayescale.data.grid import select_split
 
 
 def test_scores_match_their_definitions(small_draws, small_grid):
@@ -39,7 +39,7 @@ def test_grid_from_another_world_is_refused(small_draws, small_grid):
 
 
 def test_calibration_verdict_flags_intervals_that_cover_too_little():
-    from bayescale.check import calibration_verdict
+    from bayescale.evaluate.check import calibration_verdict
 
     fine = calibration_verdict({"n": 40, "coverage_50": 0.5, "coverage_90": 0.9})
     assert fine["verdict"] == "ok"
@@ -57,9 +57,9 @@ def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident()
     so its held-out intervals are too narrow — and the check must say so."""
     import dataclasses
 
-    from bayescale.fit import fit
-    from bayescale.posterior import law_draws
-    from bayescale.simulate import draw_world, simulate_grid
+    from bayescale.inference.fit import fit
+    from bayescale.inference.posterior import law_draws
+    from bayescale.data.simulate import draw_world, simulate_grid
 
     world = dataclasses.replace(draw_world(3, seed=5), broken=(4.0, 0.4))
     grid = simulate_grid(world, seed=5)
@@ -68,7 +68,7 @@ def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident()
     assert scores["coverage_90"] < 0.8  # the intervals really are over-confident here ...
     assert scores["calibration"]["verdict"] == "over-confident"  # ... and the check says so
     # ... and so does the PIT: held-out observations pile up in the predictive's tails
-    from bayescale.check import coverage_curve
+    from bayescale.evaluate.check import coverage_curve
 
     pit = holdout_predictions(draws, grid)["pit"].values.ravel()
     assert np.mean((pit < 0.05) | (pit > 0.95)) > 0.2  # 10 % if calibrated
@@ -78,7 +78,7 @@ def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident()
 
 
 def test_pit_and_coverage_curve_agree_with_the_interval_scores(small_draws, small_grid):
-    from bayescale.check import coverage_curve
+    from bayescale.evaluate.check import coverage_curve
 
     pred = holdout_predictions(small_draws, small_grid)
     scores = score_predictions(pred)
@@ -99,8 +99,8 @@ def test_pit_and_coverage_curve_agree_with_the_interval_scores(small_draws, smal
 
 
 def test_parse_law_families_reads_laws_and_likelihoods_and_refuses_bad_names():
-    from bayescale.check import parse_law_families
-    from bayescale.laws import LAWS
+    from bayescale.evaluate.check import parse_law_families
+    from bayescale.laws.power import LAWS
 
     assert parse_law_families("transfer, independent:student_t") == [("transfer", "normal"), ("independent", "student_t")]
     assert parse_law_families("all") == [(law, "normal") for law in LAWS]
@@ -113,7 +113,7 @@ def test_parse_law_families_reads_laws_and_likelihoods_and_refuses_bad_names():
 def test_extrapolation_by_law_ranks_the_true_family_first(small_grid, small_fit):
     """The small world transfers between domains: the independent law, blind to transfer, must
     extrapolate the held-out mixtures worse than the transfer law that generated them."""
-    from bayescale.check import extrapolation_by_law, format_law_table
+    from bayescale.evaluate.check import extrapolation_by_law, format_law_table
 
     rows = extrapolation_by_law(small_grid, [("transfer", "normal"), ("independent", "normal")],
                                 fit_options={"chains": 1, "warmup": 200, "draws": 200}, fitted={("transfer", "normal"): small_fit})

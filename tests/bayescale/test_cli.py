@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bayescale.cli import app
-from bayescale.grid import load_grid, save_grid
+from bayescale.data.grid import load_grid, save_grid
 
 runner = CliRunner()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bayescale import allocate as al
-from bayescale import constraints as cons
+from bayescale.optimise import allocate as al
+from bayescale.optimise import constraints as cons
 from bayescale.errors import InputError
 from tests.bayescale.test_allocate import NAMES, make_draws, random_feasible, ref_cvar, ref_losses, ref_objective, vec
 

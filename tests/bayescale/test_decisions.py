@@ -10,10 +10,10 @@ import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
-from bayescale import allocate as al
-from bayescale import baselines as bl
+from bayescale.optimise import allocate as al
+from bayescale.optimise import baselines as bl
 from bayescale.cli import app
-from bayescale.posterior import save_posterior
+from bayescale.inference.posterior import save_posterior
 from tests.bayescale.test_allocate import NAMES, make_draws, ref_cvar, ref_losses, ref_objective, vec
 
 FAST = dict(uncertainty=0, baselines=False)
@@ -78,8 +78,8 @@ def test_per_draw_optima_match_single_draw_solves():
     assert unc["draws"] == 30 and unc["solved"] == 30
     idx = np.sort(np.random.default_rng(1).choice(120, size=30, replace=False))
     # recompute three of the per-draw optima directly, each as its own (single-draw) problem
-    from bayescale import decisions as dec
-    from bayescale.riskprog import LawEval
+    from bayescale.optimise import decisions as dec
+    from bayescale.optimise.riskprog import LawEval
 
     spec = al.build_spec(draws, upper={"code": 60.0}, groups=["ct>=0.1"])
     problem = al.AllocationProblem(draws, spec, reference_budget=300.0)

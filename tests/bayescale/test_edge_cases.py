@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 
 from bayescale.cli import app
 from bayescale.errors import InputError
-from bayescale.fit import fit, identification_warnings, model_data
-from bayescale.grid import make_grid, save_grid, validate_grid
-from bayescale.posterior import law_draws
-from bayescale.predict import loss_draws
-from bayescale.simulate import Design, draw_world, simulate_grid
+from bayescale.inference.fit import fit, identification_warnings, model_data
+from bayescale.data.grid import make_grid, save_grid, validate_grid
+from bayescale.inference.posterior import law_draws
+from bayescale.evaluate.predict import loss_draws
+from bayescale.data.simulate import Design, draw_world, simulate_grid
 
 SHORT = {"chains": 1, "warmup": 100, "draws": 100, "seed": 0}
 
@@ -118,7 +118,7 @@ def test_losses_from_1e_minus_6_to_1e3_and_data_from_1_to_1e12_fit_predict_and_a
     assert caught == []
     errors = relative_errors(idata, grid)
     assert np.median(errors, axis=0).max() < 0.05  # every loss scale, not just the largest
-    from bayescale.allocate import allocate
+    from bayescale.optimise.allocate import allocate
 
     # HiGHS's QP solver used to run for hours on this program's subproblems (now it has a time limit)
     result = allocate(law_draws(idata), 1e12, uncertainty=0, baselines=False)

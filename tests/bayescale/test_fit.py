@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from bayescale.errors import InputError
-from bayescale.fit import fit, model_data
-from bayescale.grid import select_split
-from bayescale.posterior import diagnostics, law_draws, load_posterior, save_posterior, validate_posterior
-from bayescale.simulate import true_params
+from bayescale.inference.fit import fit, model_data
+from bayescale.data.grid import select_split
+from bayescale.inference.posterior import diagnostics, law_draws, load_posterior, save_posterior, validate_posterior
+from bayescale.data.simulate import true_params
 
 
 def test_posterior_follows_the_contract(small_fit, small_grid):
@@ -107,7 +107,7 @@ def test_svi_is_a_fast_approximate_posterior_in_the_same_contract(small_grid):
 
 
 def test_prior_predictive_covers_the_observed_losses(small_grid):
-    from bayescale.fit import prior_predictive
+    from bayescale.inference.fit import prior_predictive
 
     check = prior_predictive(small_grid, draws=300, seed=0)
     for row in check["targets"].values():

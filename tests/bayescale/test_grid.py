@@ -14,7 +14,7 @@ import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bayescale import grid as g
+from bayescale.data import grid as g
 from bayescale.errors import InputError
 
 NAN = float("nan")

@@ -11,10 +11,10 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch
 
-from bayescale import hubs
+from bayescale.evaluate import hubs
 from bayescale.errors import InputError
-from bayescale.posterior import LawDraws, self_mask_for
-from bayescale.simulate import true_params
+from bayescale.inference.posterior import LawDraws, self_mask_for
+from bayescale.data.simulate import true_params
 
 # --------------------------------------------------------------------------------------
 # hand-made draws

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayescale.grid import save_grid
-from bayescale.posterior import load_posterior
-from bayescale.simulate import draw_world, simulate_grid
+from bayescale.data.grid import save_grid
+from bayescale.inference.posterior import load_posterior
+from bayescale.data.simulate import draw_world, simulate_grid
 
 REPO = Path(__file__).resolve().parents[2]
 INTERRUPTED = "interrupted: finished outputs are kept; nothing half-written was left behind"
@@ -112,7 +112,7 @@ def test_interruptible_work_returns_its_value_raises_its_errors_and_keeps_x64():
     import jax.numpy as jnp
 
     from bayescale.errors import InputError
-    from bayescale.fit import computation_abandoned, interruptible
+    from bayescale.inference.fit import computation_abandoned, interruptible
 
     assert interruptible(lambda a, b=0: a + b, 2, b=3) == 5
     with pytest.raises(InputError, match="from the worker"):

@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bayescale import laws
-from bayescale.posterior import self_mask_for
+from bayescale.laws import power as laws
+from bayescale.inference.posterior import self_mask_for
 
 
 def random_params(rng, n_sources=4, n_targets=4):

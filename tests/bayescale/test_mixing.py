@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayescale import laws, mixing, realgrids
+from bayescale.laws import power as laws
+from bayescale.laws.power import mixing
+from bayescale.data import realgrids
 from bayescale.errors import InputError
 
 SOURCES = ["a", "b", "c", "d"]
@@ -89,10 +91,10 @@ def simulated():
 
 @pytest.fixture(scope="module")
 def simulated_fit(simulated):
-    from bayescale.fit import fit
+    from bayescale.inference.fit import fit
 
     grid, _ = simulated
-    # through bayescale.fit.fit: law="mixing" dispatches to mixing.fit_mixing
+    # through bayescale.inference.fit.fit: law="mixing" dispatches to mixing.fit_mixing
     return fit(grid, law="mixing", chains=2, warmup=300, draws=300, target_accept=0.9, seed=0, grid_name="sim.nc")
 
 
@@ -161,7 +163,7 @@ def test_predict_new_mixtures(simulated, simulated_fit):
 
 
 def test_posterior_survives_a_netcdf_round_trip(simulated_fit, tmp_path):
-    from bayescale.posterior import save_posterior
+    from bayescale.inference.posterior import save_posterior
 
     save_posterior(simulated_fit, tmp_path / "mix.nc")
     back = xr.open_datatree(tmp_path / "mix.nc", engine="netcdf4").load()
@@ -207,7 +209,7 @@ def test_command_line_fits_and_checks_a_mixing_grid_and_refuses_transfer_only_co
     from typer.testing import CliRunner
 
     from bayescale.cli import app
-    from bayescale.grid import save_grid
+    from bayescale.data.grid import save_grid
 
     grid, _ = simulated
     grid_path, fit_path, out = tmp_path / "g.nc", tmp_path / "f.nc", tmp_path / "c.json"

@@ -4,7 +4,7 @@ import json
 
 from rich.console import Console
 
-from bayescale.pipeline import DEFAULT_CONFIG, run_demo
+from bayescale.workflows import DEFAULT_CONFIG, run_demo
 
 
 def short_config(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bayescale.errors import InputError
-from bayescale.predict import loss_draws, predict
+from bayescale.evaluate.predict import loss_draws, predict
 
 
 def numpy_loss(draws, D):

@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from bayescale import realgrids
+from bayescale.data import realgrids
 from bayescale.errors import InputError
-from bayescale.grid import load_grid, save_grid, validate_grid
+from bayescale.data.grid import load_grid, save_grid, validate_grid
 
 SHARED = realgrids.shared_data_dir()
 needs_data = pytest.mark.skipif(
@@ -236,9 +236,9 @@ def test_regmix_negative_loss_is_rejected_by_the_grid_contract(regmix_copy):
 def test_transfer_law_fits_an_openlm_grid_whose_targets_are_not_sources(openlm_runs):
     """The existing fit() takes a grid with one source and 8 targets and extrapolates to
     the over-trained runs (short chains: a smoke test of the contract, not of calibration)."""
-    from bayescale.check import check_holdout
-    from bayescale.fit import fit
-    from bayescale.posterior import law_draws
+    from bayescale.evaluate.check import check_holdout
+    from bayescale.inference.fit import fit
+    from bayescale.inference.posterior import law_draws
 
     grid = realgrids.openlm_grid(openlm_runs, corpus="rpj", model="d=512_l=8_h=4")
     idata = fit(grid, chains=1, warmup=100, draws=100, target_accept=0.9, seed=0)

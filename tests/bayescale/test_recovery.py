@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bayescale.check import check_holdout
-from bayescale.fit import fit
-from bayescale.posterior import law_draws
-from bayescale.simulate import draw_world, simulate_grid, true_params
+from bayescale.evaluate.check import check_holdout
+from bayescale.inference.fit import fit
+from bayescale.inference.posterior import law_draws
+from bayescale.data.simulate import draw_world, simulate_grid, true_params
 
 WORLD_SEEDS = range(100, 110)
 

@@ -14,13 +14,13 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from bayescale import report
-from bayescale.allocate import allocate
-from bayescale.check import holdout_predictions, score_predictions
-from bayescale.fit import fit
-from bayescale.hubs import hub_island_table
-from bayescale.posterior import diagnostics, law_draws
-from bayescale.simulate import draw_world, simulate_grid
+from bayescale.render import report
+from bayescale.optimise.allocate import allocate
+from bayescale.evaluate.check import holdout_predictions, score_predictions
+from bayescale.inference.fit import fit
+from bayescale.evaluate.hubs import hub_island_table
+from bayescale.inference.posterior import diagnostics, law_draws
+from bayescale.data.simulate import draw_world, simulate_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EMBEDDED = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -144,7 +144,7 @@ def test_full_report_shows_the_input_numbers(world, full_report):
     loo = world["loo"]
     assert f"{loo['elpd_loo']:.1f} &plusmn; {loo['se']:.1f}" in text
     assert f"{loo['pareto_k_bad']} of {loo['n']}" in text
-    from bayescale.hubs import summary_from_table
+    from bayescale.evaluate.hubs import summary_from_table
 
     for name, row in summary_from_table(world["hubs"])["domains"].items():
         assert (f">{row['label']}<" in text or f"<b>{row['label']}</b>" in text) and f"{row['out_transfer']['mean']:.3g} [" in text

@@ -16,8 +16,8 @@ if shutil.which("chromedriver") is None or not (shutil.which("chromium") or shut
 
 from selenium import webdriver  # noqa: E402
 
-from bayescale import report  # noqa: E402
-from bayescale.pipeline import report_for  # noqa: E402
+from bayescale.render import report  # noqa: E402
+from bayescale.workflows import report_for  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bayescale import sbc
+from bayescale.inference import sbc
 
 
 def test_prior_worlds_share_one_design_and_differ_in_their_truth():

@@ -3,8 +3,8 @@ import pytest
 import xarray as xr
 
 from bayescale.errors import InputError
-from bayescale.grid import run_budgets, select_split, validate_grid
-from bayescale.simulate import draw_world, load_world, simulate_grid, true_params
+from bayescale.data.grid import run_budgets, select_split, validate_grid
+from bayescale.data.simulate import draw_world, load_world, simulate_grid, true_params
 
 
 def test_world_has_a_hub_and_an_island():
@@ -75,8 +75,8 @@ def test_world_toml_overrides_and_errors(tmp_path):
 
 
 def test_shipped_default_grid_is_the_medical_world():
-    from bayescale.grid import load_grid
-    from bayescale.pipeline import REPO_DATA
+    from bayescale.data.grid import load_grid
+    from bayescale.workflows import REPO_DATA
 
     g = load_grid(REPO_DATA / "grids" / "default.nc")
     t = true_params(g)

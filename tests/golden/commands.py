@@ -167,7 +167,9 @@ def run_all(tmp: Path, names: list[str] | None = None) -> dict[str, dict]:
             continue
         out = tmp / f"{name}.json"
         run_cli([_fill(a, fits, out) for a in argv])
-        results[name] = _jsonable(json.loads(out.read_text()))
+        # Paths name the scratch folder and the checkout, which differ run to run.
+        text = out.read_text().replace(str(tmp), "{tmp}").replace(str(REPO), "{repo}")
+        results[name] = _jsonable(json.loads(text))
     return results
 
 

@@ -11,7 +11,7 @@ pytest.importorskip("nibabel")
 from typer.testing import CliRunner  # noqa: E402
 
 from bayescale.cli import app  # noqa: E402
-from bayescale.grid import load_grid  # noqa: E402
+from bayescale.data.grid import load_grid  # noqa: E402
 from tests.trainers.test_domains import TINY_CONFIG, write_config, write_dataset  # noqa: E402
 
 runner = CliRunner()

@@ -13,7 +13,7 @@ pytest.importorskip("nibabel")
 
 import xarray as xr  # noqa: E402
 
-from bayescale.grid import load_grid  # noqa: E402
+from bayescale.data.grid import load_grid  # noqa: E402
 from tests.trainers.test_domains import TINY_CONFIG, write_config, write_dataset  # noqa: E402
 from trainers.run import train_grid  # noqa: E402
 

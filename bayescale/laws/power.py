@@ -65,9 +65,9 @@ def check_law(law: str) -> str:
 # ---------------------------------------------------------------------------
 # The exponential data mixing law (Ye et al. 2024, "Data Mixing Laws"), a law at one
 # fixed budget: it maps mixture *proportions* r (each row sums to 1) to loss, and is
-# fitted by :mod:`bayescale.mixing`, not by the transfer model.
+# fitted by :mod:`bayescale.laws.mixing`, not by the transfer model.
 
-#: Laws of mixture proportions at a fixed budget (fitted by :func:`bayescale.mixing.fit_mixing`).
+#: Laws of mixture proportions at a fixed budget (fitted by :func:`bayescale.laws.mixing.fit_mixing`).
 MIXING_LAWS = ("mixing",)
 
 
@@ -77,7 +77,7 @@ def mixing_log_loss(r, c, k, t):
     ``L_j(r) = c_j + k_j * exp(sum_i t_ij r_i)``; r: (N, I) proportions, c >= 0 and k > 0:
     (J,), t: (I, J) real. Returns (N, J): ``logaddexp(log c_j, log k_j + (r @ t)_j)``.
     Because every r sums to 1, adding a constant to column j of t and dividing k_j by
-    its exponential leaves the law unchanged; :mod:`bayescale.mixing` reports the
+    its exponential leaves the law unchanged; :mod:`bayescale.laws.mixing` reports the
     representative with ``r_ref @ t = 0``.
     """
     return jnp.logaddexp(jnp.log(c), jnp.log(k) + r @ t)

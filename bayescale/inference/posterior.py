@@ -75,7 +75,7 @@ def self_mask_for(sources, targets) -> np.ndarray:
 
 
 def is_mixing(idata) -> bool:
-    """Is this a posterior of the exponential mixing law (``bayescale.mixing``)?"""
+    """Is this a posterior of the exponential mixing law (``bayescale.laws.mixing``)?"""
     return str(idata.attrs.get("law", "")) == "mixing"
 
 
@@ -124,7 +124,7 @@ def validate_posterior(idata, source: str = "posterior") -> None:
             raise InputError(f"{source}: not a bayescale posterior (no {group!r} group)")
     post = idata["posterior"]
     if is_mixing(idata):
-        # The exponential mixing law (bayescale.mixing) has parameters of its own.
+        # The exponential mixing law (bayescale.laws.mixing) has parameters of its own.
         for name in ("c", "k", "t", "sigma"):
             if name not in post.data_vars or not np.all(np.isfinite(post[name].values)):
                 raise InputError(f"{source}: mixing-law posterior variable {name!r} is missing or non-finite")
@@ -166,7 +166,7 @@ def load_posterior(path: str | os.PathLike):
 def diagnostics(idata) -> dict:
     """Convergence summary over the law's parameters: max r-hat, min bulk/tail ESS, divergences."""
     if is_mixing(idata):
-        from bayescale.mixing import PARAMS as names
+        from bayescale.laws.mixing import PARAMS as names
     else:
         names = TARGET_PARAMS + PAIR_PARAMS + ("nu",)
     return sampler_diagnostics(idata, [n for n in names if n in idata["posterior"].data_vars])

@@ -8,7 +8,7 @@ wrong: a U-shaped rank histogram means over-confident posteriors, a hump under-c
 ones, a slope bias.
 
 The model's priors adapt to the grid (``A`` scales with the typical observed loss and
-``E`` lies below the smallest one, see :mod:`bayescale.model`). That is an empirical-Bayes
+``E`` lies below the smallest one, see :mod:`bayescale.laws.transfer`). That is an empirical-Bayes
 step a prior draw cannot reproduce, so here both are fixed constants known before the
 data (``loss_floor = loss_scale = 1``): simulation and fit share exactly one prior, and
 what is calibrated is the model and the NUTS sampler given those scales.
@@ -31,9 +31,9 @@ import numpy as np
 from scipy import stats
 
 from bayescale._files import write_text_atomic
-from bayescale.model import ModelData, transfer_law_model
-from bayescale.posterior import self_mask_for
-from bayescale.simulate import Design, draw_world, design_runs
+from bayescale.laws.transfer import ModelData, transfer_law_model
+from bayescale.inference.posterior import self_mask_for
+from bayescale.data.simulate import Design, draw_world, design_runs
 
 # The scalar quantities whose ranks are recorded: per-target parameters and the
 # off-diagonal entries of the transfer matrices.
@@ -71,7 +71,7 @@ class SBCDesign:
 
 
 def make_design(domains: int = 3, design: Design | None = None, seed: int = 0) -> SBCDesign:
-    """The shared design: ``bayescale.simulate``'s run layout for ``domains`` domains."""
+    """The shared design: ``bayescale.data.simulate``'s run layout for ``domains`` domains."""
     world = draw_world(domains, seed=seed)
     if design is not None:
         world = dataclasses.replace(world, design=design)

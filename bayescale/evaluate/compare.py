@@ -16,13 +16,13 @@ def compare_fits(fits: dict, grid: xr.Dataset | None = None) -> list[dict]:
     Each row: ``fit``, ``law``, ``method``, ``elpd_loo``, ``se``, ``p_loo``, ``elpd_diff``
     (to the best fit; 0 for it), ``pareto_k_bad`` (observations whose Pareto k exceeds
     ArviZ's sample-size-dependent threshold ``good_k``: LOO is unreliable there) and,
-    with ``grid``, ``holdout`` (the scores of :func:`bayescale.check.check_holdout`).
+    with ``grid``, ``holdout`` (the scores of :func:`bayescale.evaluate.check.check_holdout`).
     Fits must come from the same grid (the same observations), or LOO cannot compare them.
     """
     import arviz as az
 
-    from bayescale.check import check_holdout
-    from bayescale.posterior import law_draws
+    from bayescale.evaluate.check import check_holdout
+    from bayescale.inference.posterior import law_draws
 
     if len(fits) < 2:
         raise InputError("compare needs at least two posteriors")

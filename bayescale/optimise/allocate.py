@@ -1,7 +1,7 @@
 """Choose how much of each data domain to pretrain on: exact risk-aware programs over posterior draws.
 
 Decision: raw data amounts ``D`` (one per source domain). Each posterior draw ``s`` gives the
-law loss ``L_j(D; theta_s)`` of every target ``j``, convex in ``D`` (see :mod:`bayescale.laws`).
+law loss ``L_j(D; theta_s)`` of every target ``j``, convex in ``D`` (see :mod:`bayescale.laws.power`).
 With target weights ``w`` (optionally each target's loss divided by its posterior-mean loss at
 the uniform split, ``normalise=True``, so domains with different loss scales compare):
 
@@ -11,15 +11,15 @@ the uniform split, ``normalise=True``, so domains with different loss scales com
   ``minimax`` (the worst target's posterior-mean weighted loss), ``minimax:cvar:GAMMA``,
   ``minimax:worst`` (the worst target's CVaR / max over draws);
 - constraints: budget ``sum_i c_i D_i <= B`` with per-domain costs, caps, minimums, fixed
-  domains, group shares (:mod:`bayescale.constraints`) and chance constraints
+  domains, group shares (:mod:`bayescale.optimise.constraints`) and chance constraints
   ``P(L_j(D) <= tau) >= p`` through their convex CVaR approximation, checked on held-out draws;
 - ``min_budget=True``: the least (cost-weighted) budget that meets every chance constraint.
 
-The programs are solved exactly by :class:`bayescale.riskprog.RiskProgram` (SQP whose
+The programs are solved exactly by :class:`bayescale.optimise.riskprog.RiskProgram` (SQP whose
 quadratic subproblems cvxpy compiles once, with a certified duality gap); every reported
 objective is the NumPy evaluation :func:`objective_values`. Around the recommendation:
-baselines and the value of transfer (:mod:`bayescale.baselines`), the posterior distribution of
-the optimal allocation, whole-unit rounding (:mod:`bayescale.decisions`) and an allocation path
+baselines and the value of transfer (:mod:`bayescale.optimise.baselines`), the posterior distribution of
+the optimal allocation, whole-unit rounding (:mod:`bayescale.optimise.decisions`) and an allocation path
 over budgets.
 """
 
@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 
-from bayescale import baselines as bl
-from bayescale import decisions as dec
-from bayescale.constraints import (
+from bayescale.optimise import baselines as bl
+from bayescale.optimise import decisions as dec
+from bayescale.optimise.constraints import (
     InfeasibleError,
     Objective,
     Spec,
@@ -43,11 +43,11 @@ from bayescale.constraints import (
     irreducible_check,
     parse_budgets,
 )
-from bayescale.constraints import parse_objective as _parse_objective
+from bayescale.optimise.constraints import parse_objective as _parse_objective
 from bayescale.errors import InputError
-from bayescale.posterior import LawDraws
-from bayescale.predict import summarise
-from bayescale.riskprog import FEAS_TOL, GAP_TOL, LawEval, Projector, RiskProgram, Term, tail_mean
+from bayescale.inference.posterior import LawDraws
+from bayescale.evaluate.predict import summarise
+from bayescale.optimise.riskprog import FEAS_TOL, GAP_TOL, LawEval, Projector, RiskProgram, Term, tail_mean
 
 OBJECTIVES = ("mean", "cvar:GAMMA", "worst", "minimax", "minimax:cvar:GAMMA", "minimax:worst")
 BINDING_TOL = 1e-5  # an allocation within this share of the budget of a bound counts as binding
@@ -100,7 +100,7 @@ def objective_values(draws: LawDraws, allocation_raw, objective="mean", weights_
     """The objective at one raw allocation, evaluated with NumPy over all of ``draws``.
 
     ``objective``: a string (``"mean"``, ``"cvar:0.9"``, ``"worst"``, ``"minimax:cvar:0.9"``)
-    or an :class:`~bayescale.constraints.Objective`; ``weights_vector``: (J,) effective target
+    or an :class:`~bayescale.optimise.constraints.Objective`; ``weights_vector``: (J,) effective target
     weights (default 1 each; include any normalisation).
     """
     obj = parse_objective(objective) if not isinstance(objective, tuple) else Objective(*objective)
@@ -119,7 +119,7 @@ def weights_vector(draws: LawDraws, weights: dict | None) -> np.ndarray:
 
 
 def fill(budget: float, lower, upper, shape=None, costs=None) -> np.ndarray:
-    """Water-filling (see :func:`bayescale.baselines.fill`)."""
+    """Water-filling (see :func:`bayescale.optimise.baselines.fill`)."""
     return bl.fill(budget, lower, upper, shape, costs)
 
 
@@ -296,7 +296,7 @@ class AllocationProblem:
     def solve(self, budget=None, *, weights=None, start=None, certify=True):
         """Solve for ``budget`` (ignored in the least-budget problem); ``weights`` {target: w} to change them.
 
-        Returns a :class:`bayescale.riskprog.Solution` (raw allocation ``D``, ``objective``, certificate).
+        Returns a :class:`bayescale.optimise.riskprog.Solution` (raw allocation ``D``, ``objective``, certificate).
         """
         w = None
         if weights is not None:

@@ -8,16 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayescale import laws
+from bayescale.laws import power as laws
 from bayescale.errors import InputError
-from bayescale.posterior import LawDraws
+from bayescale.inference.posterior import LawDraws
 
 
 @functools.partial(jax.jit, static_argnames=("log",))
 def _loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, log=False):
     """(N, I) allocations x S draws -> (S, N, J) law loss (or its log).
 
-    The same law as :func:`bayescale.laws.loss`, written for many draws at once: log d is
+    The same law as :func:`bayescale.laws.power.loss`, written for many draws at once: log d is
     taken once per allocation (log 0 = -inf, so d^beta = exp(beta log d) = 0 without a
     branch), and the sum over sources is unrolled into elementwise (S, N, J) terms, which
     XLA fuses into one loop (5x faster on CPU than a reduction over a (S, N, I, J) array).

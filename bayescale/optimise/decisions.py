@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from bayescale.riskprog import KAPPA, QP_SETTINGS, QP_SOLVERS, LawEval
+from bayescale.optimise.riskprog import KAPPA, QP_SETTINGS, QP_SOLVERS, LawEval
 
 
 # ------------------------------------------------------------------------------------ per draw

@@ -6,7 +6,7 @@ trained, at a fixed budget, on a mixture with proportions r (r_i >= 0, sum r_i =
 
     L_j(r) = c_j + k_j * exp(sum_i t_ij r_i)
 
-(:func:`bayescale.laws.mixing_loss`). c_j >= 0 is the part no mixture removes, k_j > 0
+(:func:`bayescale.laws.power.mixing_loss`). c_j >= 0 is the part no mixture removes, k_j > 0
 the rest, t_ij how much (and in which direction) a share of source i moves target j.
 
 **Identification.** Since every r sums to 1, adding δ to column j of t and dividing k_j
@@ -39,7 +39,7 @@ The posterior is an ArviZ DataTree in the spirit of contract 2: groups ``posteri
 (``c``, ``k``, ``sigma``, ``scale_t`` over ``target``; ``t`` over ``(source, target)``;
 ``h`` over ``source``; hyperparameters and sampling coordinates), ``sample_stats``,
 ``log_likelihood``, ``observed_data``, ``constant_data`` (``r_ref`` over ``source``, ``budget``), attrs ``law = "mixing"``.
-It is **not** a transfer-law posterior: :func:`bayescale.posterior.law_draws` does not
+It is **not** a transfer-law posterior: :func:`bayescale.inference.posterior.law_draws` does not
 apply; use :func:`mixing_draws`, :func:`predict_mixing` and :func:`check_holdout`.
 """
 
@@ -55,10 +55,10 @@ import numpyro
 import numpyro.distributions as dist
 import xarray as xr
 
-from bayescale import grid as grids
-from bayescale import laws
+from bayescale.data import grid as grids
+from bayescale.laws import power as laws
 from bayescale.errors import InputError
-from bayescale.posterior import self_mask_for
+from bayescale.inference.posterior import self_mask_for
 
 LAW = "mixing"
 PARAMS = ("c", "k", "t", "sigma")
@@ -130,7 +130,7 @@ def mixing_data(grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict
     slope_basis, slope_loc, slope_tril = slope_coordinates(r, basis)
     sources = [str(s) for s in fit_runs["source"].values]
     targets = [str(t) for t in fit_runs["target"].values]
-    from bayescale.fit import observed_cells
+    from bayescale.inference.fit import observed_cells
 
     obs_run, obs_target, observed, log_se = observed_cells(fit_runs, loss)
     model_data = MixingData(
@@ -275,7 +275,7 @@ def fit_mixing(
     The grid's ``data`` are read as mixture amounts at one budget (each run's row is
     normalised to proportions). Returns an ArviZ DataTree (see the module doc) whose
     attrs say ``law = "mixing"``. ``likelihood`` and ``method`` exist so that
-    :func:`bayescale.fit.fit` can hand its arguments over; only ``"normal"`` / ``"nuts"``
+    :func:`bayescale.inference.fit.fit` can hand its arguments over; only ``"normal"`` / ``"nuts"``
     are implemented.
     """
     from numpyro.infer import MCMC, NUTS, init_to_median
@@ -296,9 +296,9 @@ def fit_mixing(
     kernel = NUTS(mixing_law_model, target_accept_prob=target_accept, dense_mass=dense_mass, max_tree_depth=max_tree_depth,
                   init_strategy=init_to_median(num_samples=15))
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method, progress_bar=progress)
-    from bayescale.fit import interruptible
+    from bayescale.inference.fit import interruptible
 
-    def sample():  # in a thread, so that Ctrl-C stops a long fit at once (see bayescale.fit.interruptible)
+    def sample():  # in a thread, so that Ctrl-C stops a long fit at once (see bayescale.inference.fit.interruptible)
         mcmc.run(jax.random.PRNGKey(seed), data, extra_fields=("diverging", "energy", "num_steps"))
         samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
         extra = mcmc.get_extra_fields(group_by_chain=True)
@@ -307,7 +307,7 @@ def fit_mixing(
 
     samples, stats = interruptible(sample)
     idata = _to_datatree(samples, stats, data, coords)
-    from bayescale.fit import grid_fingerprint
+    from bayescale.inference.fit import grid_fingerprint
 
     idata.attrs.update(
         {
@@ -468,7 +468,7 @@ def holdout_predictions(
     draws: MixingDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid"
 ) -> xr.Dataset:
     """Posterior predictive of every observed (run, target) cell of the grid's ``split`` runs,
-    in the layout of :func:`bayescale.check.holdout_predictions` (``observed``, ``median``,
+    in the layout of :func:`bayescale.evaluate.check.holdout_predictions` (``observed``, ``median``,
     ``mean_law``, ``lo50``/``hi50``, ``lo90``/``hi90``), observation noise included."""
     runs = grids.select_split(grid, split)
     if runs.sizes["run"] == 0:
@@ -477,7 +477,7 @@ def holdout_predictions(
     targets = [t for t in draws.targets if t in grid_targets]
     if not targets:
         raise InputError(f"{where}: none of the posterior's targets ({', '.join(draws.targets)}) is in the grid")
-    from bayescale.check import allocations_for, predictive_bands
+    from bayescale.evaluate.check import allocations_for, predictive_bands
 
     data = allocations_for(draws, runs, where)
     budget = data.sum(axis=1)
@@ -492,16 +492,16 @@ def holdout_predictions(
 
 def check_holdout(draws: MixingDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> dict:
     """Score the mixing law's predictions of the grid's held-out runs: the dict of
-    :func:`bayescale.check.score_predictions` (n, Pearson r, median |relative error|,
+    :func:`bayescale.evaluate.check.score_predictions` (n, Pearson r, median |relative error|,
     50 % / 90 % coverage)."""
-    from bayescale.check import score_predictions
+    from bayescale.evaluate.check import score_predictions
 
     return score_predictions(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
 
 
 def diagnostics(idata) -> dict:
-    """Convergence summary over c, k, t and sigma (:func:`bayescale.posterior.sampler_diagnostics`)."""
-    from bayescale.posterior import sampler_diagnostics
+    """Convergence summary over c, k, t and sigma (:func:`bayescale.inference.posterior.sampler_diagnostics`)."""
+    from bayescale.inference.posterior import sampler_diagnostics
 
     return sampler_diagnostics(idata, PARAMS)
 

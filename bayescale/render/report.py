@@ -30,9 +30,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from bayescale import grid as grids
+from bayescale.data import grid as grids
 from bayescale._files import atomic_path, write_text_atomic
-from bayescale.posterior import LawDraws, law_draws
+from bayescale.inference.posterior import LawDraws, law_draws
 
 FIGURE_NAMES = ("scaling_curves", "transfer_matrix", "transfer_graph", "allocation", "allocation_path", "holdout", "calibration")
 DPI = 110
@@ -124,7 +124,7 @@ def plot_scaling_curves(draws: LawDraws, grid: xr.Dataset, *, n_points: int = 60
     and a uniform mixture over all sources, over a log-spaced budget grid from the
     smallest run budget to twice the largest. One axes per posterior target.
     """
-    from bayescale.predict import loss_draws
+    from bayescale.evaluate.predict import loss_draws
 
     grid = grids.validate_grid(grid)
     sources, targets = list(draws.sources), list(draws.targets)
@@ -364,7 +364,7 @@ def _draw_holdout(ax, holdout: xr.Dataset, scores: dict | None) -> None:
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8.5, frameon=False, loc="upper left")
     if scores is None:
-        from bayescale.check import score_predictions
+        from bayescale.evaluate.check import score_predictions
 
         try:
             scores = score_predictions(holdout)
@@ -454,7 +454,7 @@ def _draw_pit(ax, holdout: xr.Dataset) -> None:
 
 
 def _draw_coverage(ax, holdout: xr.Dataset) -> None:
-    from bayescale.check import coverage_curve
+    from bayescale.evaluate.check import coverage_curve
 
     curve = coverage_curve(holdout)
     nominal = 100 * np.asarray(curve["nominal"])
@@ -701,7 +701,7 @@ def loo_summary(idata) -> dict | None:
 def _hubs_html(hubs: xr.Dataset | None) -> str:
     if hubs is None:
         return '<p class="note">No hub and island table was given (a law without transfer has none), so this section is omitted.</p>'
-    from bayescale.hubs import summary_from_table
+    from bayescale.evaluate.hubs import summary_from_table
 
     summary = summary_from_table(hubs)
     rows = []
@@ -758,7 +758,7 @@ def _holdout_html(holdout: xr.Dataset | None, scores: dict | None) -> str:
         if verdict.get("verdict") not in (None, "ok"):
             parts.append(f'<p class="warn">{_e(verdict["message"])}</p>')
     if holdout is not None:
-        from bayescale.check import score_by_target
+        from bayescale.evaluate.check import score_by_target
 
         rows = [
             [(_e(target), ""), (_e(row["n"]), ""), (_fmt(row["median_abs_rel_error"], ".3f"), ""), (_fmt(100 * row["coverage_90"], ".0f") + " %", "")]
@@ -771,7 +771,7 @@ def _holdout_html(holdout: xr.Dataset | None, scores: dict | None) -> str:
 
 
 def _grid_html(grid: xr.Dataset, idata) -> str:
-    from bayescale.fit import grid_fingerprint
+    from bayescale.inference.fit import grid_fingerprint
 
     parts = []
     description = grid.attrs.get("description", "")
@@ -831,7 +831,7 @@ def write_report(
     """Write the figures as PNG files and ``report.html`` (figures embedded) into the folder ``out``.
 
     Sections whose input is None are left out with a note. ``hubs`` is a
-    :func:`bayescale.hubs.hub_island_table`; ``loo`` the PSIS-LOO summary of :func:`loo_summary`.
+    :func:`bayescale.evaluate.hubs.hub_island_table`; ``loo`` the PSIS-LOO summary of :func:`loo_summary`.
     Returns the HTML path.
     """
     out = Path(out)
@@ -845,7 +845,7 @@ def write_report(
         ("transfer_matrix", plot_transfer_matrix(draws), "posterior transfer matrix"),
     ]
     if hubs is not None:
-        from bayescale.hubs import plot_transfer_graph
+        from bayescale.evaluate.hubs import plot_transfer_graph
 
         figures.append(("transfer_graph", plot_transfer_graph(idata, hubs, data_unit=unit), "transfer graph with hubs and islands"))
     if allocation is not None:

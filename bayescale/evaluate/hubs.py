@@ -1,6 +1,6 @@
 """Hubs and islands: which domains help the others, which are helped, which stand alone.
 
-Everything here is a pure function of posterior draws (:class:`~bayescale.posterior.LawDraws`,
+Everything here is a pure function of posterior draws (:class:`~bayescale.inference.posterior.LawDraws`,
 or a posterior DataTree, which is turned into draws first).
 
 The unit: the effective-data share
@@ -61,7 +61,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyArrowPatch, Patch, Rectangle
 
 from bayescale.errors import InputError
-from bayescale.posterior import LawDraws, law_draws
+from bayescale.inference.posterior import LawDraws, law_draws
 
 LABELS = ("hub", "island", "neither")
 LABEL_COLOURS = {"hub": "#e6550d", "island": "#3182bd", "neither": "#d9d9d9"}

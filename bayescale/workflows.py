@@ -13,7 +13,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from bayescale import grid as grids
+from bayescale.data import grid as grids
 from bayescale.errors import InputError
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -44,11 +44,11 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
                grid_name: str = "", objective: str = "mean", upper: dict | None = None, diag: dict | None = None) -> Path:
     """Compute what the report shows (allocation and its path, hubs, held-out predictions and
     calibration, diagnostics and LOO) and write it."""
-    from bayescale.allocate import allocate
-    from bayescale.check import calibration_verdict, holdout_predictions, score_predictions
-    from bayescale.hubs import hub_island_table
-    from bayescale.posterior import diagnostics, law_draws
-    from bayescale.report import loo_summary, write_report
+    from bayescale.optimise.allocate import allocate
+    from bayescale.evaluate.check import calibration_verdict, holdout_predictions, score_predictions
+    from bayescale.evaluate.hubs import hub_island_table
+    from bayescale.inference.posterior import diagnostics, law_draws
+    from bayescale.render.report import loo_summary, write_report
 
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out}: exists and is not a folder (the report is a folder of HTML and PNG files)")
@@ -74,11 +74,11 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     from rich.console import Console
     from rich.table import Table
 
-    from bayescale.allocate import allocate
-    from bayescale.check import check_holdout
+    from bayescale.optimise.allocate import allocate
+    from bayescale.evaluate.check import check_holdout
     from bayescale.cli import write_json
-    from bayescale.fit import fit
-    from bayescale.posterior import diagnostics, format_diagnostics, law_draws, save_posterior
+    from bayescale.inference.fit import fit
+    from bayescale.inference.posterior import diagnostics, format_diagnostics, law_draws, save_posterior
 
     console = console or Console()
     config = load_demo_config(config_path)
@@ -157,8 +157,8 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
 
 def _reuse_fit(path: Path, ds: xr.Dataset, fit_cfg: dict, seed: int):
     """A finished fit of this very grid with these settings, or None (then the stage reruns)."""
-    from bayescale.fit import grid_fingerprint
-    from bayescale.posterior import load_posterior
+    from bayescale.inference.fit import grid_fingerprint
+    from bayescale.inference.posterior import load_posterior
 
     if not path.is_file():
         return None

@@ -4,8 +4,8 @@ This is the method of the Chinchilla scaling-law fits (Hoffmann et al. 2022, and
 replication of Besiroglu et al. 2024): minimise the Huber loss (δ = 1e-3) of the residuals of
 *log* loss with a quasi-Newton method from a small grid of initialisations, keep the best, and
 put intervals on the fit by refitting to bootstrap resamples. It fits the same law
-(:func:`bayescale.laws.log_loss`, law units d = D / D0 with D0 = ``grid.data_scale`` of the
-fit runs) to the same cells as :func:`bayescale.fit.fit`, so the two can be compared on the
+(:func:`bayescale.laws.power.log_loss`, law units d = D / D0 with D0 = ``grid.data_scale`` of the
+fit runs) to the same cells as :func:`bayescale.inference.fit.fit`, so the two can be compared on the
 same held-out runs (``benchmarks/bench_fit.py``).
 
 How it is computed:
@@ -26,7 +26,7 @@ How it is computed:
   line search tries a ladder of step lengths at once and keeps the best. Between blocks, the
   problems that stopped improving are dropped, so a batch costs the mean number of
   iterations, not the worst. Objective and gradient are written out by hand (measured: half
-  the time of reverse mode through :func:`bayescale.laws.log_loss`); a test checks both
+  the time of reverse mode through :func:`bayescale.laws.power.log_loss`); a test checks both
   against that function and :func:`jax.grad`. Batches are split across the host's XLA devices. Float64 throughout:
   with δ = 1e-3 float32 stalls measurably above the optimum.
 - **Bootstrap.** ``resample="runs"`` (the default) draws whole runs with replacement: the
@@ -43,8 +43,8 @@ What the intervals mean: the spread of the bootstrap draws is the sampling varia
 posterior: there are no priors and no pooling across targets, parameters the data do not
 identify (a transfer that never shows, beta where T is near 0) are wherever the optimiser
 left them, and resamples of a small grid understate the uncertainty of an extrapolation.
-The result is a :class:`bayescale.posterior.LawDraws` with one draw per replicate, so
-:mod:`bayescale.predict` and :mod:`bayescale.check` work on it unchanged.
+The result is a :class:`bayescale.inference.posterior.LawDraws` with one draw per replicate, so
+:mod:`bayescale.evaluate.predict` and :mod:`bayescale.evaluate.check` work on it unchanged.
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from bayescale import grid as grids
-from bayescale import laws
+from bayescale.data import grid as grids
+from bayescale.laws import power as laws
 from bayescale.errors import InputError
-from bayescale.posterior import LawDraws
+from bayescale.inference.posterior import LawDraws
 
 DELTA = 1e-3  # Huber threshold on log-loss residuals (Hoffmann et al. 2022; Besiroglu et al. 2024)
 RESAMPLE = ("runs", "cells")
@@ -244,7 +244,7 @@ def _check_positive_int(flag, value):
 
 
 def _problem(grid: xr.Dataset) -> _Problem:
-    from bayescale.fit import model_data  # bayescale.fit imports numpyro; needed only here
+    from bayescale.inference.fit import model_data  # bayescale.inference.fit imports numpyro; needed only here
 
     if not isinstance(grid, xr.Dataset) or "run" not in grid.dims or grid.sizes["run"] == 0:
         raise InputError("grid has no runs to fit the law to")
@@ -313,7 +313,7 @@ def _unpack(theta, floor, scale, self_col, law):
 
 
 def _predict_log(theta, d, floor, scale, self_col, law):
-    """Log loss (N,) of one target at the runs d (N, I), by :func:`bayescale.laws.log_loss` itself."""
+    """Log loss (N,) of one target at the runs d (N, I), by :func:`bayescale.laws.power.log_loss` itself."""
     E, A, alpha, x0, T, beta = _unpack(theta, floor, scale, self_col, law)
     return laws.log_loss(d, E[None], A[None], alpha[None], x0[None], T[:, None], beta[:, None], self_col[:, None])[:, 0]
 
@@ -511,7 +511,7 @@ def _constrained(problem: _Problem, law: str, params: np.ndarray) -> dict[str, n
 
 def _residual_sigma(problem: _Problem, law: str, params: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(S, J) residual sd of log loss per replicate and target on that replicate's cells,
-    with the law evaluated by :func:`bayescale.laws.log_loss`."""
+    with the law evaluated by :func:`bayescale.laws.power.log_loss`."""
     c = _constrained(problem, law, params)
     with jax.enable_x64(True):
         d, mask = jnp.asarray(problem.d), jnp.asarray(problem.self_mask)

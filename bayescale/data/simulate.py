@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bayescale import grid as grids
+from bayescale.data import grid as grids
 from bayescale.errors import InputError
-from bayescale.posterior import self_mask_for
+from bayescale.inference.posterior import self_mask_for
 
 MEDICAL_DOMAINS = ("ct_abdomen", "ct_chest", "mri_t1_brain", "mri_t2_abdomen", "pet_wholebody")
 

@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from bayescale.posterior import LawDraws
+from bayescale.inference.posterior import LawDraws
 
 
 def fill(budget: float, lower, upper, shape=None, costs=None) -> np.ndarray:

@@ -10,11 +10,11 @@ import jax
 import numpy as np
 import xarray as xr
 
-from bayescale import grid as grids
+from bayescale.data import grid as grids
 from bayescale.errors import InputError
-from bayescale.laws import check_law
-from bayescale.model import LIKELIHOODS, ModelData, transfer_law_model
-from bayescale.posterior import self_mask_for
+from bayescale.laws.power import check_law
+from bayescale.laws.transfer import LIKELIHOODS, ModelData, transfer_law_model
+from bayescale.inference.posterior import self_mask_for
 
 
 def grid_fingerprint(grid: xr.Dataset) -> str:
@@ -179,10 +179,10 @@ def fit(
     stochastic variational inference, then ``chains * draws`` draws from it in one chain;
     its attrs say ``approximate = 1`` and it has no sampler diagnostics.
     ``law="mixing"`` fits the exponential mixing law at a fixed budget instead
-    (:func:`bayescale.mixing.fit_mixing`; its posterior has c, k, t, not the transfer law's).
+    (:func:`bayescale.laws.mixing.fit_mixing`; its posterior has c, k, t, not the transfer law's).
     """
     if law == "mixing":
-        from bayescale.mixing import fit_mixing
+        from bayescale.laws.mixing import fit_mixing
 
         return fit_mixing(grid, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws, seed=seed,
                           target_accept=target_accept, dense_mass=dense_mass, progress=progress, grid_name=grid_name)

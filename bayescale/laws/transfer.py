@@ -29,7 +29,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from bayescale import laws
+from bayescale.laws import power as laws
 
 LIKELIHOODS = ("normal", "student_t")
 

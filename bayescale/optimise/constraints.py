@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 from bayescale.errors import InputError
-from bayescale.posterior import LawDraws
+from bayescale.inference.posterior import LawDraws
 
 
 class InfeasibleError(InputError):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from bayescale import grid as grids
+from bayescale.data import grid as grids
 from bayescale.errors import InputError
-from bayescale.posterior import LawDraws
-from bayescale.predict import add_observation_noise, loss_draws
+from bayescale.inference.posterior import LawDraws
+from bayescale.evaluate.predict import add_observation_noise, loss_draws
 
 LEVELS = (0.5, 0.9)
 
@@ -210,10 +210,10 @@ def check_holdout(draws: LawDraws, grid: xr.Dataset, *, split: str = "holdout", 
 
 def score_posterior(idata, grid: xr.Dataset, *, seed: int = 0, where: str = "grid") -> tuple[xr.Dataset, dict]:
     """Held-out predictions and scores (with calibration verdict) of any posterior, transfer-family or mixing."""
-    from bayescale.posterior import is_mixing, law_draws
+    from bayescale.inference.posterior import is_mixing, law_draws
 
     if is_mixing(idata):
-        from bayescale import mixing
+        from bayescale.laws.power import mixing
 
         pred = mixing.holdout_predictions(mixing.mixing_draws(idata), grid, seed=seed, where=where)
     else:
@@ -225,8 +225,8 @@ def score_posterior(idata, grid: xr.Dataset, *, seed: int = 0, where: str = "gri
 
 def parse_law_families(text: str) -> list[tuple[str, str]]:
     """``"transfer,linear,independent:student_t"`` -> [(law, likelihood), ...]; ``"all"`` is every transfer-family law."""
-    from bayescale.laws import LAWS, MIXING_LAWS
-    from bayescale.model import LIKELIHOODS
+    from bayescale.laws.power import LAWS, MIXING_LAWS
+    from bayescale.laws.transfer import LIKELIHOODS
 
     items = [x.strip() for x in text.split(",") if x.strip()]
     if items == ["all"]:
@@ -258,8 +258,8 @@ def extrapolation_by_law(grid: xr.Dataset, families: list[tuple[str, str]], *, f
     """
     import time
 
-    from bayescale.fit import fit
-    from bayescale.posterior import diagnostics
+    from bayescale.inference.fit import fit
+    from bayescale.inference.posterior import diagnostics
 
     runs = grids.select_split(grid, "holdout")
     if runs.sizes["run"] == 0:

@@ -16,7 +16,7 @@ not shipped with bayescale; see ``../shared/data/README.md``):
   Pre-training", repository sail-sg/regmix, MIT licence): 512 runs of 1M-parameter
   models, each trained on 1B tokens of a random mixture of 17 Pile domains, evaluated on
   13 Pile validation sets. :func:`regmix_grid` makes one fixed-budget grid of them for
-  the exponential mixing law (:mod:`bayescale.mixing`).
+  the exponential mixing law (:mod:`bayescale.laws.mixing`).
 
 Every reader fails with an :class:`~bayescale.errors.InputError` whose one-line message
 names the file (and the run, key or column) at fault.
@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from bayescale import grid as grids
+from bayescale.data import grid as grids
 from bayescale.errors import InputError
 
 #: Environment variable that points at the shared data folder (overrides the default
@@ -58,7 +58,7 @@ def shared_data_dir() -> Path | None:
     ``$BAYESCALE_SHARED_DATA`` if set, else ``../shared/data`` next to the repository root.
     """
     env = os.environ.get(DATA_ENV)
-    folder = Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    folder = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
     return folder if folder.is_dir() else None
 
 

@@ -51,7 +51,7 @@ import warnings
 
 import numpy as np
 
-from bayescale.posterior import LawDraws
+from bayescale.inference.posterior import LawDraws
 
 KAPPA = 10.0  # a source with infinite marginal value at 0 shrinks at most this factor per iteration
 TAIL_FACTOR = 1.5  # candidate draws in a CVaR subproblem: TAIL_FACTOR * tail size + TAIL_EXTRA
