@@ -328,8 +328,9 @@ def hubs(
     figure: Annotated[Optional[Path], typer.Option("--figure", help="Also save the transfer graph as PNG.")] = None,
 ):
     """Hub and island domains, each with its posterior probability, and how much each domain gives and takes."""
-    from bayescale.evaluate.hubs import hub_island_table, hubs_command_output, plot_transfer_graph, summary_from_table
+    from bayescale.evaluate.hubs import hub_island_table, hubs_command_output, summary_from_table
     from bayescale.inference.posterior import load_posterior
+    from bayescale.render.figures import plot_transfer_graph
 
     idata = load_posterior(posterior)
     table = hub_island_table(idata, reference_data=reference_data)
@@ -391,7 +392,7 @@ def check(
         )
     if figure is not None:
         from bayescale._files import atomic_path
-        from bayescale.render.report import plot_check
+        from bayescale.render.figures import plot_check
 
         with atomic_path(figure) as tmp:
             plot_check(pred, scores).savefig(tmp, format="png", dpi=110, bbox_inches="tight")

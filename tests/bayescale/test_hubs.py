@@ -15,6 +15,7 @@ from bayescale.evaluate import hubs
 from bayescale.errors import InputError
 from bayescale.inference.posterior import LawDraws, self_mask_for
 from bayescale.data.simulate import true_params
+from bayescale.render import figures
 
 # --------------------------------------------------------------------------------------
 # hand-made draws
@@ -134,7 +135,7 @@ def test_source_only_and_target_only_domains():
     assert summary["domains"]["x"]["in_transfer"] is None and summary["domains"]["x"]["role"] == "source only"
     assert summary["domains"]["y"]["out_transfer"] is None and summary["domains"]["y"]["p_hub"] is None
     assert summary["domains"]["y"]["role"] == "target only"
-    fig = hubs.plot_transfer_graph(draws)
+    fig = figures.plot_transfer_graph(draws)
     texts = [t.get_text() for t in fig.axes[1].texts]
     assert any("x" in t and "y" in t and "not shown" in t for t in texts)
 
@@ -251,7 +252,7 @@ def test_command_output(small_fit):
 
 def test_figure_has_graph_and_map(small_draws):
     table = hubs.hub_island_table(small_draws)
-    fig = hubs.plot_transfer_graph(small_draws, table, min_share=0.02)
+    fig = figures.plot_transfer_graph(small_draws, table, min_share=0.02)
     assert isinstance(fig, Figure)
     graph, chart = fig.axes[:2]
     nodes = [p for p in graph.patches if isinstance(p, Circle)]
@@ -272,7 +273,7 @@ def test_figure_has_graph_and_map(small_draws):
     assert "P(hub) 1.00" in node_texts and "island" in node_texts
     assert len(chart.containers) == 4  # one errorbar per domain
     assert {t.get_text() for t in chart.texts} >= {"d1", "d2", "d3", "d4"}
-    assert len(hubs.plot_transfer_graph(small_draws, table, min_share=10.0).axes[0].patches) == 4  # nodes only
+    assert len(figures.plot_transfer_graph(small_draws, table, min_share=10.0).axes[0].patches) == 4  # nodes only
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=60)
     assert buf.getvalue()[:4] == b"\x89PNG"
@@ -283,6 +284,6 @@ def test_figure_with_zero_shares_uses_linear_axes():
     draws = make_draws(T, np.ones((1, 3, 3)))
     table = hubs.hub_island_table(draws)
     assert list(table["label"].values) == ["hub", "neither", "island"]
-    fig = hubs.plot_transfer_graph(draws, table)
+    fig = figures.plot_transfer_graph(draws, table)
     assert fig.axes[1].get_xscale() == "linear"
     assert len([p for p in fig.axes[0].patches if isinstance(p, FancyArrowPatch)]) == 1
