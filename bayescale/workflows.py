@@ -48,7 +48,8 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
     from bayescale.evaluate.check import calibration_verdict, holdout_predictions, score_predictions
     from bayescale.evaluate.hubs import hub_island_table
     from bayescale.inference.posterior import diagnostics, law_draws
-    from bayescale.render.report import loo_summary, write_report
+    from bayescale.evaluate.compare import loo_summary
+    from bayescale.render.report import write_report
 
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out}: exists and is not a folder (the report is a folder of HTML and PNG files)")

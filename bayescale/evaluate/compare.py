@@ -1,4 +1,8 @@
-"""Model comparison: PSIS-LOO (ArviZ) and the held-out extrapolation score, in one table."""
+"""Model comparison: PSIS-LOO (ArviZ) and the held-out extrapolation score, in one table.
+
+- :func:`compare_fits`  one row per fit, best elpd_loo first, with the held-out scores
+- :func:`loo_summary`   PSIS-LOO of one posterior as a small dict (what the report shows)
+"""
 
 from __future__ import annotations
 
@@ -54,3 +58,21 @@ def compare_fits(fits: dict, grid: xr.Dataset | None = None) -> list[dict]:
     for row in rows:
         row["elpd_diff"] = row["elpd_loo"] - rows[0]["elpd_loo"]
     return rows
+
+
+def loo_summary(idata) -> dict | None:
+    """PSIS-LOO of a posterior with a log-likelihood group, as a small dict; None without one.
+
+    Keys: ``elpd_loo``, ``se``, ``p_loo``, ``n`` (observations), ``pareto_k_bad`` (observations
+    whose Pareto k exceeds ArviZ's threshold ``pareto_k_threshold``: LOO is unreliable there).
+    """
+    import arviz as az
+
+    if "log_likelihood" not in getattr(idata, "children", {}):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the Pareto-k count below says it
+        loo = az.loo(idata)
+    k = np.asarray(loo.pareto_k).ravel()
+    return {"elpd_loo": float(loo.elpd), "se": float(loo.se), "p_loo": float(loo.p), "n": int(k.size),
+            "pareto_k_bad": int(np.sum(k > loo.good_k)), "pareto_k_threshold": float(loo.good_k)}
