@@ -1,22 +1,29 @@
-"""Tests for the report: figure functions and the self-contained HTML with its PNG files."""
+"""Tests for the report: figure functions, the view model, the templates and the self-contained HTML with its PNG files."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import io
+import json
 import re
+import tomllib
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from jinja2 import UndefinedError
+from markupsafe import escape
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from bayescale.render import report
+import bayescale.render
+from bayescale.evaluate.check import calibration_verdict, holdout_predictions, score_predictions
+from bayescale.evaluate.compare import loo_summary
 from bayescale.optimise.allocate import allocate
-from bayescale.evaluate.check import holdout_predictions, score_predictions
+from bayescale.render import figures, html, report
 from bayescale.inference.fit import fit
 from bayescale.evaluate.hubs import hub_island_table
 from bayescale.inference.posterior import diagnostics, law_draws
@@ -26,6 +33,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EMBEDDED = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 BUDGET = 200.0
 UPPER = {"d1": 120.0, "d2": 90.0, "d3": 60.0}
+# The page in reading order: the answer, then the details, the grid and its provenance last.
+HEADINGS = ("Recommendation", "How far to trust it", "Allocation details", "Held-out check", "Scaling curves",
+            "Transfer between domains", "Hubs and islands", "Convergence diagnostics", "Grid and provenance")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +55,7 @@ def world():
         "scores": score_predictions(holdout),
         "diagnostics": diagnostics(idata),
         "hubs": hub_island_table(idata),
-        "loo": report.loo_summary(idata),
+        "loo": loo_summary(idata),
     }
 
 
@@ -102,9 +112,7 @@ def test_full_report_is_self_contained_and_escapes_text(full_report):
     assert "<script" not in text and "<link" not in text and "@import" not in text and "url(" not in text
     assert "<title>Report &lt;for&gt; CT &amp; MRI</title>" in text
     assert "Report <for>" not in text
-    for heading in ("Grid", "Convergence diagnostics", "Scaling curves", "Transfer between domains",
-                    "Hubs and islands", "Recommended allocation", "Held-out check"):
-        assert f"<h2>{heading}</h2>" in text
+    assert re.findall(r"<h2>(.*?)</h2>", text) == list(HEADINGS)
     assert "omitted" not in text
 
 
@@ -142,7 +150,7 @@ def test_full_report_shows_the_input_numbers(world, full_report):
 
     # LOO, hubs and the allocation path carry their numbers too
     loo = world["loo"]
-    assert f"{loo['elpd_loo']:.1f} &plusmn; {loo['se']:.1f}" in text
+    assert f"{loo['elpd_loo']:.1f} ± {loo['se']:.1f}" in text
     assert f"{loo['pareto_k_bad']} of {loo['n']}" in text
     from bayescale.evaluate.hubs import summary_from_table
 
@@ -154,6 +162,91 @@ def test_full_report_shows_the_input_numbers(world, full_report):
         assert f">{entry['budget']:.4g}<" in text
     # at 300 the caps (270 in all) bind and the rest of the budget stays unspent
     assert sum(alloc["path"][-1]["allocation"].values()) == pytest.approx(sum(UPPER.values()), rel=1e-6)
+
+
+def test_the_answer_comes_before_the_details(world, full_report):
+    _, _, text = full_report
+    answer = text[text.index('<div class="answer"'):text.index('<div class="details"')]
+    details = text[text.index('<div class="details"'):]
+    # nothing but the answer comes before it: no figure, no table of the details, no grid attribute
+    assert "<figure" not in text[:text.index('<div class="details"')]
+    assert text.index("<h2>Recommendation</h2>") < text.index("<h2>How far to trust it</h2>") < text.index("<figure")
+    # the recommended allocation: source, amount, share
+    alloc = world["allocation"]
+    rows = re.findall(r'<tr><td class="name">([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td></tr>', answer)
+    assert [r[0] for r in rows] == list(alloc["allocation"])
+    for (source, amount, share) in rows:
+        assert amount == f"{alloc['allocation'][source]:.2f}" and share == f"{100 * alloc['fractions'][source]:.1f} %"
+    # its predicted gain over the reference baseline and the transfer-unaware optimum, with intervals
+    value = alloc["value_of_transfer"]
+    for key in (f"vs_{value['reference']}", "vs_transfer_unaware"):
+        red = value[key]
+        assert f"{report._pct_auto(red['mean'])} lower</b> [{report._pct_auto(red['lo'])}, {report._pct_auto(red['hi'])}]" in answer
+        assert f"better in {100 * red['probability_better']:.0f} % of posterior draws" in answer
+    assert "the proportional mixture" in answer and "ignores transfer" in answer
+    # the other baseline (uniform) in the small table
+    uniform = alloc["baselines"]["uniform"]["reducible_loss_reduction"]
+    assert f">{report._pct_auto(uniform['mean'])}<" in answer
+    # the calibration verdict (computed here: these scores came without one) and the sampler's health
+    message = calibration_verdict(world["scores"])["message"]
+    assert str(escape(message[1:])) in answer
+    diag = world["diagnostics"]
+    assert f"max r-hat {diag['max_rhat']:.3f} (wanted ≤ 1.01)" in answer
+    assert f"divergences {diag['divergences']} (wanted 0)" in answer
+    # the details hold the rest; the grid's description and attributes come last
+    assert "shadow price of the budget" in details and "shadow price" not in answer
+    assert text.rindex("<figure") < text.index("<h2>Grid and provenance</h2>") < text.index(world["grid"].attrs["description"])
+
+
+def test_text_from_the_inputs_reaches_the_page_escaped(world, tmp_path):
+    evil = "<script>alert(1)</script>"
+    alloc = world["allocation"]
+
+    def rename(mapping):
+        return {(evil if k == "d1" else k): v for k, v in mapping.items()}
+
+    allocation = dict(alloc, allocation=rename(alloc["allocation"]), fractions=rename(alloc["fractions"]),
+                      path=None, decision_uncertainty=None)
+    grid = world["grid"].copy()
+    grid.attrs = dict(grid.attrs, description=f"grid of {evil} & <b>friends</b>", note=evil)
+    path = report.write_report(tmp_path, idata=world["idata"], grid=grid, allocation=allocation,
+                               title=f"report {evil}")
+    text = path.read_text()
+    assert "<script" not in text and "<b>friends</b>" not in text
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<title>report {escaped}</title>" in text
+    assert f'<td class="name">{escaped}</td>' in text  # the domain name in the answer's table
+    assert f"grid of {escaped} &amp; &lt;b&gt;friends&lt;/b&gt;" in text
+    assert text.count(escaped) >= 5  # title, heading, the answer's table, the strategy table, a grid attribute
+
+
+def test_grid_attributes_are_a_readable_table_not_json(world, full_report):
+    _, _, text = full_report
+    grid_section = text[text.index('<section id="grid">'):]
+    true_params = json.loads(world["grid"].attrs["true_params"])
+    assert "<dt>hubs</dt><dd>d1</dd>" in grid_section
+    e = ", ".join(f"{k} = {v:.6g}" for k, v in true_params["E"].items())
+    assert f"<dt>E</dt><dd>{e}</dd>" in grid_section
+    assert "&#34;" not in grid_section and '{"' not in grid_section  # no JSON strings shown raw
+    assert f'<td class="name">loss_name</td><td class="text">{world["grid"].attrs["loss_name"]}</td>' in grid_section
+
+
+def test_a_view_model_without_a_key_fails_instead_of_leaving_a_gap():
+    with pytest.raises(UndefinedError):
+        html.render("sections/trust.html.j2", trust={"calibration": {"cls": "ok", "text": "fine"}})
+    assert html.environment().autoescape("report.html.j2") and html.environment().autoescape("sections/grid.html.j2")
+
+
+def test_templates_ship_with_the_package():
+    root = Path(bayescale.render.__file__).parent
+    templates = sorted(p.relative_to(root).as_posix() for p in (root / "templates").rglob("*") if p.is_file())
+    assert "templates/report.html.j2" in templates and len(templates) >= 3
+    pyproject = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["bayescale.render"]
+    shipped = {p.relative_to(root).as_posix() for pattern in patterns for p in root.glob(pattern) if p.is_file()}
+    assert set(templates) <= shipped, set(templates) - shipped
+    dependencies = pyproject["project"]["dependencies"]
+    assert any(d.replace(" ", "").startswith("jinja2>=") for d in dependencies)
 
 
 # --------------------------------------------------------------------------------------
@@ -182,18 +275,27 @@ def test_report_without_optional_inputs_omits_their_sections(world, tmp_path):
     assert "<title>bayescale report</title>" in text
 
 
+def diagnostics_html(diag: dict) -> str:
+    """The convergence section and the sampler lines of the answer, rendered from the view model."""
+    return (html.render("sections/diagnostics.html.j2", diagnostics=report.diagnostics_view(diag))
+            + html.render("sections/trust.html.j2", trust=report.trust_view(None, diag, "")))
+
+
 def test_diagnostics_table_flags_bad_values_red():
     bad = {"max_rhat": 1.0523, "min_ess_bulk": 87.0, "min_ess_tail": 950.0, "divergences": 3, "min_bfmi": 0.12,
            "draws": 400, "chains": 2, "ok": False}
-    text = report._diagnostics_html(bad)
+    text = diagnostics_html(bad)
     assert '<td class="bad">1.052</td>' in text
     assert '<td class="bad">87</td>' in text
     assert '<td class="good">950</td>' in text
     assert '<td class="bad">3</td>' in text
     assert '<td class="bad">0.12</td>' in text
     assert "failed" in text
+    # the answer's sampler lines say the same in words, failed ones flagged
+    assert '<li class="bad">max r-hat 1.052 (wanted ≤ 1.01)</li>' in text
+    assert '<li class="good">min tail ESS 950 (wanted ≥ 400)</li>' in text
     good = dict(bad, max_rhat=1.004, min_ess_bulk=800.0, divergences=0, min_bfmi=0.9, ok=True)
-    text = report._diagnostics_html(good)
+    text = diagnostics_html(good)
     assert 'class="bad"' not in text and "converged" in text
 
 
@@ -203,7 +305,7 @@ def test_diagnostics_table_flags_bad_values_red():
 
 def test_scaling_curves_has_one_panel_per_target_with_every_observed_point(world):
     draws, grid = world["draws"], world["grid"]
-    fig = report.plot_scaling_curves(draws, grid)
+    fig = figures.plot_scaling_curves(draws, grid)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == len(draws.targets) == 3
     budgets = grid["data"].sum("source").values
@@ -226,7 +328,7 @@ def test_scaling_curves_has_one_panel_per_target_with_every_observed_point(world
 
 def test_transfer_matrix_annotates_means_and_marks_self(world):
     draws = world["draws"]
-    fig = report.plot_transfer_matrix(draws)
+    fig = figures.plot_transfer_matrix(draws)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 2  # heatmap and colour bar
     texts = [t.get_text() for t in fig.axes[0].texts]
@@ -235,20 +337,20 @@ def test_transfer_matrix_annotates_means_and_marks_self(world):
     for i in range(len(draws.sources)):
         for j in range(len(draws.targets)):
             if i != j:
-                assert report._short(mean[i, j]) in texts
+                assert figures.short_number(mean[i, j]) in texts
 
 
 def test_transfer_matrix_handles_a_law_without_transfer(world):
     draws = world["draws"]
     independent = dataclasses.replace(draws, T=draws.T * draws.self_mask[None], law="independent")
-    fig = report.plot_transfer_matrix(independent)
+    fig = figures.plot_transfer_matrix(independent)
     assert len(fig.axes) == 2
-    assert_valid_png(report._figure_png(fig))
+    assert_valid_png(figures.to_png(fig))
 
 
 def test_allocation_plot_bars_are_the_shares(world):
     alloc = world["allocation"]
-    fig = report.plot_allocation(alloc)
+    fig = figures.plot_allocation(alloc)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     bars = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
     extra = [k for k in ("temperature_sampling", "transfer_unaware") if (alloc.get(k) or {}).get("allocation")]
@@ -262,7 +364,7 @@ def test_allocation_plot_bars_are_the_shares(world):
 
 def test_holdout_plot_shows_every_observed_cell(world):
     holdout, scores = world["holdout"], world["scores"]
-    fig = report.plot_holdout(holdout, scores)
+    fig = figures.plot_holdout(holdout, scores)
     assert isinstance(fig, Figure) and len(fig.axes) == 1
     ax = fig.axes[0]
     points = np.concatenate([c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)])
@@ -270,4 +372,4 @@ def test_holdout_plot_shows_every_observed_cell(world):
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert f"r = {scores['pearson_r']:.3f}" in ax.get_title()
     # Without scores the plot scores the predictions itself.
-    assert f"r = {scores['pearson_r']:.3f}" in report.plot_holdout(holdout).axes[0].get_title()
+    assert f"r = {scores['pearson_r']:.3f}" in figures.plot_holdout(holdout).axes[0].get_title()

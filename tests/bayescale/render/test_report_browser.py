@@ -47,8 +47,12 @@ def test_every_figure_of_the_report_loads_in_headless_chromium(browser, small_fi
         assert img["ok"] and img["w"] > 300 and img["h"] > 200 and img["shown"] > 300, img
     assert browser.title == "bayescale report"
     headings = browser.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
-    assert headings == ["Grid", "Convergence diagnostics", "Scaling curves", "Transfer between domains", "Hubs and islands",
-                        "Recommended allocation", "Held-out check"]
+    # the answer first, then the details, the grid and its provenance last
+    assert headings == ["Recommendation", "How far to trust it", "Allocation details", "Held-out check", "Scaling curves",
+                        "Transfer between domains", "Hubs and islands", "Convergence diagnostics", "Grid and provenance"]
+    # the recommendation is in the first screenful a person sees
+    top = browser.execute_script("return document.querySelector('#recommendation table').getBoundingClientRect().bottom")
+    assert top < 1000
     # nothing on the page wider than the window (wide tables scroll inside their own box)
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
