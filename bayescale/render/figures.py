@@ -11,6 +11,9 @@
 - :func:`plot_check`            what ``bayescale check --figure`` saves: holdout and calibration in one row
 
 :func:`to_png` renders a figure to PNG bytes as the report embeds it.
+
+The module is long because it holds every figure of the package; each is a few dozen lines of
+matplotlib layout, read on its own, and they share the colours and the log-axis tick helper.
 """
 
 from __future__ import annotations

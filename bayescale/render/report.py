@@ -9,6 +9,11 @@ with every figure also embedded as base64, so the page opens offline, and writes
 The page reads as a person asks: first the answer (the recommended allocation, its predicted
 gain over the baselines, the calibration verdict and the sampler's health), then the details
 behind it (figures and tables), and last the grid's attributes and provenance.
+
+The module is long because it holds the view model of every section (one function each:
+:func:`recommendation_view`, :func:`trust_view`, :func:`allocation_view`, :func:`holdout_view`,
+:func:`hubs_view`, :func:`diagnostics_view`, :func:`grid_view`) and the figure captions; the
+markup is in the templates, the drawing in :mod:`bayescale.render.figures`.
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ def _pct(value, spec: str = ".1f") -> str:
     return _fmt(100 * float(value), spec) + " %"
 
 
-def _pct_auto(value) -> str:
+def short_percent(value) -> str:
     """A percentage with enough digits to tell a small gain from none: 12 %, 4.4 %, 0.031 %."""
     if value is None or not math.isfinite(float(value)):
         return "n/a"
@@ -197,13 +202,13 @@ def recommendation_view(allocation, unit: str) -> dict:
         label = _strategy_label(key, allocation) + (" (the value of modelling transfer)" if key == "transfer_unaware" else "")
         sign, word = (1, "lower") if red["mean"] >= 0 else (-1, "higher")
         lo, hi = sorted((sign * red["lo"], sign * red["hi"]))
-        headline.append(fact(f"Against {label}: the weighted reducible loss is predicted", f"{_pct_auto(sign * red['mean'])} {word}",
-                             f" [{_pct_auto(lo)}, {_pct_auto(hi)}]; the recommendation is better in "
+        headline.append(fact(f"Against {label}: the weighted reducible loss is predicted", f"{short_percent(sign * red['mean'])} {word}",
+                             f" [{short_percent(lo)}, {short_percent(hi)}]; the recommendation is better in "
                              f"{_pct(red.get('probability_better'), '.0f')} of posterior draws."))
     for key in ([reference] if reference else []) + ["transfer_unaware"]:
         saving = value.get(f"budget_saving_vs_{key}")
         if saving is not None:
-            headline.append(fact(f"Against {_strategy_label(key, allocation)}: needs", f"{_pct_auto(saving)} less data",
+            headline.append(fact(f"Against {_strategy_label(key, allocation)}: needs", f"{short_percent(saving)} less data",
                                  " to meet the same constraints."))
     others = []
     for key, _ in COMPARISONS:
@@ -211,8 +216,8 @@ def recommendation_view(allocation, unit: str) -> dict:
         if key in in_headline or red.get("mean") is None:
             continue
         p_better = red.get("probability_better")
-        others.append([cell(_strategy_label(key, allocation)), cell(_pct_auto(red["mean"]), _signed_class(red)),
-                       cell(f"[{_pct_auto(red['lo'])}, {_pct_auto(red['hi'])}]"), cell(_pct(p_better, ".0f"))])
+        others.append([cell(_strategy_label(key, allocation)), cell(short_percent(red["mean"]), _signed_class(red)),
+                       cell(f"[{short_percent(red['lo'])}, {short_percent(red['hi'])}]"), cell(_pct(p_better, ".0f"))])
     return {
         "present": True,
         "lead": lead,
@@ -433,12 +438,12 @@ def hubs_view(hubs: xr.Dataset | None) -> dict:
         rows.append([cell(name), cell(d["role"], "text"), cell(measure(d["out_transfer"])), cell(measure(d["in_transfer"])),
                      cell(_fmt(d["p_hub"], ".2f") if d["p_hub"] is not None else "n/a"),
                      cell(_fmt(d["p_island"], ".2f") if d["p_island"] is not None else "n/a"),
-                     cell(label, strong=label != "neither")])
+                     cell(label, "text", strong=label != "neither")])
     pct = round(100 * summary["interval"])
     return {
         "present": True,
         "table": table(["domain", "role", f"out-transfer [{pct} %]", f"in-transfer [{pct} %]", "P(hub)", "P(island)", "label"], rows,
-                       text_columns=(1,)),
+                       text_columns=(1, 6)),
         "definitions": [fact("", f"{k}:", f" {v}") for k, v in summary["definitions"].items()],
     }
 

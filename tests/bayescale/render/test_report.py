@@ -181,12 +181,12 @@ def test_the_answer_comes_before_the_details(world, full_report):
     value = alloc["value_of_transfer"]
     for key in (f"vs_{value['reference']}", "vs_transfer_unaware"):
         red = value[key]
-        assert f"{report._pct_auto(red['mean'])} lower</b> [{report._pct_auto(red['lo'])}, {report._pct_auto(red['hi'])}]" in answer
+        assert f"{report.short_percent(red['mean'])} lower</b> [{report.short_percent(red['lo'])}, {report.short_percent(red['hi'])}]" in answer
         assert f"better in {100 * red['probability_better']:.0f} % of posterior draws" in answer
     assert "the proportional mixture" in answer and "ignores transfer" in answer
     # the other baseline (uniform) in the small table
     uniform = alloc["baselines"]["uniform"]["reducible_loss_reduction"]
-    assert f">{report._pct_auto(uniform['mean'])}<" in answer
+    assert f">{report.short_percent(uniform['mean'])}<" in answer
     # the calibration verdict (computed here: these scores came without one) and the sampler's health
     message = calibration_verdict(world["scores"])["message"]
     assert str(escape(message[1:])) in answer
