@@ -287,7 +287,7 @@ def allocate(
 ):
     """The allocation of the budget over sources that minimises the posterior risk (or the least budget that meets chance targets)."""
     from bayescale.optimise.allocate import allocate as solve
-    from bayescale.optimise.allocate import format_allocation
+    from bayescale.render.text import format_allocation
     from bayescale.inference.posterior import law_draws, load_posterior
 
     draws = law_draws(load_posterior(posterior))
@@ -315,7 +315,7 @@ def allocate(
         seed=seed,
     )
     if json_out:
-        write_json(json_out, result)
+        write_json(json_out, result.to_dict())
     console.print(format_allocation(result), highlight=False, markup=False)
 
 

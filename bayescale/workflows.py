@@ -117,7 +117,7 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     upper = alloc_cfg.get("available") or None
     allocation = allocate(draws, budget, objective=objective, upper=upper, weights=alloc_cfg.get("weights"),
                           budgets=path_budgets(budget))
-    write_json(out / "allocation.json", allocation)
+    write_json(out / "allocation.json", allocation.to_dict())
     timings["allocate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -1,10 +1,12 @@
 """What an allocation may be: objective, costs, caps, minimums, fixed domains, groups, chance constraints.
 
-Everything a user types (``--objective``, ``--weights``, ``--cost``, ``--max``, ``--min``,
-``--fixed``, ``--group``, ``--chance``) is parsed and checked here, into a :class:`Spec`
-of plain vectors over the posterior's sources and targets. Bad input raises
-:class:`~bayescale.errors.InputError` with one line naming the flag and the offending
-piece; a set of linear constraints that no allocation can meet raises
+Everything a user gives :func:`~bayescale.optimise.allocate.allocate` (``objective``, ``weights``,
+``costs``, ``upper``, ``lower``, ``fixed``, ``groups``, ``chance``) is parsed and checked here, into
+a :class:`Spec` of plain vectors over the posterior's sources and targets. Bad input raises
+:class:`ParameterError` (an :class:`~bayescale.errors.InputError`) with one line that starts
+with the parameter's name and names the offending piece (``"upper: cap for 'ct' must be ..."``);
+the command line shows its own flag instead (``--max``), see :meth:`ParameterError.naming`.
+A set of linear constraints that no allocation can meet raises
 :class:`InfeasibleError` naming the constraints that conflict (an irreducible set, found
 by a deletion filter over small LPs), e.g. ``minimums sum to 1200 > budget 1000``.
 
@@ -30,17 +32,24 @@ import re
 
 import numpy as np
 
-from bayescale.errors import InputError
 from bayescale.inference.posterior import LawDraws
+from bayescale.optimise.messages import Name, ParameterError, source_index, target_index
+
+# ------------------------------------------------------------------------------------ errors
 
 
-class InfeasibleError(InputError):
-    """No allocation meets the constraints; the message names the ones that conflict."""
+class InfeasibleError(ParameterError):
+    """No allocation meets the constraints; the message names the ones that conflict.
 
-    def __init__(self, message: str, conflict: list[str] | None = None, details: dict | None = None):
-        super().__init__(message)
+    ``message``: a string, or a tuple of :class:`ParameterError` pieces; ``conflict``: the
+    names of the conflicting constraints (``budget``, ``max:ct``, ``group:...``, ``chance:...``).
+    """
+
+    def __init__(self, message, conflict: list[str] | None = None, details: dict | None = None):
+        super().__init__(*(message if isinstance(message, tuple) else (message,)))
         self.conflict = list(conflict or [])
         self.details = dict(details or {})
+
 
 
 # ------------------------------------------------------------------------------------ objective
@@ -67,19 +76,19 @@ class Objective:
 OBJECTIVE_HELP = "mean | cvar:GAMMA | worst | minimax[:mean|:cvar:GAMMA|:worst]"
 
 
-def _parse_level(flag: str, raw: str, text: str, what: str = "CVaR level") -> float:
+def _parse_level(parameter: str, raw: str, text: str, what: str = "CVaR level") -> float:
     if not text.strip():
-        raise InputError(f"{flag}: {raw!r} needs a level, e.g. 'cvar:0.9' (0 < level < 1)")
+        raise ParameterError(Name(parameter), f": {raw!r} needs a level, e.g. 'cvar:0.9' (0 < level < 1)")
     try:
         value = float(text)
     except ValueError:
-        raise InputError(f"{flag}: {what} in {raw!r} is not a number; use e.g. 'cvar:0.9'") from None
+        raise ParameterError(Name(parameter), f": {what} in {raw!r} is not a number; use e.g. 'cvar:0.9'") from None
     if not (math.isfinite(value) and 0.0 < value < 1.0):
-        raise InputError(f"{flag}: {what} must lie strictly between 0 and 1, got {text.strip()}")
+        raise ParameterError(Name(parameter), f": {what} must lie strictly between 0 and 1, got {text.strip()}")
     return value
 
 
-def parse_objective(text, flag: str = "--objective") -> Objective:
+def parse_objective(text, parameter: str = "objective") -> Objective:
     """``mean``, ``cvar:0.9``, ``worst``, ``minimax`` (= ``minimax:mean``), ``minimax:cvar:0.9``, ``minimax:worst``."""
     if isinstance(text, Objective):
         return text
@@ -91,7 +100,7 @@ def parse_objective(text, flag: str = "--objective") -> Objective:
         minimax = True
         body = lowered[len("minimax:") :] if ":" in lowered else "mean"
         if not body:
-            raise InputError(f"{flag}: {raw!r} needs what to take per target, e.g. 'minimax' or 'minimax:cvar:0.9'")
+            raise ParameterError(Name(parameter), f": {raw!r} needs what to take per target, e.g. 'minimax' or 'minimax:cvar:0.9'")
     if body == "mean":
         return Objective("mean", None, minimax)
     if body == "worst":
@@ -99,51 +108,53 @@ def parse_objective(text, flag: str = "--objective") -> Objective:
     if body.startswith("cvar"):
         rest = body[4:]
         if not rest.startswith(":"):
-            raise InputError(f"{flag}: {raw!r} needs a level, e.g. 'cvar:0.9' (0 < level < 1)")
-        return Objective("cvar", _parse_level(flag, raw, rest[1:]), minimax)
-    raise InputError(f"{flag}: unknown objective {raw!r}; use {OBJECTIVE_HELP}")
+            raise ParameterError(Name(parameter), f": {raw!r} needs a level, e.g. 'cvar:0.9' (0 < level < 1)")
+        return Objective("cvar", _parse_level(parameter, raw, rest[1:]), minimax)
+    raise ParameterError(Name(parameter), f": unknown objective {raw!r}; use {OBJECTIVE_HELP}")
 
 
 # ------------------------------------------------------------------------------------ numbers
 
 
-def number(flag: str, what: str, name: str, value, *, positive: bool = False) -> float:
+def number(parameter: str, what: str, name: str, value, *, positive: bool = False) -> float:
+    """``value`` as a finite float >= 0 (> 0 with ``positive``), or a :class:`ParameterError` about ``parameter``."""
     try:
         out = float(value)
     except (TypeError, ValueError):
         out = float("nan")
     if not math.isfinite(out) or out < 0 or (positive and out <= 0):
         bound = "> 0" if positive else ">= 0"
-        raise InputError(f"{flag}: {what} for {name!r} must be a finite number {bound}, got {value}")
+        raise ParameterError(Name(parameter), f": {what} for {name!r} must be a finite number {bound}, got {value}")
     return out
 
 
-def check_budget(budget, flag: str = "--budget") -> float:
+def check_budget(budget, parameter: str = "budget") -> float:
+    """``budget`` as a finite float > 0, or a :class:`ParameterError` about ``parameter``."""
     try:
         value = float(budget)
     except (TypeError, ValueError):
-        raise InputError(f"{flag} must be a number > 0, got {budget}") from None
+        raise ParameterError(Name(parameter), f" must be a number > 0, got {budget}") from None
     if not math.isfinite(value) or value <= 0:
-        raise InputError(f"{flag} must be > 0, got {value:g}")
+        raise ParameterError(Name(parameter), f" must be > 0, got {value:g}")
     return value
 
 
-def parse_budgets(text, flag: str = "--budgets") -> list[float]:
+def parse_budgets(text, parameter: str = "budgets") -> list[float]:
     """``"100,200,400"`` or a sequence -> sorted distinct budgets > 0."""
     items = [t for t in str(text).split(",")] if isinstance(text, str) else list(text)
     out = []
     for item in items:
         if isinstance(item, str) and not item.strip():
-            raise InputError(f"{flag}: empty entry in {text!r}; use e.g. '100,200,400'")
+            raise ParameterError(Name(parameter), f": empty entry in {text!r}; use e.g. '100,200,400'")
         try:
             value = float(item)
         except (TypeError, ValueError):
-            raise InputError(f"{flag}: {str(item).strip()!r} is not a number") from None
+            raise ParameterError(Name(parameter), f": {str(item).strip()!r} is not a number") from None
         if not math.isfinite(value) or value <= 0:
-            raise InputError(f"{flag}: every budget must be > 0, got {str(item).strip()}")
+            raise ParameterError(Name(parameter), f": every budget must be > 0, got {str(item).strip()}")
         out.append(value)
     if not out:
-        raise InputError(f"{flag}: no budgets given")
+        raise ParameterError(Name(parameter), f": no budgets given")
     return sorted(set(out))
 
 
@@ -161,27 +172,27 @@ class Group:
     share: float
 
 
-def parse_group(draws: LawDraws, text, flag: str = "--group") -> Group:
+def parse_group(draws: LawDraws, text, parameter: str = "groups") -> Group:
     """``"ct_*>=0.3"``: sources matching the glob(s) (``+`` joins several) get at least 30 % of the spend."""
     raw = str(text).strip()
     match = re.fullmatch(r"(.+?)\s*(>=|=>|<=|=<|==|=)\s*([^<>=]+)", raw)
     if not match:
-        raise InputError(f"{flag}: {raw!r} is not PATTERN>=SHARE or PATTERN<=SHARE (e.g. 'ct_*>=0.3')")
+        raise ParameterError(Name(parameter), f": {raw!r} is not PATTERN>=SHARE or PATTERN<=SHARE (e.g. 'ct_*>=0.3')")
     patterns = [p.strip() for p in match.group(1).split("+")]
     if any(not p for p in patterns):
-        raise InputError(f"{flag}: empty pattern in {raw!r}")
+        raise ParameterError(Name(parameter), f": empty pattern in {raw!r}")
     members = set()
     for pattern in patterns:
         hit = [i for i, s in enumerate(draws.sources) if fnmatch.fnmatchcase(s, pattern)]
         if not hit:
-            raise InputError(f"{flag}: pattern {pattern!r} in {raw!r} matches no source; sources are {', '.join(draws.sources)}")
+            raise ParameterError(Name(parameter), f": pattern {pattern!r} in {raw!r} matches no source; sources are {', '.join(draws.sources)}")
         members.update(hit)
     try:
         share = float(match.group(3))
     except ValueError:
-        raise InputError(f"{flag}: share in {raw!r} is not a number") from None
+        raise ParameterError(Name(parameter), f": share in {raw!r} is not a number") from None
     if not (math.isfinite(share) and 0.0 <= share <= 1.0):
-        raise InputError(f"{flag}: share in {raw!r} must lie between 0 and 1, got {match.group(3).strip()}")
+        raise ParameterError(Name(parameter), f": share in {raw!r} must lie between 0 and 1, got {match.group(3).strip()}")
     op = _OPS[match.group(2)]
     return Group(f"{'+'.join(patterns)}{op}{share:g}", tuple(sorted(members)), op, share)
 
@@ -194,7 +205,7 @@ class Chance:
     prob: float
 
 
-def parse_chance(draws: LawDraws, text, flag: str = "--chance") -> Chance:
+def parse_chance(draws: LawDraws, text, parameter: str = "chance") -> Chance:
     """``"mri_t2_abdomen<=0.12@0.95"``: P(loss of that target <= 0.12) >= 0.95."""
     if isinstance(text, Chance):
         return text
@@ -203,15 +214,15 @@ def parse_chance(draws: LawDraws, text, flag: str = "--chance") -> Chance:
     raw = str(text).strip()
     match = re.fullmatch(r"(.+?)\s*(<=|=<)\s*([^@]+)@(.+)", raw)
     if not match:
-        raise InputError(f"{flag}: {raw!r} is not TARGET<=LOSS@PROBABILITY (e.g. 'mri_t2_abdomen<=0.12@0.95')")
-    target = draws.target_index(match.group(1).strip(), flag)
+        raise ParameterError(Name(parameter), f": {raw!r} is not TARGET<=LOSS@PROBABILITY (e.g. 'mri_t2_abdomen<=0.12@0.95')")
+    target = target_index(draws, match.group(1).strip(), parameter)
     try:
         tau = float(match.group(3))
     except ValueError:
-        raise InputError(f"{flag}: loss threshold in {raw!r} is not a number") from None
+        raise ParameterError(Name(parameter), f": loss threshold in {raw!r} is not a number") from None
     if not (math.isfinite(tau) and tau > 0):
-        raise InputError(f"{flag}: loss threshold in {raw!r} must be > 0")
-    prob = _parse_level(flag, raw, match.group(4), "probability")
+        raise ParameterError(Name(parameter), f": loss threshold in {raw!r} must be > 0")
+    prob = _parse_level(parameter, raw, match.group(4), "probability")
     name = draws.targets[target]
     return Chance(f"{name}<={tau:g}@{prob:g}", target, tau, prob)
 
@@ -248,7 +259,7 @@ class Spec:
     fixed: np.ndarray  # (I,) bool: D_i = lower_i = upper_i
     groups: list[Group]
     chance: list[Chance]
-    named_lower: frozenset = frozenset()  # sources with a --min
+    named_lower: frozenset = frozenset()  # sources given a minimum (``lower``)
     normalise: bool = False
 
     @property
@@ -313,31 +324,33 @@ def build_spec(
     I = len(draws.sources)
     w = np.ones(len(draws.targets))
     for name, value in (weights or {}).items():
-        w[draws.target_index(name, "--weights")] = number("--weights", "weight", name, value)
+        w[target_index(draws, name, "weights")] = number("weights", "weight", name, value)
     if not np.any(w > 0):
-        raise InputError("--weights: all target weights are zero; give at least one target a weight > 0")
+        raise ParameterError(Name("weights"), ": all target weights are zero; give at least one target a weight > 0")
     c = np.ones(I)
     for name, value in (costs or {}).items():
-        c[draws.source_index(name, "--cost")] = number("--cost", "cost", name, value, positive=True)
+        c[source_index(draws, name, "costs")] = number("costs", "cost", name, value, positive=True)
     U = np.full(I, np.inf)
     L = np.zeros(I)
     for name, value in (upper or {}).items():
-        U[draws.source_index(name, "--max")] = number("--max", "cap", name, value)
+        U[source_index(draws, name, "upper")] = number("upper", "cap", name, value)
     for name, value in (lower or {}).items():
-        L[draws.source_index(name, "--min")] = number("--min", "minimum", name, value)
+        L[source_index(draws, name, "lower")] = number("lower", "minimum", name, value)
     fix = np.zeros(I, dtype=bool)
     for name, value in (fixed or {}).items():
-        i = draws.source_index(name, "--fixed")
-        v = number("--fixed", "amount", name, value)
+        i = source_index(draws, name, "fixed")
+        v = number("fixed", "amount", name, value)
         if (lower or {}).get(name) is not None and v < L[i] - 1e-12 * max(1.0, v):
-            raise InputError(f"--fixed: {name!r} is fixed at {v:g}, below its --min {L[i]:g}")
+            raise ParameterError(Name("fixed"), f": {name!r} is fixed at {v:g}, below its ", Name("lower"), f" {L[i]:g}")
         if v > U[i] * (1 + 1e-12):
-            raise InputError(f"--fixed: {name!r} is fixed at {v:g}, above its --max cap {U[i]:g}")
+            raise ParameterError(Name("fixed"), f": {name!r} is fixed at {v:g}, above its ", Name("upper"),
+                                 f" cap {U[i]:g}")
         L[i] = U[i] = v
         fix[i] = True
     for i, name in enumerate(draws.sources):
         if L[i] > U[i]:
-            raise InputError(f"--min: minimum for {name!r} ({L[i]:g}) exceeds its --max cap ({U[i]:g})")
+            raise ParameterError(Name("lower"), f": minimum for {name!r} ({L[i]:g}) exceeds its ", Name("upper"),
+                                 f" cap ({U[i]:g})")
     # A source whose cap equals its minimum (a cap of 0 included) is fixed there.
     pinned = ~fix & np.isfinite(U) & (U - L <= 1e-12 * np.maximum(1.0, U))
     fix |= pinned
@@ -347,7 +360,7 @@ def build_spec(
     seen = set()
     for ch in chance_list:
         if ch.text in seen:
-            raise InputError(f"--chance: {ch.text!r} is given twice")
+            raise ParameterError(Name("chance"), f": {ch.text!r} is given twice")
         seen.add(ch.text)
     return Spec(
         sources=tuple(draws.sources), targets=tuple(draws.targets), objective=obj, weights=w, costs=c,
@@ -387,7 +400,7 @@ def check_linear(spec: Spec, budget: float | None) -> None:
             what = "minimums" if not spec.fixed.any() else "minimums and fixed amounts"
             verb = "cost" if np.any(c != 1) else "sum to"
             raise InfeasibleError(
-                f"--min: {what} {verb} {need:g} > budget {budget:g}",
+                (Name("lower"), f": {what} {verb} {need:g} > budget {budget:g}"),
                 ["budget"] + [f"min:{s}" for s in spec.named_lower]
                 + [f"fixed:{s}" for i, s in enumerate(spec.sources) if spec.fixed[i]],
             )
@@ -444,8 +457,8 @@ def irreducible_check(draws: LawDraws, chance: list[Chance]) -> None:
         below = float(np.mean(draws.E[:, ch.target] >= ch.tau))
         if 1.0 - below < ch.prob:
             raise InfeasibleError(
-                f"--chance: target {ch.tau:g} on {draws.targets[ch.target]} is below its irreducible loss in "
-                f"{below:.0%} of draws; no amount of data meets it with probability {ch.prob:g} "
-                f"(at most {1.0 - below:.0%})",
+                (Name("chance"), f": target {ch.tau:g} on {draws.targets[ch.target]} is below its irreducible loss "
+                 f"in {below:.0%} of draws; no amount of data meets it with probability {ch.prob:g} "
+                 f"(at most {1.0 - below:.0%})"),
                 [f"chance:{ch.text}"],
             )

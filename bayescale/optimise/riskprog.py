@@ -40,6 +40,12 @@ this bound largest at the returned ``D^`` come from one LP (SciPy HiGHS), and th
 then recomputed in NumPy from multipliers clipped into their sets, with the LP's residual
 charged against the box the polytope implies. ``gap = obj(D^) - LB`` is a certified
 duality gap; the status is ``optimal`` only when it is small.
+
+The compiled quadratic subproblem and the projection onto the polytope are in
+:mod:`bayescale.optimise.qp`. This module stays long (over 800 lines) on purpose: the SQP
+iterations, the polishing and the certificate all work on one :class:`RiskProgram`'s state
+(its free sources, scaling, compiled subproblems and last linearisation), and the certificate
+is only sound for exactly the program the iterations solved, so they are kept in one place.
 """
 
 from __future__ import annotations
@@ -47,11 +53,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 
 import numpy as np
 
 from bayescale.inference.posterior import LawDraws
+from bayescale.optimise.qp import QP_SETTINGS, QP_SOLVERS, Projector, QPSubproblem
+
+__all__ = ["FEAS_TOL", "GAP_TOL", "KAPPA", "QP_SETTINGS", "QP_SOLVERS", "LawEval", "Projector", "QPSubproblem",
+           "RiskProgram", "Solution", "Term", "risk_value", "tail_mean", "tail_weights"]
 
 KAPPA = 10.0  # a source with infinite marginal value at 0 shrinks at most this factor per iteration
 TAIL_FACTOR = 1.5  # candidate draws in a CVaR subproblem: TAIL_FACTOR * tail size + TAIL_EXTRA
@@ -66,15 +75,6 @@ MAX_ITER = 80
 DEC_TOL = 1e-10  # stop when the subproblem predicts less decrease than this (relative to the merit)
 GAP_TOL = 1e-5  # certified relative gap under which a solution is "optimal"
 FEAS_TOL = 1e-7  # relative violation of a chance constraint's CVaR that still counts as met
-QP_SOLVERS = ("CLARABEL", "HIGHS", "OSQP", "SCS")
-QP_SETTINGS = {
-    "CLARABEL": {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "max_iter": 300},
-    # A time limit: on badly scaled subproblems (losses from 1e-6 to 1e3 at a budget of 1e12) HiGHS's QP
-    # solver ran for hours; the next solvers in the list then take over.
-    "HIGHS": {"time_limit": 10.0},
-    "OSQP": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iter": 200_000, "polish": True},
-    "SCS": {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200_000},
-}
 PAD = -1e3  # value of unused candidate rows (never in the tail)
 
 
@@ -225,89 +225,6 @@ def risk_value(term: Term, f) -> float:
     return tail_mean(f, term.tail(f.size))
 
 
-# ------------------------------------------------------------------------------------ the QP
-
-
-class _QP:
-    """The compiled subproblem (cvxpy, DPP) for one structure: free sources, terms, mode, polytope rows."""
-
-    def __init__(self, n: int, obj_terms, con_terms, mode: str, sizes, A_lin):
-        import cvxpy as cp
-
-        self.n = n
-        self.mode = mode
-        self.y = cp.Variable(n, name="y")
-        self.R = cp.Parameter((n, n), name="R")
-        self.r = cp.Parameter(n, name="r")
-        self.lo = cp.Parameter(n, name="lo")
-        self.hi = cp.Parameter(n, name="hi")
-        self.rho = cp.Parameter(nonneg=True, name="rho")
-        self.b_lin = cp.Parameter(A_lin.shape[0], name="b") if A_lin.shape[0] else None
-        self.cost = cp.Parameter(n, name="cost") if mode == "spend" else None
-        self.terms = []  # per term: dict of parameters and model expression
-        cons = [self.y >= self.lo, self.y <= self.hi]
-        if A_lin.shape[0]:
-            cons.append(A_lin @ self.y <= self.b_lin)
-        for term, size in zip(list(obj_terms) + list(con_terms), sizes):
-            entry = {"risk": term.risk}
-            if term.risk == "mean":
-                entry["a"] = cp.Parameter(n)
-                entry["b"] = cp.Parameter()
-                entry["model"] = entry["a"] @ self.y + entry["b"]
-            else:
-                entry["G"] = cp.Parameter((size, n))
-                entry["f0"] = cp.Parameter(size)
-                entry["coef"] = cp.Parameter(nonneg=True)
-                eta, z = cp.Variable(), cp.Variable(size, nonneg=True)
-                entry["hinge"] = z >= entry["f0"] + entry["G"] @ self.y - eta
-                cons.append(entry["hinge"])
-                entry["model"] = eta + entry["coef"] * cp.sum(z)
-            self.terms.append(entry)
-        n_obj = len(obj_terms)
-        quad = 0.5 * cp.sum_squares(self.R @ self.y - self.r)
-        if mode == "spend":
-            objective = self.cost @ self.y
-        elif mode == "minimax":
-            t = cp.Variable()
-            self.epi = [t >= e["model"] for e in self.terms[:n_obj]]
-            cons += self.epi
-            objective = t
-        else:
-            objective = self.terms[0]["model"]
-        self.slack = None
-        self.chance = []
-        if con_terms:
-            self.slack = cp.Variable(len(con_terms), nonneg=True)
-            for k, e in enumerate(self.terms[n_obj:]):
-                c = e["model"] <= 1.0 + self.slack[k]
-                self.chance.append(c)
-                cons.append(c)
-            objective = objective + self.rho * cp.sum(self.slack)
-        self.problem = cp.Problem(cp.Minimize(objective + quad), cons)
-        self.compiled = set()
-
-    def solve(self, notes: list):
-        """Solve with the first QP solver that reaches 'optimal'; every one that fell short goes to ``notes``."""
-        import cvxpy as cp
-
-        last = None
-        for solver in QP_SOLVERS:
-            start = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.problem.solve(solver=solver, **QP_SETTINGS[solver])
-                status = self.problem.status
-            except (cp.error.SolverError, ArithmeticError, ValueError) as exc:
-                status = f"error ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
-            self.compiled.add(solver)
-            if status == "optimal" and self.y.value is not None:
-                return solver
-            last = (solver, status, time.perf_counter() - start)
-            notes.append(f"QP subproblem: {solver} returned {status} after {last[2]:.2f}s; trying the next solver")
-        return None
-
-
 # ------------------------------------------------------------------------------------ the program
 
 
@@ -391,7 +308,7 @@ class RiskProgram:
         if S not in self._qps:
             A = self.A_lin[:, self.free] * self.unit[None, :] if self.A_lin.size else np.zeros((0, self.n))
             sizes = [t.candidates(S, self.n) for t in self.obj_terms + self.con_terms]
-            self._qps[S] = (_QP(self.n, self.obj_terms, self.con_terms, self.mode, sizes, A), sizes)
+            self._qps[S] = (QPSubproblem(self.n, self.obj_terms, self.con_terms, self.mode, sizes, A), sizes)
         return self._qps[S]
 
     def rhs(self, budget) -> np.ndarray:
@@ -926,51 +843,6 @@ def _refine_method(self, parts, n_obj, shrink, cost_h, A, b, lo, hi, y_hat, h0, 
         cuts_a.append(value - float(grad @ z))
         cuts_g.append(grad)
     return best
-
-
-class Projector:
-    """Euclidean projection (in units ``unit``) onto the polytope ``{lower <= D <= upper, A D <= b}``, compiled once."""
-
-    def __init__(self, A_lin, lower, upper, fixed, unit):
-        import cvxpy as cp
-
-        self.A = np.asarray(A_lin, dtype=np.float64).reshape(-1, len(lower))
-        self.lower, self.upper = np.asarray(lower, float), np.asarray(upper, float)
-        self.fixed = np.asarray(fixed, bool)
-        self.free = np.flatnonzero(~self.fixed)
-        self.unit = np.asarray(unit, float)[self.free]
-        n = self.free.size
-        self.y = cp.Variable(n)
-        self.y0 = cp.Parameter(n)
-        self.hi = cp.Parameter(n)
-        self.b = cp.Parameter(self.A.shape[0]) if self.A.shape[0] else None
-        cons = [self.y >= self.lower[self.free] / self.unit, self.y <= self.hi]
-        if self.A.shape[0]:
-            cons.append((self.A[:, self.free] * self.unit[None, :]) @ self.y <= self.b)
-        self.problem = cp.Problem(cp.Minimize(cp.sum_squares(self.y - self.y0)), cons)
-
-    def __call__(self, D, b, cap_spend) -> np.ndarray | None:
-        D = np.asarray(D, float)
-        out = np.where(self.fixed, self.lower, D)
-        if self.free.size == 0:
-            return out
-        hi = self.upper[self.free]
-        hi = np.where(np.isfinite(hi), hi, cap_spend)
-        self.hi.value = np.maximum(hi, self.lower[self.free]) / self.unit
-        self.y0.value = D[self.free] / self.unit
-        if self.b is not None:
-            self.b.value = np.asarray(b, float) - self.A @ np.where(self.fixed, self.lower, 0.0)
-        for solver in QP_SOLVERS:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.problem.solve(solver=solver, **QP_SETTINGS[solver])
-            except Exception:  # noqa: BLE001 - any solver failure: try the next
-                continue
-            if self.problem.status == "optimal":
-                out[self.free] = np.clip(self.y.value * self.unit, self.lower[self.free], hi)
-                return out
-        return None
 
 
 RiskProgram._refine = _refine_method

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bayescale.cli import FLAGS
 from bayescale.optimise import allocate as al
 from bayescale.optimise import constraints as cons
 from bayescale.errors import InputError
-from tests.bayescale.test_allocate import NAMES, make_draws, random_feasible, ref_cvar, ref_losses, ref_objective, vec
+from tests.bayescale.optimise.test_allocate import NAMES, assert_names_the_parameter, make_draws, random_feasible, ref_cvar, ref_losses, ref_objective, vec
 
 FAST = dict(uncertainty=0, baselines=False)
 
@@ -51,10 +52,7 @@ def test_parse_group_and_chance():
 def test_bad_constraint_flags(kwargs, expected):
     with pytest.raises(InputError) as info:
         al.allocate(make_draws(S=10, seed=1), 300, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message
-    for text in expected:
-        assert text in message, message
+    assert_names_the_parameter(info.value, expected)
 
 
 # ---------------------------------------------------------------------------- infeasibility
@@ -96,6 +94,8 @@ def test_chance_out_of_reach_says_by_how_much_and_the_budget_needed():
     assert "mri<=1.3@0.9" in message and "CVaR" in message and "within budget 300" in message
     assert "the least budget that meets them is" in message
     need = float(message.split("the least budget that meets them is ")[1].split()[0])
+    assert message.startswith("chance: ") and message.endswith("(min_budget)")  # Python names; the CLI's flags:
+    assert info.value.naming(FLAGS).startswith("--chance: ") and info.value.naming(FLAGS).endswith("(--min-budget)")
     # at the budget it names, the constraint can be met
     result = al.allocate(draws, need * 1.0001, chance=["mri<=1.3@0.9"], **FAST)
     assert result["chance"][0]["cvar_optimisation_draws"] <= 1.3 * (1 + 1e-9)

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from bayescale.optimise import allocate as al
 from bayescale.optimise import baselines as bl
 from bayescale.cli import app
+from bayescale.render.text import format_allocation
 from bayescale.inference.posterior import save_posterior
-from tests.bayescale.test_allocate import NAMES, make_draws, ref_cvar, ref_losses, ref_objective, vec
+from tests.bayescale.optimise.test_allocate import NAMES, make_draws, ref_cvar, ref_losses, ref_objective, vec
 
 FAST = dict(uncertainty=0, baselines=False)
 CAPS = {"web": 400.0, "code": 60.0, "math": 200.0, "ct": 200.0, "mri": 100.0}
@@ -127,7 +128,7 @@ def test_budget_path_matches_fresh_solves_and_moves_monotonically():
         assert p["objective_value"] == pytest.approx(fresh["objective_value"], rel=1e-7)
         assert sum(p["allocation"].values()) == pytest.approx(p["budget"], rel=1e-7)
     assert path[-1]["allocation"] == pytest.approx(result["allocation"], rel=1e-5)
-    text = al.format_allocation(result)
+    text = format_allocation(result)
     assert "budget        100" in text and "budget        800" in text
 
 

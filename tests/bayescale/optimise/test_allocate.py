@@ -18,8 +18,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from bayescale.cli import FLAGS
 from bayescale.optimise import allocate as al
-from bayescale.optimise import riskprog
+from bayescale.optimise import qp, riskprog
+from bayescale.optimise.results import AllocationResult
+from bayescale.render.text import format_allocation
 from bayescale.errors import InputError
 from bayescale.inference.posterior import LawDraws, self_mask_for
 
@@ -309,7 +312,7 @@ def test_budget_and_bounds_respected(budget, caps, mins, costs, objective):
             continue
         B = vec(baseline)
         assert c @ B <= budget * (1 + 1e-9) and np.all(B <= U + 1e-9) and np.all(B >= L - 1e-9)
-    json.dumps(result)
+    json.dumps(result.to_dict())
 
 
 @pytest.mark.parametrize("objective", ["mean", "cvar:0.75"])
@@ -428,10 +431,16 @@ def test_bad_input_raises_one_line_input_error(kwargs, expected):
     budget = kwargs.pop("budget", 300)
     with pytest.raises(InputError) as info:
         al.allocate(make_draws(S=10, seed=1), budget, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message
+    assert_names_the_parameter(info.value, expected)
+
+
+def assert_names_the_parameter(error, expected):
+    """The library's message names the Python parameter; the command line's (``naming(FLAGS)``) the flags in ``expected``."""
+    message, shown = str(error), error.naming(FLAGS)
+    assert "\n" not in message and "--" not in message, message
+    assert error.parameter is not None and message.startswith(error.parameter), message
     for text in expected:
-        assert text in message, message
+        assert text in shown, shown
 
 
 def test_parse_objective():
@@ -516,7 +525,7 @@ def test_resolve_reuses_the_compiled_problem():
 
 
 def test_falls_back_to_another_qp_solver_and_says_so(monkeypatch):
-    original = riskprog._QP.solve
+    original = qp.QPSubproblem.solve
 
     def clarabel_fails(self, notes):
         import cvxpy as cp
@@ -538,12 +547,12 @@ def test_falls_back_to_another_qp_solver_and_says_so(monkeypatch):
         finally:
             self.problem = problem
 
-    monkeypatch.setattr(riskprog._QP, "solve", clarabel_fails)
+    monkeypatch.setattr(qp.QPSubproblem, "solve", clarabel_fails)
     draws = make_draws(S=30, seed=3)
     result = al.allocate(draws, 200, **FAST)
     assert result["status"] == "optimal" and result["solver"] != "CLARABEL"
     assert any("CLARABEL" in note and "forced failure" in note for note in result["solver_notes"])
-    monkeypatch.setattr(riskprog._QP, "solve", original)
+    monkeypatch.setattr(qp.QPSubproblem, "solve", original)
     reference = al.allocate(draws, 200, **FAST)
     assert reference["solver"] == "CLARABEL" and reference["solver_notes"] == []
     assert result["objective_value"] == pytest.approx(reference["objective_value"], rel=1e-6)
@@ -575,8 +584,11 @@ def test_result_format():
     uniform = vec(result["baselines"]["uniform"])
     assert uniform == pytest.approx([200 / 3, 60.0, 200 / 3, 200 / 3, 40.0])
     assert set(result["predicted"]["ct"]) >= {"mean", "lo", "hi"}
-    json.loads(json.dumps(result))
-    text = al.format_allocation(result)
+    assert isinstance(result, AllocationResult)
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert list(as_json) == list(result) and as_json["allocation"] == result.allocation
+    assert format_allocation(as_json) == format_allocation(result)
+    text = format_allocation(result)
     assert "certified gap" in text and "vs transfer_unaware" in text and "budget        150" in text
     caps = {"web": 500.0, "code": 100.0, "math": 100.0, "ct": 50.0, "mri": 50.0}
     with_caps = al.allocate(make_draws(S=30, seed=4), 400, upper=caps, uncertainty=0)

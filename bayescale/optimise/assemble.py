@@ -1,0 +1,338 @@
+"""Everything reported around a solved allocation, as the records of :mod:`bayescale.optimise.results`.
+
+Given the solved :class:`~bayescale.optimise.problem.AllocationProblem` and its allocation
+``D``: predictions, binding constraints, group shares, the chance report (on optimisation
+and held-out draws), the certificate, the baselines and the value of transfer, the
+per-draw optima (decision uncertainty), the allocation path over budgets and the
+whole-unit rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from bayescale.evaluate.predict import summarise
+from bayescale.optimise import baselines as bl
+from bayescale.optimise import decisions as dec
+from bayescale.optimise.constraints import InfeasibleError, Spec, check_linear
+from bayescale.optimise.evaluation import empirical_cvar, objective_values
+from bayescale.optimise.problem import CHANCE_MARGIN, AllocationProblem, solve_checked
+from bayescale.optimise.results import (
+    BaselineResult,
+    Certificate,
+    ChanceReport,
+    DecisionUncertainty,
+    IntegerRounding,
+    PathEntry,
+    PredictedLoss,
+    Reduction,
+    ValueOfTransfer,
+)
+from bayescale.optimise.riskprog import FEAS_TOL, GAP_TOL, LawEval, Solution, tail_mean
+
+BINDING_TOL = 1e-5  # an allocation within this share of the budget of a bound counts as binding
+CERTIFICATE_METHOD = "SQP with cvxpy QP subproblems; Lagrangian lower bound (LP)"
+
+
+def num(x):
+    """A finite float, or None."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def named(names, values) -> dict[str, float]:
+    return {n: float(x) for n, x in zip(names, values)}
+
+
+def predicted(law: LawEval, D, interval: float, targets) -> dict[str, PredictedLoss]:
+    """Posterior mean and central interval of every target's loss under ``D``, over the draws of ``law``."""
+    losses = law.values(D)
+    out = {}
+    for j, target in enumerate(targets):
+        s = summarise(losses[:, j], interval)
+        out[target] = PredictedLoss(mean=s["mean"], lo=s["lo"], hi=s["hi"])
+    return out
+
+
+def certificate(sol: Solution, spec: Spec) -> Certificate:
+    return Certificate(
+        method=CERTIFICATE_METHOD, lower_bound=num(sol.lower_bound), gap=num(sol.gap), relative_gap=num(sol.rel_gap),
+        iterations=sol.iterations, qp_solves=sol.qp_solves, seconds=sol.seconds,
+        max_chance_violation=float(max(sol.violation, 0.0)) if spec.chance else 0.0,
+    )
+
+
+def group_share(spec: Spec, g, D, B) -> float:
+    """What group ``g`` gets: its spend as a share of the budget (of the total spend without a budget)."""
+    inside = float(spec.costs[list(g.members)] @ D[list(g.members)])
+    whole = B if B is not None else float(spec.costs @ D)
+    return inside / whole if whole > 0 else 0.0
+
+
+def binding(spec: Spec, D, B, sol: Solution) -> list[str]:
+    """The constraints ``D`` meets with equality (to ``BINDING_TOL`` of the budget)."""
+    spend = float(spec.costs @ D)
+    scale = B if B is not None else max(spend, 1e-12)
+    tol = BINDING_TOL * scale
+    out = []
+    if B is not None and spend >= B - tol:
+        out.append("budget")
+    for i, src in enumerate(spec.sources):
+        if spec.fixed[i]:
+            out.append(f"fixed:{src}")
+            continue
+        if np.isfinite(spec.upper[i]) and D[i] >= spec.upper[i] - tol:
+            out.append(f"max:{src}")
+        if src in spec.named_lower and D[i] <= spec.lower[i] + tol:
+            out.append(f"min:{src}")
+    for g in spec.groups:
+        if abs(group_share(spec, g, D, B) - g.share) <= BINDING_TOL:
+            out.append(f"group:{g.text}")
+    for name, value in sol.term_values.items():
+        if name.startswith("chance:") and value >= 1.0 - 1e-6:
+            out.append(name)
+    return out
+
+
+def chance_report(spec: Spec, law_all: LawEval, opt_idx, held_idx, D) -> list[ChanceReport]:
+    if not spec.chance:
+        return []
+    L = law_all.values(D)
+    out = []
+    for ch in spec.chance:
+        lj = L[:, ch.target]
+        opt, held = lj[opt_idx], lj[held_idx] if held_idx.size else np.zeros(0)
+        out.append(ChanceReport(
+            constraint=ch.text,
+            target=spec.targets[ch.target],
+            threshold=ch.tau,
+            probability=ch.prob,
+            cvar_optimisation_draws=empirical_cvar(opt, ch.prob),
+            achieved_optimisation_draws=float(np.mean(opt <= ch.tau)),
+            achieved_held_out=float(np.mean(held <= ch.tau)) if held.size else None,
+            held_out_draws=int(held.size),
+            met_held_out=bool(np.mean(held <= ch.tau) >= ch.prob) if held.size else None,
+        ))
+    return out
+
+
+# ------------------------------------------------------------------------------------ baselines
+
+
+def violations(spec: Spec, D, B, L_opt) -> list[str]:
+    """Constraints a (baseline) allocation breaks: groups and chance constraints (CVaR on the optimisation draws)."""
+    out = []
+    for g in spec.groups:
+        share = group_share(spec, g, D, B)
+        if (g.op in (">=", "=") and share < g.share - 1e-9) or (g.op in ("<=", "=") and share > g.share + 1e-9):
+            out.append(f"group:{g.text} (share {share:.3f})")
+    for ch in spec.chance:
+        cv = empirical_cvar(L_opt[:, ch.target], ch.prob)
+        if cv > ch.tau * (1 + 1e-9):
+            out.append(f"chance:{ch.text} (CVaR {cv:.4g} > {ch.tau:g}; P = {np.mean(L_opt[:, ch.target] <= ch.tau):.2f})")
+    return out
+
+
+def baselines(problem: AllocationProblem, law_all: LawEval, D, B, temperature, interval, min_budget):
+    """Each baseline (name -> :class:`BaselineResult`: allocation, objective on the same draws, predictions,
+    feasibility, reduction against it) and the :class:`ValueOfTransfer` headline."""
+    spec, sub, v = problem.spec, problem.draws, problem.effective_weights()
+    law_sub = problem.law
+    R_rec = bl.reducible(law_all.values(D), law_all.E, v)
+    out: dict[str, BaselineResult] = {}
+    shapes = bl.rule_shapes(spec.lower, spec.upper, spec.fixed, temperature)
+    for name, shape in shapes.items():
+        if min_budget:  # the least spend at which the rule meets every chance constraint (bisection on the spend)
+            D_b = rule_min_spend(problem, shape)
+            entry = baseline_entry(spec, law_sub, law_all, D_b, None, v, interval, min_budget, R_rec)
+            if D_b is None:
+                entry = BaselineResult(allocation=None, feasible=False,
+                                       note="never meets the chance constraints under the caps")
+        else:
+            D_b = bl.fill(B, spec.lower, spec.upper, shape, spec.costs)
+            entry = baseline_entry(spec, law_sub, law_all, D_b, B, v, interval, min_budget, R_rec)
+        if name == "temperature":
+            entry = _replace(entry, temperature=float(temperature))
+        out[name] = entry
+    # Transfer-unaware optimum: the same problem with transfer switched off, judged under the real posterior.
+    t0 = time.perf_counter()
+    try:
+        blind = AllocationProblem(bl.transfer_unaware(sub), spec, reference_budget=problem.reference_budget,
+                                  min_budget=min_budget, target_scale=problem.target_scale)
+        D_u = solve_checked(blind, B).D
+        entry = baseline_entry(spec, law_sub, law_all, D_u, B, v, interval, min_budget, R_rec)
+        entry = _replace(entry, objective_value_assumed=(float(spec.costs @ D_u) if min_budget
+                                                         else objective_values(blind.draws, D_u, spec.objective, v)),
+                         seconds=time.perf_counter() - t0)
+    except InfeasibleError as exc:
+        entry = BaselineResult(allocation=None, feasible=False,
+                               note=f"infeasible when transfer is ignored ({str(exc).split(': ', 1)[-1]})")
+    out["transfer_unaware"] = entry
+    ref = "proportional" if "proportional" in out else "uniform"
+    compared = (ref, "transfer_unaware")
+    savings = None
+    if min_budget:
+        savings = {}
+        for name in compared:
+            spend_b = out[name].spend
+            savings[name] = float(1.0 - float(spec.costs @ D) / spend_b) if spend_b else None
+    headline = ValueOfTransfer(reference=ref, reductions={n: out[n].reducible_loss_reduction for n in compared},
+                               budget_savings=savings)
+    return out, headline
+
+
+def _replace(entry: BaselineResult, **changes) -> BaselineResult:
+    return dataclasses.replace(entry, **changes)
+
+
+def rule_min_spend(problem: AllocationProblem, shape):
+    """The least spend at which the mixing rule ``shape`` meets every chance constraint: its allocation, or None."""
+    spec = problem.spec
+    terms = problem.chance_terms()
+    law = problem.law
+
+    def at(spend):
+        return bl.fill(spend, spec.lower, spec.upper, shape, spec.costs)
+
+    def meets(spend):
+        L = law.values(at(spend))
+        return all(tail_mean(L @ t.v, t.tail(law.S)) <= 1.0 for t in terms)
+
+    lo, hi = max(float(spec.costs @ spec.lower), 1e-9), max(problem.reference_budget, 1e-6)
+    limit = float(spec.costs @ np.where(np.isfinite(spec.upper), spec.upper, np.inf))
+    for _ in range(60):
+        if meets(hi):
+            break
+        if hi >= limit:
+            return None
+        hi = min(hi * 2.0, limit) if math.isfinite(limit) else hi * 2.0
+    else:
+        return None
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+        if hi - lo <= 1e-9 * hi:
+            break
+    return at(hi)
+
+
+def baseline_entry(spec, law_sub, law_all, D_b, B, v, interval, min_budget, R_rec) -> BaselineResult:
+    if D_b is None:
+        return BaselineResult(allocation=None, feasible=False)
+    L_opt = law_sub.values(D_b)
+    viol = violations(spec, D_b, B, L_opt)
+    R_b = bl.reducible(law_all.values(D_b), law_all.E, v)
+    return BaselineResult(
+        allocation=named(spec.sources, D_b),
+        objective_value=(float(spec.costs @ D_b) if min_budget
+                         else objective_values(law_sub.draws, D_b, spec.objective, v)),
+        predicted=predicted(law_all, D_b, interval, spec.targets),
+        spend=float(spec.costs @ D_b),
+        feasible=not viol,
+        violations=viol,
+        reducible_loss_reduction=Reduction(**bl.reduction(R_rec, R_b, interval)),
+    )
+
+
+# ------------------------------------------------------------------------------------ around the decision
+
+
+def uncertainty(problem: AllocationProblem, D, B, n, interval, seed) -> DecisionUncertainty:
+    """Per-draw optima of ``n`` optimisation draws, solved together."""
+    spec, v, law = problem.spec, problem.effective_weights(), problem.law
+    idx = np.sort(np.random.default_rng(seed + 1).choice(law.S, size=min(n, law.S), replace=False))
+    obj = spec.objective
+    if problem.min_budget:
+        mode, obj_v = "spend", []
+        con = [(ch.target, ch.tau) for ch in spec.chance]
+    elif obj.minimax:
+        mode, obj_v, con = "max", [np.eye(len(v))[j] * v[j] for j in np.flatnonzero(v > 0)], []
+    else:
+        mode, obj_v, con = "sum", [np.where(v > 0, v, 0.0)], []
+    spend_cap = 1e3 * float(spec.costs @ D) + 1.0
+    b = problem.rhs(B)
+    try:
+        out = dec.per_draw_optima(law, idx, mode=mode, obj_v=obj_v, con=con, costs=spec.costs, lower=spec.lower,
+                                  upper=spec.upper, fixed=spec.fixed, A_lin=problem.A_lin, b_lin=b,
+                                  unit=problem.unit, start=D, spend_cap=spend_cap)
+    except Exception as exc:  # noqa: BLE001 - a summary that failed must not sink the recommendation
+        return DecisionUncertainty(draws=int(idx.size), error=f"{type(exc).__name__}: {exc}")
+    summary = dec.summarise_decisions(out["D"], out["ok"], spec.sources, spec.costs, interval, D)
+    what = ("least spend meeting every chance target in each draw" if mode == "spend" else
+            "optimal allocation under each draw's own loss (same linear constraints; "
+            "chance constraints are not per-draw)")
+    return DecisionUncertainty.from_summary(summary, seconds=out["seconds"], what=what)
+
+
+def path(problem: AllocationProblem, budgets) -> list[PathEntry]:
+    """The solution at every budget in ``budgets``, each started from the last one scaled."""
+    spec, sub, v = problem.spec, problem.draws, problem.effective_weights()
+    out = []
+    prev = None
+    for b in budgets:
+        t0 = time.perf_counter()
+        try:
+            check_linear(spec, b)
+            start = None
+            if prev is not None:
+                guess = np.where(spec.fixed, spec.lower, prev[1] * (b / prev[0]))
+                guess = np.clip(guess, spec.lower, spec.upper)
+                start = guess if problem.feasible(guess, b) else None
+            sol = problem.solve(b, start=start)
+            if spec.chance and sol.violation > FEAS_TOL:
+                raise InfeasibleError("chance constraints cannot be met at this budget")
+            Db = sol.D
+            prev = (b, Db)
+            fields = dict(
+                status="optimal" if sol.rel_gap <= GAP_TOL else "optimal_inaccurate",
+                allocation=named(spec.sources, Db),
+                fractions=named(spec.sources, Db / Db.sum() if Db.sum() > 0 else Db),
+                objective_value=objective_values(sub, Db, spec.objective, v),
+                shadow_price=float(0.0 - max(sol.duals.get("budget", 0.0), 0.0)),
+                relative_gap=num(sol.rel_gap),
+            )
+        except InfeasibleError as exc:
+            fields = dict(status="infeasible", message=str(exc))
+        out.append(PathEntry(budget=float(b), seconds=time.perf_counter() - t0, **fields))
+    return out
+
+
+def integer(problem: AllocationProblem, D, B, min_budget, law_all, interval) -> IntegerRounding:
+    """The best whole-unit rounding of ``D`` that meets every constraint."""
+    spec, sub, v, law = problem.spec, problem.draws, problem.effective_weights(), problem.law
+    terms = problem.chance_terms()
+    A, b = problem.A_lin, problem.rhs(B)
+
+    def evaluate(Dm):
+        objs, feas = [], []
+        for row in Dm:
+            L = law.values(row)
+            if min_budget:
+                objs.append(float(spec.costs @ row))
+            else:
+                objs.append(objective_values(sub, row, spec.objective, v))
+            feas.append(all(tail_mean(L @ t.v * (1.0 - CHANCE_MARGIN), t.tail(law.S)) <= 1.0 for t in terms))
+        return np.array(objs), np.array(feas)
+
+    # In the least-budget problem rounding up must stay feasible: no budget row, chance decides.
+    D_int, value, checked, note = dec.round_allocation(D, lower=spec.lower, upper=spec.upper, fixed=spec.fixed,
+                                                       A_lin=A, b_lin=b, evaluate=evaluate)
+    if D_int is None and min_budget:
+        D_up = np.where(spec.fixed, D, np.ceil(D - 1e-9))
+        obj, feas = evaluate(D_up[None])
+        if feas[0]:
+            D_int, value, note = D_up, float(obj[0]), "rounded every amount up"
+    if D_int is None:
+        return IntegerRounding(allocation=None, note=note, candidates_checked=checked)
+    cont = float(spec.costs @ D) if min_budget else objective_values(sub, D, spec.objective, v)
+    return IntegerRounding(
+        allocation={s: (float(x) if spec.fixed[i] else int(round(x))) for i, (s, x) in enumerate(zip(spec.sources, D_int))},
+        objective_value=value,
+        objective_loss_vs_continuous=float(value - cont),
+        predicted=predicted(law_all, D_int, interval, spec.targets),
+        candidates_checked=checked,
+        note=note,
+    )
