@@ -59,10 +59,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import bayescale  # noqa: E402,F401  (sets the XLA host device count before JAX starts)
 import numpy as np  # noqa: E402
 
 from bayescale.errors import InputError  # noqa: E402
+from bayescale.inference.sampling import ensure_host_devices  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "data" / "configs" / "demo.toml"
@@ -947,6 +947,7 @@ def results_for(plan: dict, grid, settings: dict, diag: dict, measured_grid, ste
 
 
 def main(argv=None) -> int:
+    ensure_host_devices()  # parallel chains: before anything starts JAX
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help=f"output folder (default {DEFAULT_OUT.relative_to(REPO)})")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,

@@ -27,11 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-import bayescale  # noqa: F401  (sets the XLA host device count before JAX starts)
 import numpy as np
 import xarray as xr
 
 from bayescale.data import realgrids
+from bayescale.inference.sampling import ensure_host_devices
 from bayescale.evaluate.check import holdout_predictions, score_predictions
 from bayescale.inference.fit import fit
 from bayescale.inference.posterior import diagnostics, law_draws
@@ -158,6 +158,7 @@ def figure(rows: list[dict], preds: list[xr.Dataset], path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    ensure_host_devices()  # parallel chains: before anything starts JAX
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/openlm"))
     parser.add_argument("--chains", type=int, default=2)

@@ -23,13 +23,15 @@ import sys
 import time
 from pathlib import Path
 
-import bayescale  # noqa: F401  (sets the XLA host device count before JAX starts)
 import numpy as np
 import xarray as xr
 
-from bayescale.laws.power import mixing
+from bayescale.laws import mixing
+from bayescale.inference.sampling import ensure_host_devices
 from bayescale.data import realgrids
-from bayescale.evaluate.check import score_by_target, score_predictions
+from bayescale.evaluate.check import holdout_predictions, score_by_target, score_predictions
+from bayescale.inference.fit import fit
+from bayescale.inference.posterior import diagnostics
 
 
 def baselines(grid: xr.Dataset) -> dict:
@@ -65,17 +67,17 @@ def run(out: Path, *, chains: int, warmup: int, draws: int, seed: int, force: bo
             print(f"reusing {scores_path} (same settings; --force refits)")
             return saved | {"predictions": xr.load_dataset(pred_path)}
     start = time.perf_counter()
-    idata = mixing.fit_mixing(grid, chains=chains, warmup=warmup, draws=draws, seed=seed, grid_name="regmix-1m")
+    idata = fit(grid, law="mixing", chains=chains, warmup=warmup, draws=draws, seed=seed, target_accept=0.9, grid_name="regmix-1m")
     seconds = time.perf_counter() - start
     draws_ = mixing.mixing_draws(idata)
-    pred = mixing.holdout_predictions(draws_, grid, seed=seed)
+    pred = holdout_predictions(draws_, grid, seed=seed)
     result = {
         "settings": settings,
         "runs": {"fit": int((grid["split"] == "fit").sum()), "holdout": int((grid["split"] == "holdout").sum())},
         "sources": int(grid.sizes["source"]),
         "targets": int(grid.sizes["target"]),
         "nuts_seconds": round(seconds, 1),
-        "diagnostics": mixing.diagnostics(idata),
+        "diagnostics": diagnostics(idata),
         "scores": score_predictions(pred),
         "by_target": score_by_target(pred),
         "baselines": baselines(grid),
@@ -139,6 +141,7 @@ def figure(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    ensure_host_devices()  # parallel chains: before anything starts JAX
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/regmix"))
     parser.add_argument("--chains", type=int, default=2)

@@ -3,6 +3,9 @@
 Every command maps to a function a user can call from a notebook; this module only
 parses flags, calls it, prints, and turns :class:`InputError` into one line on stderr
 with exit status 2.
+
+This module is long because it declares every command's flags and help (typer
+annotations), one function per command; the work itself happens in the layers below.
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ def exits_cleanly(fn):
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]: finished outputs are kept; nothing half-written was left behind")
-            fit_module = sys.modules.get("bayescale.inference.fit")
-            if fit_module is not None and fit_module.computation_abandoned():
+            sampling = sys.modules.get("bayescale.inference.sampling")
+            if sampling is not None and sampling.computation_abandoned():
                 # A sampler is still running in XLA; a normal shutdown under it aborts the process.
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -101,10 +104,10 @@ def refuse_overwrite_of_input(out: Path, *inputs: Path) -> None:
             raise InputError(f"--out {out} would overwrite the input file")
 
 
-def write_json(path: Path, payload: dict) -> None:
-    from bayescale._files import write_text_atomic
+def write_json(path: Path, payload) -> None:
+    from bayescale.workflows import write_json as write
 
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+    write(path, payload)
 
 
 @grid_app.command("info")
@@ -140,7 +143,7 @@ def simulate(
 def fit(
     grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the posterior (.nc); with --prior-only, the check as JSON.")] = None,
-    law: Annotated[str, typer.Option("--law", help="transfer | linear | independent | mixing (the exponential mixing law, for grids at one fixed budget)")] = "transfer",
+    law: Annotated[str, typer.Option("--law", help="A registered law family: transfer | linear | independent | mixing (the exponential mixing law, for grids at one fixed budget).")] = "transfer",
     likelihood: Annotated[str, typer.Option("--likelihood", help="normal | student_t (heavy tails for outlier runs)")] = "normal",
     method: Annotated[str, typer.Option("--method", help="nuts | svi (fast, approximate)")] = "nuts",
     chains: Annotated[int, typer.Option("--chains")] = 4,
@@ -359,9 +362,10 @@ def check(
     figure: Annotated[Optional[Path], typer.Option("--figure", help="Also save predicted-vs-observed and calibration (PIT, coverage vs nominal) as PNG.")] = None,
 ):
     """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage, calibration verdict."""
-    from bayescale.evaluate.check import coverage_curve, extrapolation_by_law, format_law_table, parse_law_families, score_posterior, split_at_budget
     from bayescale.data.grid import load_grid
+    from bayescale.evaluate.check import format_law_table, parse_law_families
     from bayescale.inference.posterior import load_posterior
+    from bayescale.workflows import check_with_refit
 
     if chains < 1 or warmup < 1 or draws < 1:
         raise InputError(f"--chains, --warmup and --draws must be >= 1, got {chains}, {warmup}, {draws}")
@@ -369,27 +373,8 @@ def check(
     if figure is not None and figure.suffix.lower() != ".png":
         raise InputError(f"--figure {figure}: the figure is written as PNG; give a .png path")
     idata, ds = load_posterior(posterior), load_grid(grid)
-    from bayescale.inference.fit import grid_fingerprint
-
-    fitted_here = idata.attrs.get("grid_fingerprint") == grid_fingerprint(ds)
-    if holdout_above is not None:
-        from bayescale.inference.fit import fit
-
-        ds = split_at_budget(ds, holdout_above, str(grid))
-        law, likelihood = str(idata.attrs.get("law", "transfer")), str(idata.attrs.get("likelihood", "normal"))
-        console.print(f"refitting the {law} law on the {int((ds['split'] == 'fit').sum())} runs with budget <= {holdout_above:g} ...", highlight=False)
-        idata = fit(ds, law=law, likelihood=likelihood, chains=chains, warmup=warmup, draws=draws, seed=seed, grid_name=str(grid))
-    pred, scores = score_posterior(idata, ds, where=str(grid))
-    scores["coverage_curve"] = coverage_curve(pred)
-    if holdout_above is not None:
-        scores["holdout_above"] = holdout_above
-    if families is not None:
-        own = (str(idata.attrs.get("law", "transfer")), str(idata.attrs.get("likelihood", "normal")))
-        scores["laws"] = extrapolation_by_law(
-            ds, families, fit_options={"chains": chains, "warmup": warmup, "draws": draws}, seed=seed, where=str(grid),
-            fitted={own: idata} if holdout_above is not None or fitted_here else None,  # this very split: no refit
-            progress=lambda law, lik: console.print(f"fitting the {law} law ({lik} likelihood) ...", highlight=False),
-        )
+    pred, scores = check_with_refit(idata, ds, cut=holdout_above, families=families, chains=chains, warmup=warmup, draws=draws,
+                                    seed=seed, where=str(grid), progress=lambda message: console.print(message, highlight=False))
     if figure is not None:
         from bayescale._files import atomic_path
         from bayescale.render.figures import plot_check
@@ -521,6 +506,11 @@ def finetune(
 
 
 def main() -> None:
+    from bayescale.inference.sampling import ensure_host_devices
+
+    # Before any command touches JAX: several commands sample (fit, check's refits), and
+    # XLA fixes its device count when its backend starts.
+    ensure_host_devices()
     # Click's own usage errors already exit with status 2; ours do the same via exits_cleanly.
     app(prog_name="bayescale")
 

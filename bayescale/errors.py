@@ -24,6 +24,6 @@ class InputError(ValueError):
     def naming(self, names: Mapping[str, str]) -> str:
         """The message with its parameter called what ``names`` calls it (e.g. ``{"upper": "--max"}``)."""
         text = str(self)
-        if self.parameter is not None and self.parameter in names:
+        if self.parameter is not None and not self.parameter.startswith("-") and self.parameter in names:
             return names[self.parameter] + text[len(self.parameter):]
         return text

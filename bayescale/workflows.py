@@ -1,4 +1,5 @@
-"""The end-to-end job: grid -> posterior -> allocation -> held-out check -> report.
+"""Workflows that chain the layers below: the demo, the report of a posterior, the held-out
+check with its refit, and JSON output.
 
 ``run_demo`` is what ``bayescale demo`` (and ``make demo``) runs on the shipped default;
 each finished stage's file is kept, so an interrupted demo resumes where it stopped.
@@ -12,9 +13,30 @@ import tomllib
 from pathlib import Path
 
 import xarray as xr
+from rich.console import Console
+from rich.table import Table
 
+from bayescale import laws
+from bayescale._files import write_text_atomic
 from bayescale.data import grid as grids
+from bayescale.data.grid import grid_fingerprint
 from bayescale.errors import InputError
+from bayescale.evaluate.check import (
+    calibration_verdict,
+    check_holdout,
+    coverage_curve,
+    extrapolation_by_law,
+    holdout_predictions,
+    score_posterior,
+    score_predictions,
+    split_at_budget,
+)
+from bayescale.evaluate.compare import loo_summary
+from bayescale.evaluate.hubs import hub_island_table
+from bayescale.inference.fit import fit
+from bayescale.inference.posterior import diagnostics, format_diagnostics, law_draws, load_posterior, require_amounts, save_posterior
+from bayescale.optimise.allocate import allocate
+from bayescale.render.report import write_report
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_CONFIG = REPO_DATA / "configs" / "demo.toml"
@@ -44,16 +66,9 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
                grid_name: str = "", objective: str = "mean", upper: dict | None = None, diag: dict | None = None) -> Path:
     """Compute what the report shows (allocation and its path, hubs, held-out predictions and
     calibration, diagnostics and LOO) and write it."""
-    from bayescale.optimise.allocate import allocate
-    from bayescale.evaluate.check import calibration_verdict, holdout_predictions, score_predictions
-    from bayescale.evaluate.hubs import hub_island_table
-    from bayescale.inference.posterior import diagnostics, law_draws
-    from bayescale.evaluate.compare import loo_summary
-    from bayescale.render.report import write_report
-
     if Path(out).exists() and not Path(out).is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder (the report is a folder of HTML and PNG files)")
-    draws = law_draws(idata)
+        raise InputError(f"out: {out} exists and is not a folder (the report is a folder of HTML and PNG files)", parameter="out")
+    draws = require_amounts(law_draws(idata), "the report")
     if allocation is None:
         budget = budget or default_budget(grid)
         allocation = allocate(draws, budget, objective=objective, upper=upper, budgets=path_budgets(budget))
@@ -62,8 +77,8 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
         holdout = holdout_predictions(draws, grid, where=grid_name or "grid")
         scores = score_predictions(holdout)
         scores["calibration"] = calibration_verdict(scores)
-    # The independent law has no transfer: no hubs or islands to find.
-    hubs = hub_island_table(idata) if draws.law != "independent" else None
+    # A law without transfer (independent) has no hubs or islands to find.
+    hubs = hub_island_table(idata) if laws.of_draws(draws).transfer else None
     return write_report(
         out, idata=idata, grid=grid, allocation=allocation, holdout=holdout, scores=scores,
         diagnostics=diag if diag is not None else diagnostics(idata), hubs=hubs, loo=loo_summary(idata),
@@ -72,21 +87,12 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
 
 def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None, config_path: Path = DEFAULT_CONFIG) -> dict:
     """Fit, allocate, check and report on the shipped grid; returns the summary it prints."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from bayescale.optimise.allocate import allocate
-    from bayescale.evaluate.check import check_holdout
-    from bayescale.cli import write_json
-    from bayescale.inference.fit import fit
-    from bayescale.inference.posterior import diagnostics, format_diagnostics, law_draws, save_posterior
-
     console = console or Console()
     config = load_demo_config(config_path)
     grid_path = Path(grid) if grid else Path(config["grid"])
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
+        raise InputError(f"out: {out} exists and is not a folder", parameter="out")
     ds = grids.load_grid(grid_path)  # before the output folder exists: a bad grid leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -158,9 +164,6 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
 
 def _reuse_fit(path: Path, ds: xr.Dataset, fit_cfg: dict, seed: int):
     """A finished fit of this very grid with these settings, or None (then the stage reruns)."""
-    from bayescale.inference.fit import grid_fingerprint
-    from bayescale.inference.posterior import load_posterior
-
     if not path.is_file():
         return None
     try:
@@ -176,3 +179,59 @@ def _reuse_fit(path: Path, ds: xr.Dataset, fit_cfg: dict, seed: int):
     post = idata["posterior"]
     same = same and post.sizes["chain"] == fit_cfg.get("chains", 4) and post.sizes["draw"] == fit_cfg.get("draws", 500)
     return idata if same else None
+
+
+def write_json(path: Path, payload) -> None:
+    """Write a result as indented JSON, atomically; typed results are written by their ``to_dict()``."""
+    if hasattr(payload, "to_dict"):
+        payload = payload.to_dict()
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def fitted_to(idata, grid: xr.Dataset) -> bool:
+    """Was this posterior fitted to this very grid (same runs, domains, data and losses)?"""
+    return idata.attrs.get("grid_fingerprint") == grid_fingerprint(grid)
+
+
+def check_with_refit(idata, grid: xr.Dataset, *, cut: float | None = None, families: list[tuple[str, str]] | None = None,
+                     chains: int = 4, warmup: int = 500, draws: int = 500, seed: int = 0, where: str = "grid",
+                     progress=None) -> tuple[xr.Dataset, dict]:
+    """Score a posterior on the grid's held-out runs, refitting where the question needs it.
+
+    ``cut``: refit the posterior's own law and likelihood on the runs with budget <= ``cut``
+    and score the runs above it (ignoring the grid's split). ``families``: also fit these
+    (law, likelihood) pairs on the same split and tabulate how each extrapolates
+    (``scores["laws"]``); the given posterior stands in for its own family when it was fitted on
+    this very split, so it is not fitted twice. ``progress(message)`` is told of each refit.
+    Returns the held-out predictions and the scores with a coverage curve.
+    """
+    fit_options = {"chains": chains, "warmup": warmup, "draws": draws}
+    own = (str(idata.attrs.get("law", "transfer")), str(idata.attrs.get("likelihood", "normal")))
+    same_split = fitted_to(idata, grid)
+    if cut is not None:
+        grid = split_at_budget(grid, cut, where)
+        if progress is not None:
+            progress(f"refitting the {own[0]} law on the {int((grid['split'] == 'fit').sum())} runs with budget <= {cut:g} ...")
+        idata = fit(grid, law=own[0], likelihood=own[1], seed=seed, grid_name=where, **fit_options)
+        same_split = True
+    pred, scores = score_posterior(idata, grid, where=where)
+    scores["coverage_curve"] = coverage_curve(pred)
+    if cut is not None:
+        scores["holdout_above"] = cut
+    if families is not None:
+        scores["laws"] = extrapolation_by_law(
+            grid, families, fit_options=fit_options, seed=seed, where=where,
+            fitted={own: idata} if same_split else None,
+            progress=None if progress is None else (lambda law, lik: progress(f"fitting the {law} law ({lik} likelihood) ...")),
+        )
+    return pred, scores
+
+
+def check(posterior, grid: xr.Dataset, *, cut: float | None = None, families: list[tuple[str, str]] | None = None,
+          chains: int = 4, warmup: int = 500, draws: int = 500, seed: int = 0, where: str = "grid") -> dict:
+    """The held-out scores of a posterior (a DataTree, or a path to one) on ``grid``: Pearson r,
+    median |relative error|, 50 % / 90 % coverage, the calibration verdict and the coverage curve;
+    see :func:`check_with_refit` for ``cut`` and ``families``."""
+    idata = load_posterior(posterior) if isinstance(posterior, (str, Path)) else posterior
+    return check_with_refit(idata, grid, cut=cut, families=families, chains=chains, warmup=warmup, draws=draws, seed=seed,
+                            where=where)[1]

@@ -25,12 +25,12 @@ import statistics
 import time
 from pathlib import Path
 
-import bayescale  # noqa: F401  (XLA host devices)
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from bayescale.optimise import allocate as al
+from bayescale.inference.sampling import ensure_host_devices
 from bayescale.optimise.riskprog import LawEval
 
 WORLD_SEED = 8
@@ -151,6 +151,7 @@ def cone_program(draws, budget, gamma, time_limit):
 
 
 def main():
+    ensure_host_devices()  # parallel chains: before anything starts JAX
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/bayescale-bench"))

@@ -18,17 +18,18 @@ import argparse
 import time
 from pathlib import Path
 
-import bayescale  # noqa: F401  (XLA host devices for parallel chains)
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from bayescale.inference import sbc
+from bayescale.inference.sampling import ensure_host_devices
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
+    ensure_host_devices()  # parallel chains: before anything starts JAX
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", type=int, default=100)
     parser.add_argument("--domains", type=int, default=3)

@@ -28,12 +28,12 @@ import statistics
 import time
 from pathlib import Path
 
-import bayescale  # noqa: F401  (XLA host devices for parallel chains)
 import jax
 from rich.console import Console
 from rich.table import Table
 
 from bayescale.inference.bootstrap import bootstrap_fit, point_fit
+from bayescale.inference.sampling import ensure_host_devices
 from bayescale.evaluate.check import check_holdout
 from bayescale.inference.fit import fit
 from bayescale.data.grid import grid_summary
@@ -84,6 +84,7 @@ def calibration_error(results, method):
 
 
 def main():
+    ensure_host_devices()  # parallel chains: before anything starts JAX
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--world-seed", type=int, default=0)

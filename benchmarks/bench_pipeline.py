@@ -14,12 +14,12 @@ import argparse
 import statistics
 import time
 
-import bayescale  # noqa: F401  (XLA host devices for parallel chains)
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from bayescale.optimise.allocate import allocate
+from bayescale.inference.sampling import ensure_host_devices
 from bayescale.evaluate.check import check_holdout
 from bayescale.inference.fit import fit
 from bayescale.data.grid import load_grid
@@ -52,6 +52,7 @@ def numpy_loss(draws: LawDraws, D: np.ndarray) -> np.ndarray:
 
 
 def main():
+    ensure_host_devices()  # parallel chains: before anything starts JAX
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

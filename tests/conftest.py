@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import bayescale  # noqa: F401  (sets the XLA host device count before JAX starts)
+from bayescale.inference.sampling import ensure_host_devices
 import pytest
 
 from bayescale.inference.fit import fit
@@ -10,6 +10,9 @@ from bayescale.data.grid import save_grid
 from bayescale.inference.posterior import law_draws, save_posterior
 from bayescale.data.simulate import draw_world, simulate_grid
 from hypothesis import settings as _hypothesis_settings
+
+# The tests sample (parallel chains): ask XLA for its host devices before anything starts JAX.
+ensure_host_devices()
 
 # Property tests draw the same examples on every run (reproducible CI; a failure replays).
 _hypothesis_settings.register_profile("bayescale", derandomize=True)

@@ -16,11 +16,15 @@ A loss grid is an :class:`xarray.Dataset` with
 Every function that takes a grid from outside (a file, a CSV, arrays) validates it and
 fails with an :class:`~bayescale.errors.InputError` whose one-line message names the
 file, the run and the domain at fault.
+
+This module is long because the contract is checked in one place, and each of its rules and
+each CSV layout (wide, long) names the offending file, line, run and domain in its own words.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import math
 import numbers
@@ -740,3 +744,18 @@ def _short_list(items: list[str], limit: int = 8) -> str:
     if len(items) <= limit:
         return ", ".join(items)
     return ", ".join(items[: limit - 2]) + f", ... ({len(items) - limit + 1} more), " + items[-1]
+
+
+def grid_fingerprint(grid: xr.Dataset) -> str:
+    """A short hash of a grid's runs, domains, data and losses: ties a posterior to its grid."""
+    h = hashlib.sha256()
+    for name in ("run", "source", "target"):
+        h.update("\x1f".join(map(str, grid[name].values)).encode())
+    for name in ("data", "loss"):
+        h.update(np.ascontiguousarray(grid[name].values, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def self_mask_for(sources, targets) -> np.ndarray:
+    """(I, J): 1 where source i *is* target j (its own data), else 0."""
+    return np.array([[1.0 if s == t else 0.0 for t in targets] for s in sources])

@@ -23,7 +23,7 @@ import xarray as xr
 
 from bayescale.data import grid as grids
 from bayescale.errors import InputError
-from bayescale.inference.posterior import self_mask_for
+from bayescale.data.grid import self_mask_for
 
 MEDICAL_DOMAINS = ("ct_abdomen", "ct_chest", "mri_t1_brain", "mri_t2_abdomen", "pet_wholebody")
 

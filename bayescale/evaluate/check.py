@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import xarray as xr
+from scipy import stats
 
+from bayescale import laws
 from bayescale.data import grid as grids
 from bayescale.errors import InputError
-from bayescale.inference.posterior import LawDraws
 from bayescale.evaluate.predict import add_observation_noise, loss_draws
+from bayescale.inference.fit import fit
+from bayescale.inference.posterior import diagnostics, law_draws
+from bayescale.laws.base import Draws
 
 LEVELS = (0.5, 0.9)
 
@@ -21,18 +27,18 @@ def split_at_budget(grid: xr.Dataset, cut: float, where: str = "grid") -> xr.Dat
     number of sources plus two: each source's law needs runs of its own).
     """
     if not np.isfinite(cut) or cut <= 0:
-        raise InputError(f"--holdout-above must be a positive budget, got {cut}")
+        raise InputError(f"cut must be a positive budget, got {cut}", parameter="cut")
     budgets = grid["data"].sum("source").values
     fit_runs = budgets <= cut * (1 + 1e-12)
     least = grid.sizes["source"] + 2
     if fit_runs.all():
-        raise InputError(f"{where}: --holdout-above {cut:g} leaves no run above it to check (largest budget {budgets.max():g})")
+        raise InputError(f"{where}: a cut at {cut:g} leaves no run above it to check (largest budget {budgets.max():g})")
     if fit_runs.sum() < least:
-        raise InputError(f"{where}: --holdout-above {cut:g} leaves {int(fit_runs.sum())} run(s) to fit; need at least {least} (smallest budget {budgets.min():g})")
+        raise InputError(f"{where}: a cut at {cut:g} leaves {int(fit_runs.sum())} run(s) to fit; need at least {least} (smallest budget {budgets.min():g})")
     return grid.assign_coords(split=("run", np.where(fit_runs, "fit", "holdout")))
 
 
-def allocations_for(draws: LawDraws, grid: xr.Dataset, where: str = "grid") -> np.ndarray:
+def allocations_for(draws: Draws, grid: xr.Dataset, where: str = "grid") -> np.ndarray:
     """The grid's data as (run, posterior source) amounts; refuses a grid from another world."""
     grid_sources = [str(s) for s in grid["source"].values]
     unknown = [s for s in grid_sources if s not in draws.sources and float(grid["data"].sel(source=s).sum()) > 0]
@@ -45,7 +51,7 @@ def allocations_for(draws: LawDraws, grid: xr.Dataset, where: str = "grid") -> n
     return data
 
 
-def holdout_predictions(draws: LawDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> xr.Dataset:
+def holdout_predictions(draws: Draws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> xr.Dataset:
     """Posterior predictive of every observed (run, target) cell of the grid's ``split`` runs.
 
     Returns a Dataset over (run, target) with ``observed``, ``median`` and ``lo``/``hi``
@@ -152,8 +158,6 @@ def coverage_curve(pred: xr.Dataset, levels=None) -> dict:
     Returns ``{"nominal", "empirical", "lo", "hi", "n"}``; ``lo``/``hi`` bound the empirical coverage
     a calibrated predictive gives 95 % of the time with this many cells (binomial).
     """
-    from scipy import stats
-
     levels = np.linspace(0.05, 0.95, 19) if levels is None else np.asarray(levels, float)
     pit = pred["pit"].values.ravel()
     pit = pit[np.isfinite(pit)]
@@ -175,8 +179,6 @@ def calibration_verdict(scores: dict) -> dict:
     the scaling curve past the fitted budgets) or the posterior is not converged.
     ``under-confident`` when more fall inside than plausible at both levels.
     """
-    from scipy import stats
-
     n = scores["n"]
     p_low, p_high = {}, {}
     for level in LEVELS:
@@ -200,7 +202,7 @@ def calibration_verdict(scores: dict) -> dict:
     return {"verdict": verdict, "message": message, "p_values": {f"{level:g}": p_low[level] for level in LEVELS}}
 
 
-def check_holdout(draws: LawDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> dict:
+def check_holdout(draws: Draws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> dict:
     """Score the posterior's predictions of the grid's held-out runs (see :func:`score_predictions`),
     with a :func:`calibration_verdict` under ``"calibration"``."""
     scores = score_predictions(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
@@ -209,41 +211,34 @@ def check_holdout(draws: LawDraws, grid: xr.Dataset, *, split: str = "holdout", 
 
 
 def score_posterior(idata, grid: xr.Dataset, *, seed: int = 0, where: str = "grid") -> tuple[xr.Dataset, dict]:
-    """Held-out predictions and scores (with calibration verdict) of any posterior, transfer-family or mixing."""
-    from bayescale.inference.posterior import is_mixing, law_draws
-
-    if is_mixing(idata):
-        from bayescale.laws.power import mixing
-
-        pred = mixing.holdout_predictions(mixing.mixing_draws(idata), grid, seed=seed, where=where)
-    else:
-        pred = holdout_predictions(law_draws(idata), grid, seed=seed, where=where)
+    """Held-out predictions and scores (with calibration verdict) of a posterior of any law family."""
+    pred = holdout_predictions(law_draws(idata), grid, seed=seed, where=where)
     scores = score_predictions(pred)
     scores["calibration"] = calibration_verdict(scores)
     return pred, scores
 
 
-def parse_law_families(text: str) -> list[tuple[str, str]]:
-    """``"transfer,linear,independent:student_t"`` -> [(law, likelihood), ...]; ``"all"`` is every transfer-family law."""
-    from bayescale.laws.power import LAWS, MIXING_LAWS
-    from bayescale.laws.transfer import LIKELIHOODS
-
+def parse_law_families(text: str, parameter: str = "families") -> list[tuple[str, str]]:
+    """``"transfer,linear,independent:student_t"`` -> [(law, likelihood), ...]; ``"all"`` is every
+    registered law of data amounts (those that extrapolate in budget)."""
     items = [x.strip() for x in text.split(",") if x.strip()]
     if items == ["all"]:
-        return [(law, "normal") for law in LAWS]
+        return [(name, family.likelihoods[0]) for name, family in laws.FAMILIES.items() if family.amounts]
     out = []
     for item in items:
         law, _, likelihood = item.partition(":")
-        likelihood = likelihood or "normal"
-        if law not in LAWS + MIXING_LAWS:
-            raise InputError(f"--laws: unknown law {law!r} (choose from {', '.join(LAWS + MIXING_LAWS)}, or 'all')")
-        if likelihood not in LIKELIHOODS:
-            raise InputError(f"--laws: unknown likelihood {likelihood!r} in {item!r} (choose from {', '.join(LIKELIHOODS)})")
+        if law not in laws.FAMILIES:
+            raise InputError(f"{parameter}: unknown law {law!r} (choose from {', '.join(laws.names())}, or 'all')", parameter=parameter)
+        family = laws.get(law)
+        likelihood = likelihood or family.likelihoods[0]
+        if likelihood not in family.likelihoods:
+            raise InputError(f"{parameter}: unknown likelihood {likelihood!r} in {item!r} (choose from {', '.join(family.likelihoods)})",
+                             parameter=parameter)
         if (law, likelihood) in out:
-            raise InputError(f"--laws: {item!r} is given twice")
+            raise InputError(f"{parameter}: {item!r} is given twice", parameter=parameter)
         out.append((law, likelihood))
     if not out:
-        raise InputError("--laws: name at least one law, e.g. transfer,linear,independent")
+        raise InputError(f"{parameter}: name at least one law, e.g. transfer,linear,independent", parameter=parameter)
     return out
 
 
@@ -256,14 +251,9 @@ def extrapolation_by_law(grid: xr.Dataset, families: list[tuple[str, str]], *, f
     maps (law, likelihood) to a posterior already fitted on the same split (reused, not refitted).
     Shows which law extrapolates best on this grid, and whether its intervals can be trusted.
     """
-    import time
-
-    from bayescale.inference.fit import fit
-    from bayescale.inference.posterior import diagnostics
-
     runs = grids.select_split(grid, "holdout")
     if runs.sizes["run"] == 0:
-        raise InputError(f"{where}: no held-out runs (split == 'holdout') to score the laws on; use --holdout-above BUDGET")
+        raise InputError(f"{where}: no held-out runs (split == 'holdout') to score the laws on; mark them with split_at_budget (on the command line: --holdout-above BUDGET)")
     rows = []
     for law, likelihood in families:
         start = time.perf_counter()

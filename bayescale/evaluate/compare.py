@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import warnings
 
+import arviz as az
 import numpy as np
 import xarray as xr
 
 from bayescale.errors import InputError
+from bayescale.evaluate.check import check_holdout
+from bayescale.inference.posterior import law_draws
 
 
 def compare_fits(fits: dict, grid: xr.Dataset | None = None) -> list[dict]:
@@ -23,11 +26,6 @@ def compare_fits(fits: dict, grid: xr.Dataset | None = None) -> list[dict]:
     with ``grid``, ``holdout`` (the scores of :func:`bayescale.evaluate.check.check_holdout`).
     Fits must come from the same grid (the same observations), or LOO cannot compare them.
     """
-    import arviz as az
-
-    from bayescale.evaluate.check import check_holdout
-    from bayescale.inference.posterior import law_draws
-
     if len(fits) < 2:
         raise InputError("compare needs at least two posteriors")
     fingerprints = {name: idata.attrs.get("grid_fingerprint") for name, idata in fits.items()}
@@ -66,8 +64,6 @@ def loo_summary(idata) -> dict | None:
     Keys: ``elpd_loo``, ``se``, ``p_loo``, ``n`` (observations), ``pareto_k_bad`` (observations
     whose Pareto k exceeds ArviZ's threshold ``pareto_k_threshold``: LOO is unreliable there).
     """
-    import arviz as az
-
     if "log_likelihood" not in getattr(idata, "children", {}):
         return None
     with warnings.catch_warnings():

@@ -59,6 +59,7 @@ import numpy as np
 import xarray as xr
 
 from bayescale.errors import InputError
+from bayescale import laws
 from bayescale.inference.posterior import LawDraws, law_draws
 
 LABELS = ("hub", "island", "neither")
@@ -111,10 +112,10 @@ def require_transfer(posterior, source: str = "posterior") -> LawDraws:
     and one without any pair of distinct source and target domains.
     """
     draws = _as_draws(posterior)
-    off = draws.self_mask < 0.5
     hint = "hubs need a transfer or linear fit"
-    if draws.law == "independent":
-        raise InputError(f"{source}: posterior has no transfer parameters (law 'independent'); {hint}")
+    if not laws.of_draws(draws).transfer:
+        raise InputError(f"{source}: posterior has no transfer parameters (law {draws.law!r}: the {draws.law} law has none); {hint}")
+    off = draws.self_mask < 0.5
     if not off.any():
         raise InputError(f"{source}: posterior has no transfer parameters (no source differs from its target); {hint}")
     if not np.any(draws.T[:, off] != 0):

@@ -1,5 +1,8 @@
 """The usual non-Bayesian alternative: a Huber-loss point fit of the law and a bootstrap.
 
+This module is long because the fit is written out by hand for speed (a forward pass with
+its hand-written gradient, batched BFGS over resamples), as the notes below explain.
+
 This is the method of the Chinchilla scaling-law fits (Hoffmann et al. 2022, and the
 replication of Besiroglu et al. 2024): minimise the Huber loss (δ = 1e-3) of the residuals of
 *log* loss with a quasi-Newton method from a small grid of initialisations, keep the best, and
@@ -60,9 +63,10 @@ import numpy as np
 import xarray as xr
 
 from bayescale.data import grid as grids
-from bayescale.laws import power as laws
 from bayescale.errors import InputError
-from bayescale.inference.posterior import LawDraws
+from bayescale import laws as registry
+from bayescale.laws import power as laws
+from bayescale.laws.transfer import LawDraws, TransferFamily, model_data
 
 DELTA = 1e-3  # Huber threshold on log-loss residuals (Hoffmann et al. 2022; Besiroglu et al. 2024)
 RESAMPLE = ("runs", "cells")
@@ -109,7 +113,7 @@ class PointFit:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Problem:
+class FitProblem:
     """The grid's fit runs as dense per-target arrays (law units)."""
 
     d: np.ndarray  # (N, I)
@@ -130,12 +134,12 @@ def point_fit(grid: xr.Dataset, *, law: str = "transfer", delta: float = DELTA, 
     len(INIT_T)`` initialisations (at most ``max_iterations`` BFGS iterations each) and the
     one with the lowest objective is kept.
     """
-    laws.check_law(law)
+    _check_law(law)
     _check_delta(delta)
     _check_positive_int("max_iterations", max_iterations)
-    problem = _problem(grid)
+    problem = fit_problem(grid)
     n_targets = len(problem.targets)
-    starts = _initial_params(problem, law)  # (K, J, P)
+    starts = initial_params(problem, law)  # (K, J, P)
     k = starts.shape[0]
     weights = np.broadcast_to(problem.observed.T, (k, n_targets, problem.d.shape[0]))
     result = _minimise(
@@ -177,13 +181,13 @@ def bootstrap_fit(
     Returns :class:`LawDraws` with one draw per replicate: intervals of the fitted curve under
     resampling (plus the residual noise ``sigma`` where predictions add it), not a posterior.
     """
-    laws.check_law(law)
+    _check_law(law)
     _check_delta(delta)
     _check_positive_int("--resamples", resamples)
     _check_positive_int("max_iterations", max_iterations)
     if resample not in RESAMPLE:
         raise InputError(f"--resample must be one of {', '.join(RESAMPLE)}, got {resample!r}")
-    problem = _problem(grid)
+    problem = fit_problem(grid)
     if point is None:
         point = point_fit(grid, law=law, delta=delta)
     elif point.draws.targets != problem.targets or point.draws.sources != problem.sources or point.draws.law != law:
@@ -233,6 +237,13 @@ def huber(residual, delta: float = DELTA):
 # the problem
 
 
+def _check_law(law: str) -> None:
+    """The bootstrap point-fits the transfer-law families (their parameterisation is written out below)."""
+    if not isinstance(registry.get(law), TransferFamily):
+        transfer_laws = [name for name, f in registry.FAMILIES.items() if isinstance(f, TransferFamily)]
+        raise InputError(f"law: the bootstrap fits the transfer laws ({', '.join(transfer_laws)}), not {law!r}", parameter="law")
+
+
 def _check_delta(delta):
     if not np.isfinite(delta) or delta <= 0:
         raise InputError(f"--delta must be a positive number, got {delta}")
@@ -243,9 +254,8 @@ def _check_positive_int(flag, value):
         raise InputError(f"{flag} must be an integer >= 1, got {value!r}")
 
 
-def _problem(grid: xr.Dataset) -> _Problem:
-    from bayescale.inference.fit import model_data  # bayescale.inference.fit imports numpyro; needed only here
-
+def fit_problem(grid: xr.Dataset) -> FitProblem:
+    """The grid's fit runs as the dense per-target arrays the Huber fit works on."""
     if not isinstance(grid, xr.Dataset) or "run" not in grid.dims or grid.sizes["run"] == 0:
         raise InputError("grid has no runs to fit the law to")
     data, coords = model_data(grids.validate_grid(grid))
@@ -254,7 +264,7 @@ def _problem(grid: xr.Dataset) -> _Problem:
     observed = np.zeros((n_runs, n_targets))
     log_loss[data.obs_run, data.obs_target] = data.log_loss
     observed[data.obs_run, data.obs_target] = 1.0
-    return _Problem(
+    return FitProblem(
         d=np.asarray(data.d, np.float64),
         log_loss=log_loss,
         observed=observed,
@@ -267,7 +277,7 @@ def _problem(grid: xr.Dataset) -> _Problem:
     )
 
 
-def _n_free(problem: _Problem, law: str) -> np.ndarray:
+def _n_free(problem: FitProblem, law: str) -> np.ndarray:
     """Free parameters per target: E, A, alpha, x0 and, per other source, T (and beta)."""
     others = (1.0 - problem.self_mask).sum(axis=0)
     per_source = {"transfer": 2, "linear": 1, "independent": 0}[law]
@@ -278,7 +288,7 @@ def _logit(p):
     return np.log(p) - np.log1p(-p)
 
 
-def _initial_params(problem: _Problem, law: str) -> np.ndarray:
+def initial_params(problem: FitProblem, law: str) -> np.ndarray:
     """(K, J, P) unconstrained starting points: the product grid of INIT_* per target."""
     n_sources, n_targets = problem.self_mask.shape
     starts = []
@@ -318,7 +328,7 @@ def _predict_log(theta, d, floor, scale, self_col, law):
     return laws.log_loss(d, E[None], A[None], alpha[None], x0[None], T[:, None], beta[:, None], self_col[:, None])[:, 0]
 
 
-def _objective(theta, d, y, w, floor, scale, self_col, law, delta):
+def huber_objective(theta, d, y, w, floor, scale, self_col, law, delta):
     """Weighted mean Huber loss of one target's log-loss residuals, divided by delta
     (the reference definition; the optimiser uses the equal, faster :func:`_value`)."""
     r = _predict_log(theta, d, floor, scale, self_col, law) - y
@@ -355,7 +365,8 @@ def _value(theta, y, w, log_d, has_d, d, self_col, floor, scale, law, delta):
     return _huber_mean(fw["pred"] - y, w, delta)
 
 
-def _value_and_grad(theta, y, w, log_d, has_d, d, self_col, floor, scale, law, delta):
+def huber_value_and_grad(theta, y, w, log_d, has_d, d, self_col, floor, scale, law, delta):
+    """:func:`huber_objective` and its gradient in theta, by hand (one forward pass, no autodiff)."""
     fw = _forward(theta, log_d, has_d, d, self_col, floor, scale, law)
     r = fw["pred"] - y
     g_pred = w * jnp.clip(r, -delta, delta) / (delta * jnp.sum(w))  # d objective / d pred
@@ -429,7 +440,7 @@ def _bfgs_batch(x, H, fresh, w, y, floor, scale, self_col, d, *, law, delta, ite
 
     def one(x1, H1, fresh1, w1, y1, floor1, scale1, col1):
         args = (y1, w1, log_d, has_d, d, col1, floor1, scale1, law, delta)
-        return _bfgs(lambda t: _value(t, *args), lambda t: _value_and_grad(t, *args), x1, H1, fresh1, iterations)
+        return _bfgs(lambda t: _value(t, *args), lambda t: huber_value_and_grad(t, *args), x1, H1, fresh1, iterations)
 
     return jax.vmap(one)(x, H, fresh, w, y, floor, scale, self_col)
 
@@ -446,7 +457,7 @@ def _shardings():
     return NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
 
 
-def _minimise(problem: _Problem, law, delta, x0, weights, target_of, *, inverse_hessian=None, max_iterations=2000) -> dict:
+def _minimise(problem: FitProblem, law, delta, x0, weights, target_of, *, inverse_hessian=None, max_iterations=2000) -> dict:
     """Minimise one problem per row (start x0 (n, P), weights (n, N), target index (n,)) in
     blocks of BLOCK iterations, dropping the problems that stopped improving after each block
     (so ``max_iterations`` is rounded up to whole blocks).
@@ -494,7 +505,7 @@ def _minimise(problem: _Problem, law, delta, x0, weights, target_of, *, inverse_
 # back to the law
 
 
-def _constrained(problem: _Problem, law: str, params: np.ndarray) -> dict[str, np.ndarray]:
+def _constrained(problem: FitProblem, law: str, params: np.ndarray) -> dict[str, np.ndarray]:
     """(S, J, P) unconstrained -> law parameters with S leading: E, A, alpha, x0 (S, J); T, beta (S, I, J)."""
     s, j, p = params.shape
     floor = np.broadcast_to(problem.floor, (s, j)).reshape(-1)
@@ -509,7 +520,7 @@ def _constrained(problem: _Problem, law: str, params: np.ndarray) -> dict[str, n
     return out
 
 
-def _residual_sigma(problem: _Problem, law: str, params: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _residual_sigma(problem: FitProblem, law: str, params: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(S, J) residual sd of log loss per replicate and target on that replicate's cells,
     with the law evaluated by :func:`bayescale.laws.power.log_loss`."""
     c = _constrained(problem, law, params)
@@ -525,7 +536,7 @@ def _residual_sigma(problem: _Problem, law: str, params: np.ndarray, weights: np
     return np.sqrt((w * r**2).sum(axis=1) / dof)
 
 
-def _law_draws(problem: _Problem, law: str, params: np.ndarray, sigma: np.ndarray) -> LawDraws:
+def _law_draws(problem: FitProblem, law: str, params: np.ndarray, sigma: np.ndarray) -> LawDraws:
     c = _constrained(problem, law, params)
     return LawDraws(
         sources=problem.sources,

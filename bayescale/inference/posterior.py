@@ -1,16 +1,16 @@
 """The posterior contract: save, load, validate, diagnose, and turn into law draws.
 
 A posterior is an ArviZ DataTree (groups ``posterior``, ``sample_stats``,
-``log_likelihood``, ``observed_data``, ``constant_data``) whose ``posterior`` holds
-``E, A, alpha, x0, sigma`` (dim ``target``) and ``T, beta`` (dims ``source, target``),
-with ``constant_data.data_scale`` = D0 and attrs naming the law, the likelihood and
-the grid it came from. :class:`LawDraws` is the flat NumPy view that ``predict``,
-``allocate``, ``check`` and ``hubs`` work on.
+``log_likelihood``, ``observed_data``, ``constant_data``) with attrs naming the law, the
+likelihood and the grid it came from. What ``posterior`` and ``constant_data`` hold is the
+law family's (:mod:`bayescale.laws`): for the transfer laws ``E, A, alpha, x0, sigma``
+(dim ``target``), ``T, beta`` (dims ``source, target``) and ``data_scale`` = D0. Each family
+turns a posterior into flat NumPy draws (:class:`LawDraws` for the transfer laws), which
+is what ``predict``, ``allocate``, ``check`` and ``hubs`` work on.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -18,94 +18,33 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from bayescale import laws
 from bayescale._files import atomic_path
 from bayescale.errors import InputError
+from bayescale.laws.base import Draws, self_mask_for
+from bayescale.laws.transfer import PAIR_PARAMS, TARGET_PARAMS, LawDraws
 
-TARGET_PARAMS = ("E", "A", "alpha", "x0", "sigma")
-PAIR_PARAMS = ("T", "beta")
+__all__ = ["LawDraws", "PAIR_PARAMS", "TARGET_PARAMS", "diagnostics", "law_draws", "load_posterior", "require_amounts",
+           "sampler_diagnostics", "save_posterior", "self_mask_for", "validate_posterior"]
+
 REQUIRED_GROUPS = ("posterior", "constant_data")  # plus sample_stats for a sampler's (NUTS) posterior
 
 
-@dataclasses.dataclass(frozen=True)
-class LawDraws:
-    """Posterior draws of the law, flattened over (chain, draw) into one axis of length S."""
-
-    sources: tuple[str, ...]
-    targets: tuple[str, ...]
-    self_mask: np.ndarray  # (I, J): 1 where source i is target j
-    E: np.ndarray  # (S, J)
-    A: np.ndarray  # (S, J)
-    alpha: np.ndarray  # (S, J)
-    x0: np.ndarray  # (S, J)
-    sigma: np.ndarray  # (S, J) noise sd of log loss
-    T: np.ndarray  # (S, I, J)
-    beta: np.ndarray  # (S, I, J)
-    data_scale: float
-    law: str = "transfer"
-    likelihood: str = "normal"
-    nu: np.ndarray | None = None  # (S,) Student-t degrees of freedom
-
-    @property
-    def n_draws(self) -> int:
-        return self.E.shape[0]
-
-    def subset(self, index) -> LawDraws:
-        """The draws at ``index`` (an index array or slice along the draw axis)."""
-        fields = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in TARGET_PARAMS + PAIR_PARAMS or (f.name == "nu" and value is not None):
-                value = value[index]
-            fields[f.name] = value
-        return LawDraws(**fields)
-
-    def source_index(self, name: str, flag: str = "--alloc") -> int:
-        if name not in self.sources:
-            raise InputError(f"{flag}: unknown source domain {name!r}; the posterior's sources are {', '.join(self.sources)}")
-        return self.sources.index(name)
-
-    def target_index(self, name: str, flag: str = "--weights") -> int:
-        if name not in self.targets:
-            raise InputError(f"{flag}: unknown target domain {name!r}; the posterior's targets are {', '.join(self.targets)}")
-        return self.targets.index(name)
+def law_draws(idata) -> Draws:
+    """Flatten a posterior DataTree into its family's draws (:class:`LawDraws` for the transfer laws)."""
+    for group in REQUIRED_GROUPS:
+        _group(idata, group)
+    return laws.of_posterior(idata).draws(idata)
 
 
-def self_mask_for(sources, targets) -> np.ndarray:
-    return np.array([[1.0 if s == t else 0.0 for t in targets] for s in sources])
-
-
-def is_mixing(idata) -> bool:
-    """Is this a posterior of the exponential mixing law (``bayescale.laws.mixing``)?"""
-    return str(idata.attrs.get("law", "")) == "mixing"
-
-
-def law_draws(idata) -> LawDraws:
-    """Flatten a posterior DataTree into :class:`LawDraws`."""
-    if is_mixing(idata):
-        raise InputError("posterior is of the mixing law (one fixed budget); predict, allocate and hubs need a "
-                         "transfer-law fit (bayescale fit --law transfer|linear|independent); check works on both")
-    post = _group(idata, "posterior")
-    sources = tuple(str(s) for s in post["source"].values)
-    targets = tuple(str(t) for t in post["target"].values)
-
-    def flat(name, dims):
-        da = post[name].transpose("chain", "draw", *dims)
-        return np.asarray(da.values, dtype=np.float64).reshape((-1,) + da.shape[2:])
-
-    params = {name: flat(name, ("target",)) for name in TARGET_PARAMS}
-    params.update({name: flat(name, ("source", "target")) for name in PAIR_PARAMS})
-    nu = flat("nu", ()) if "nu" in post else None
-    const = _group(idata, "constant_data")
-    return LawDraws(
-        sources=sources,
-        targets=targets,
-        self_mask=self_mask_for(sources, targets),
-        data_scale=float(const["data_scale"].values),
-        law=str(post.attrs.get("law", idata.attrs.get("law", "transfer"))),
-        likelihood=str(idata.attrs.get("likelihood", "normal")),
-        nu=nu,
-        **params,
-    )
+def require_amounts(draws: Draws, what: str) -> LawDraws:
+    """``draws`` of a law of data amounts (one that predicts any budget and allocates), or a one-line error."""
+    family = laws.of_draws(draws)
+    if not family.amounts:
+        usable = ", ".join(name for name, f in laws.FAMILIES.items() if f.amounts)
+        raise InputError(f"posterior is of the {family.name} law ({family.summary}); {what} needs a law of data amounts "
+                         f"(bayescale fit --law {usable.replace(', ', '|')}); check works on every law")
+    return draws
 
 
 def _group(idata, name) -> xr.Dataset:
@@ -122,24 +61,12 @@ def validate_posterior(idata, source: str = "posterior") -> None:
     for group in required:
         if group not in children:
             raise InputError(f"{source}: not a bayescale posterior (no {group!r} group)")
-    post = idata["posterior"]
-    if is_mixing(idata):
-        # The exponential mixing law (bayescale.laws.mixing) has parameters of its own.
-        for name in ("c", "k", "t", "sigma"):
-            if name not in post.data_vars or not np.all(np.isfinite(post[name].values)):
-                raise InputError(f"{source}: mixing-law posterior variable {name!r} is missing or non-finite")
-        return
-    for name in TARGET_PARAMS:
-        if name not in post.data_vars or "target" not in post[name].dims:
-            raise InputError(f"{source}: posterior variable {name!r} with dim 'target' is missing")
-    for name in PAIR_PARAMS:
-        if name not in post.data_vars or set(post[name].dims) != {"chain", "draw", "source", "target"}:
-            raise InputError(f"{source}: posterior variable {name!r} with dims (source, target) is missing")
-    if "data_scale" not in idata["constant_data"].data_vars:
-        raise InputError(f"{source}: constant_data has no 'data_scale'")
-    for name in TARGET_PARAMS + PAIR_PARAMS:
-        if not np.all(np.isfinite(post[name].values)):
-            raise InputError(f"{source}: posterior variable {name!r} holds non-finite draws")
+    try:
+        family = laws.of_posterior(idata)
+    except InputError:
+        raise InputError(f"{source}: posterior of an unknown law {idata.attrs.get('law')!r}; "
+                         f"this bayescale knows {', '.join(laws.names())}") from None
+    family.validate(idata, source)
 
 
 def save_posterior(idata, path: str | os.PathLike) -> None:
@@ -165,10 +92,7 @@ def load_posterior(path: str | os.PathLike):
 
 def diagnostics(idata) -> dict:
     """Convergence summary over the law's parameters: max r-hat, min bulk/tail ESS, divergences."""
-    if is_mixing(idata):
-        from bayescale.laws.mixing import PARAMS as names
-    else:
-        names = TARGET_PARAMS + PAIR_PARAMS + ("nu",)
+    names = laws.of_posterior(idata).parameters
     return sampler_diagnostics(idata, [n for n in names if n in idata["posterior"].data_vars])
 
 

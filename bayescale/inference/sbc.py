@@ -1,4 +1,4 @@
-"""Simulation-based calibration (Talts et al. 2018) of the transfer-law fit.
+"""Simulation-based calibration (Talts et al. 2018) of the law families of data amounts (the transfer laws).
 
 If the parameters of a world are drawn from the model's prior and its losses from the
 model's likelihood, then for every scalar parameter the rank of the true value among
@@ -30,10 +30,13 @@ import jax
 import numpy as np
 from scipy import stats
 
+from bayescale import laws
 from bayescale._files import write_text_atomic
-from bayescale.laws.transfer import ModelData, transfer_law_model
-from bayescale.inference.posterior import self_mask_for
-from bayescale.data.simulate import Design, draw_world, design_runs
+from bayescale.data.simulate import Design, design_runs, draw_world
+from bayescale.errors import InputError
+from bayescale.inference.sampling import ensure_host_devices
+from bayescale.laws.base import LawFamily, self_mask_for
+from bayescale.laws.transfer import ModelData
 
 # The scalar quantities whose ranks are recorded: per-target parameters and the
 # off-diagonal entries of the transfer matrices.
@@ -81,13 +84,28 @@ def make_design(domains: int = 3, design: Design | None = None, seed: int = 0) -
     return SBCDesign(domains=tuple(world.domains), d=data / scale, fit=fit)
 
 
+def sbc_family(law: str) -> LawFamily:
+    """The family to calibrate: one of data amounts, whose worlds this design (ladders and
+    mixtures at several budgets, larger ones held out) can simulate."""
+    family = laws.get(law)
+    if not family.amounts:
+        raise InputError(f"law: SBC simulates ladders and mixtures at several budgets; the {law} law ({family.summary}) "
+                         "does not model budgets", parameter="law")
+    return family
+
+
+def _model(law: str):
+    family = sbc_family(law)
+    return functools.partial(family.model, **family.model_kwargs(family.likelihoods[0]))
+
+
 def draw_prior_world(design: SBCDesign, key, law: str = "transfer") -> tuple[dict, np.ndarray]:
     """Parameters and log losses of every run (fit and held out) drawn from the model's prior."""
     from numpyro.infer import Predictive
 
     every_run = np.ones(design.d.shape[0], dtype=bool)
     data = design.model_data(None, every_run)
-    sim = Predictive(transfer_law_model, num_samples=1)(key, data, law=law)
+    sim = Predictive(_model(law), num_samples=1)(key, data)
     truth = {k: np.asarray(v)[0] for k, v in sim.items() if k != "log_loss"}
     return truth, np.asarray(sim["log_loss"])[0].reshape(design.d.shape[0], len(design.domains))
 
@@ -96,8 +114,7 @@ def draw_prior_world(design: SBCDesign, key, law: str = "transfer") -> tuple[dic
 def _sampler(law: str, chains: int, warmup: int, draws: int, target_accept: float):
     from numpyro.infer import MCMC, NUTS, init_to_median
 
-    model = functools.partial(transfer_law_model, law=law)
-    kernel = NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=25))
+    kernel = NUTS(_model(law), target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=laws.get(law).init_samples))
     chain_method = "parallel" if jax.local_device_count() >= chains else "sequential"
     return MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method,
                 progress_bar=False, jit_model_args=True)
@@ -128,8 +145,8 @@ def holdout_coverage(design: SBCDesign, samples: dict, log_loss_holdout: np.ndar
     held = ~design.fit
     data = design.model_data(None, held)
     posterior_samples = {k: v for k, v in samples.items() if k != "log_loss"}
-    pred = Predictive(transfer_law_model, posterior_samples=posterior_samples, return_sites=["log_loss"])(
-        jax.random.PRNGKey(seed), data, law=law
+    pred = Predictive(_model(law), posterior_samples=posterior_samples, return_sites=["log_loss"])(
+        jax.random.PRNGKey(seed), data
     )["log_loss"]
     pred = np.asarray(pred)
     observed = log_loss_holdout.reshape(-1)
@@ -177,6 +194,8 @@ def run_sbc(n_worlds: int, out_dir: str | os.PathLike, *, domains: int = 3, law:
     A killed run loses at most the world in progress: rerunning skips finished worlds.
     ``progress``: optional callable ``(done, total)``.
     """
+    sbc_family(law)
+    ensure_host_devices()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     design = make_design(domains, seed=seed)

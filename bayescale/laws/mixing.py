@@ -6,7 +6,7 @@ trained, at a fixed budget, on a mixture with proportions r (r_i >= 0, sum r_i =
 
     L_j(r) = c_j + k_j * exp(sum_i t_ij r_i)
 
-(:func:`bayescale.laws.power.mixing_loss`). c_j >= 0 is the part no mixture removes, k_j > 0
+(:func:`mixing_loss`). c_j >= 0 is the part no mixture removes, k_j > 0
 the rest, t_ij how much (and in which direction) a share of source i moves target j.
 
 **Identification.** Since every r sums to 1, adding δ to column j of t and dividing k_j
@@ -39,8 +39,10 @@ The posterior is an ArviZ DataTree in the spirit of contract 2: groups ``posteri
 (``c``, ``k``, ``sigma``, ``scale_t`` over ``target``; ``t`` over ``(source, target)``;
 ``h`` over ``source``; hyperparameters and sampling coordinates), ``sample_stats``,
 ``log_likelihood``, ``observed_data``, ``constant_data`` (``r_ref`` over ``source``, ``budget``), attrs ``law = "mixing"``.
-It is **not** a transfer-law posterior: :func:`bayescale.inference.posterior.law_draws` does not
-apply; use :func:`mixing_draws`, :func:`predict_mixing` and :func:`check_holdout`.
+It is the ``mixing`` family of the registry (:data:`MIXING`): ``fit(grid, law="mixing")``
+fits it and ``check`` scores it like any other law. A law of proportions at one budget, it
+does not predict other budgets nor allocate (``amounts = False``); :func:`predict_mixing`
+predicts new mixtures.
 """
 
 from __future__ import annotations
@@ -56,15 +58,31 @@ import numpyro.distributions as dist
 import xarray as xr
 
 from bayescale.data import grid as grids
-from bayescale.laws import power as laws
 from bayescale.errors import InputError
-from bayescale.inference.posterior import self_mask_for
+from bayescale.laws.base import cell_coords, fit_runs, flat_draws, observed_cells, self_mask_for
 
 LAW = "mixing"
 PARAMS = ("c", "k", "t", "sigma")
 #: Budgets of the fit runs may differ by this much (relative) before :func:`mixing_data`
 #: warns that the grid is not at one fixed budget.
 BUDGET_TOLERANCE = 0.05
+
+
+def mixing_log_loss(r, c, k, t):
+    """log L_j(r) of the exponential mixing law, computed stably.
+
+    ``L_j(r) = c_j + k_j * exp(sum_i t_ij r_i)``; r: (N, I) proportions, c >= 0 and k > 0:
+    (J,), t: (I, J) real. Returns (N, J): ``logaddexp(log c_j, log k_j + (r @ t)_j)``.
+    Because every r sums to 1, adding a constant to column j of t and dividing k_j by
+    its exponential leaves the law unchanged; the model reports the representative with
+    ``r_ref @ t = 0``.
+    """
+    return jnp.logaddexp(jnp.log(c), jnp.log(k) + r @ t)
+
+
+def mixing_loss(r, c, k, t):
+    """L_j(r) = c_j + k_j * exp(sum_i t_ij r_i): (N, I) proportions -> (N, J) loss."""
+    return c + k * jnp.exp(r @ t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,22 +117,12 @@ def proportions(data, where: str = "grid") -> np.ndarray:
 
 def mixing_data(grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict]:
     """The fit runs of a fixed-budget grid as model arrays, and the coordinates to label them."""
-    fit_runs = grids.select_split(grid, "fit")
-    if fit_runs.sizes["run"] == 0:
-        raise InputError(f"{where}: no runs with split == 'fit' to fit the mixing law to")
-    loss = fit_runs["loss"].transpose("run", "target").values
-    observed_targets = np.isfinite(loss).any(axis=0)
-    if not observed_targets.all():
-        missing = [str(t) for t, ok in zip(fit_runs["target"].values, observed_targets) if not ok]
-        warnings.warn(f"target(s) {', '.join(missing)} have no observed loss in the fit runs and are left out of the fit",
-                      stacklevel=2)
-        fit_runs = fit_runs.isel(target=np.flatnonzero(observed_targets))
-        loss = fit_runs["loss"].transpose("run", "target").values
-    data = fit_runs["data"].transpose("run", "source").values
+    runs, loss = fit_runs(grid, where, "the mixing law")
+    data = runs["data"].transpose("run", "source").values
     budget = data.sum(axis=1)
     empty = np.flatnonzero(budget <= 0)
     if empty.size:
-        raise InputError(f"{where}: run {str(fit_runs['run'].values[empty[0]])!r} has no data; a mixture needs some")
+        raise InputError(f"{where}: run {str(runs['run'].values[empty[0]])!r} has no data; a mixture needs some")
     spread = (budget.max() - budget.min()) / np.median(budget)
     if spread > BUDGET_TOLERANCE:
         warnings.warn(
@@ -128,11 +136,9 @@ def mixing_data(grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict
     r_ref = r.mean(axis=0)
     basis = contrast_basis(r_ref)
     slope_basis, slope_loc, slope_tril = slope_coordinates(r, basis)
-    sources = [str(s) for s in fit_runs["source"].values]
-    targets = [str(t) for t in fit_runs["target"].values]
-    from bayescale.inference.fit import observed_cells
-
-    obs_run, obs_target, observed, log_se = observed_cells(fit_runs, loss)
+    sources = [str(s) for s in runs["source"].values]
+    targets = [str(t) for t in runs["target"].values]
+    obs_run, obs_target, observed, log_se = observed_cells(runs, loss)
     model_data = MixingData(
         r=r,
         obs_run=obs_run,
@@ -151,10 +157,8 @@ def mixing_data(grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict
     coords = {
         "source": sources,
         "target": targets,
-        "obs": np.arange(observed.size),
+        **cell_coords(runs, targets, obs_run, obs_target),
         "contrast": np.arange(len(sources) - 1),
-        "obs_run": ("obs", fit_runs["run"].values[obs_run].astype(str)),
-        "obs_target": ("obs", np.asarray(targets)[obs_target]),
         "budget": float(np.median(budget)),
     }
     return model_data, coords
@@ -241,7 +245,7 @@ def mixing_law_model(data: MixingData):
     y_t = numpyro.sample("y_t", dist.MultivariateNormal(loc, scale_tril=tril).to_event(1))
     t = numpyro.deterministic("t", jnp.asarray(data.slope_basis) @ y_t.T)
 
-    log_mean = laws.mixing_log_loss(jnp.asarray(data.r), c, k, t)
+    log_mean = mixing_log_loss(jnp.asarray(data.r), c, k, t)
     mu = log_mean[data.obs_run, data.obs_target]
     noise = jnp.sqrt(sigma[data.obs_target] ** 2 + jnp.asarray(data.log_se) ** 2)
     with numpyro.plate("obs", mu.shape[0]):
@@ -255,106 +259,8 @@ DIMS = {
 }
 
 
-def fit_mixing(
-    grid: xr.Dataset,
-    *,
-    chains: int = 2,
-    warmup: int = 500,
-    draws: int = 500,
-    seed: int = 0,
-    target_accept: float = 0.9,
-    dense_mass: bool = False,
-    max_tree_depth: int = 10,
-    progress: bool = False,
-    grid_name: str = "",
-    likelihood: str = "normal",
-    method: str = "nuts",
-):
-    """Fit the exponential mixing law to the grid's fit runs with NUTS.
-
-    The grid's ``data`` are read as mixture amounts at one budget (each run's row is
-    normalised to proportions). Returns an ArviZ DataTree (see the module doc) whose
-    attrs say ``law = "mixing"``. ``likelihood`` and ``method`` exist so that
-    :func:`bayescale.inference.fit.fit` can hand its arguments over; only ``"normal"`` / ``"nuts"``
-    are implemented.
-    """
-    from numpyro.infer import MCMC, NUTS, init_to_median
-
-    if likelihood != "normal":
-        raise InputError(f"the mixing law has a normal likelihood only, got --likelihood {likelihood!r}")
-    if method != "nuts":
-        raise InputError(f"the mixing law is fitted with NUTS only, got --method {method!r}")
-    for flag, value in (("--chains", chains), ("--warmup", warmup), ("--draws", draws)):
-        if value < 1:
-            raise InputError(f"{flag} must be >= 1, got {value}")
-    if not 0 < target_accept < 1:
-        raise InputError(f"--target-accept must lie strictly between 0 and 1, got {target_accept}")
-    where = grid_name or "grid"
-    grid = grids.validate_grid(grid, where)
-    data, coords = mixing_data(grid, where)
-    chain_method = "parallel" if jax.local_device_count() >= chains else "sequential"
-    kernel = NUTS(mixing_law_model, target_accept_prob=target_accept, dense_mass=dense_mass, max_tree_depth=max_tree_depth,
-                  init_strategy=init_to_median(num_samples=15))
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method, progress_bar=progress)
-    from bayescale.inference.fit import interruptible
-
-    def sample():  # in a thread, so that Ctrl-C stops a long fit at once (see bayescale.inference.fit.interruptible)
-        mcmc.run(jax.random.PRNGKey(seed), data, extra_fields=("diverging", "energy", "num_steps"))
-        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        return samples, {"diverging": np.asarray(extra["diverging"]), "energy": np.asarray(extra["energy"]),
-                         "n_steps": np.asarray(extra["num_steps"])}
-
-    samples, stats = interruptible(sample)
-    idata = _to_datatree(samples, stats, data, coords)
-    from bayescale.inference.fit import grid_fingerprint
-
-    idata.attrs.update(
-        {
-            "law": LAW,
-            "likelihood": "normal",
-            "method": "nuts",
-            "data_unit": str(grid.attrs.get("data_unit", "units")),
-            "loss_name": str(grid.attrs.get("loss_name", "loss")),
-            "budget": coords["budget"],
-            "grid": grid_name,
-            "grid_fingerprint": grid_fingerprint(grid),
-            "grid_description": str(grid.attrs.get("description", "")),
-            "seed": seed,
-            "parameters": "c, k, sigma (target); t (source, target): L_j(r) = c_j + k_j exp(sum_i t_ij r_i), r_ref @ t = 0",
-        }
-    )
-    return idata
-
-
-def _to_datatree(samples: dict, stats: dict, data: MixingData, coords: dict):
-    import arviz as az
-    from numpyro.infer import log_likelihood
-
-    chains, draws = next(iter(samples.values())).shape[:2]
-    flat = {k: v.reshape((chains * draws,) + v.shape[2:]) for k, v in samples.items()}
-    loglik = np.asarray(log_likelihood(mixing_law_model, flat, data)["log_loss"])
-    groups = {
-        "posterior": samples,
-        "sample_stats": stats,
-        "log_likelihood": {"log_loss": loglik.reshape(chains, draws, -1)},
-        "observed_data": {"log_loss": np.asarray(data.log_loss)},
-        "constant_data": {"r_ref": np.asarray(data.r_ref), "budget": np.float64(coords["budget"])},
-    }
-    dims = {k: v for k, v in DIMS.items() if k in samples or k == "log_loss"}
-    dims["r_ref"] = ["source"]
-    idata = az.from_dict(groups, coords={k: coords[k] for k in ("source", "target", "obs", "contrast")}, dims=dims)
-    for group in ("observed_data", "log_likelihood"):
-        ds = idata[group].to_dataset().assign_coords(obs_run=coords["obs_run"], obs_target=coords["obs_target"])
-        idata[group] = xr.DataTree(ds)
-    post = idata["posterior"].to_dataset()
-    post.attrs["law"] = LAW
-    idata["posterior"] = xr.DataTree(post)
-    return idata
-
-
 # ---------------------------------------------------------------------------
-# draws, prediction, check
+# draws and prediction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,14 +275,19 @@ class MixingDraws:
     sigma: np.ndarray  # (S, J) noise sd of log loss
     r_ref: np.ndarray  # (I,)
     budget: float
+    law: str = LAW
 
     @property
     def n_draws(self) -> int:
         return self.c.shape[0]
 
+    def subset(self, index) -> MixingDraws:
+        """The draws at ``index`` (an index array or slice along the draw axis)."""
+        return dataclasses.replace(self, c=self.c[index], k=self.k[index], t=self.t[index], sigma=self.sigma[index])
+
 
 def mixing_draws(idata) -> MixingDraws:
-    """Flatten a mixing-law posterior (from :func:`fit_mixing`) into :class:`MixingDraws`."""
+    """Flatten a mixing-law posterior into :class:`MixingDraws`."""
     law = idata.attrs.get("law")
     if law != LAW:
         raise InputError(f"not a mixing-law posterior (law = {law!r}); fit it with law='mixing'")
@@ -384,25 +295,20 @@ def mixing_draws(idata) -> MixingDraws:
     for name in PARAMS:
         if name not in post.data_vars:
             raise InputError(f"mixing posterior has no {name!r} variable")
-
-    def flat(name, dims):
-        da = post[name].transpose("chain", "draw", *dims)
-        return np.asarray(da.values, dtype=np.float64).reshape((-1,) + da.shape[2:])
-
     const = idata["constant_data"].to_dataset()
     return MixingDraws(
         sources=tuple(str(s) for s in post["source"].values),
         targets=tuple(str(t) for t in post["target"].values),
-        c=flat("c", ("target",)),
-        k=flat("k", ("target",)),
-        t=flat("t", ("source", "target")),
-        sigma=flat("sigma", ("target",)),
+        c=flat_draws(post, "c", ("target",)),
+        k=flat_draws(post, "k", ("target",)),
+        t=flat_draws(post, "t", ("source", "target")),
+        sigma=flat_draws(post, "sigma", ("target",)),
         r_ref=np.asarray(const["r_ref"].values, dtype=np.float64),
         budget=float(const["budget"].values),
     )
 
 
-_vmapped_log_loss = jax.jit(jax.vmap(laws.mixing_log_loss, in_axes=(None, 0, 0, 0)))
+_vmapped_log_loss = jax.jit(jax.vmap(mixing_log_loss, in_axes=(None, 0, 0, 0)))
 
 
 def log_loss_draws(draws: MixingDraws, r) -> np.ndarray:
@@ -464,46 +370,79 @@ def predict_mixing(draws: MixingDraws, mixtures, *, interval: float = 0.9, noise
     )
 
 
-def holdout_predictions(
-    draws: MixingDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid"
-) -> xr.Dataset:
-    """Posterior predictive of every observed (run, target) cell of the grid's ``split`` runs,
-    in the layout of :func:`bayescale.evaluate.check.holdout_predictions` (``observed``, ``median``,
-    ``mean_law``, ``lo50``/``hi50``, ``lo90``/``hi90``), observation noise included."""
-    runs = grids.select_split(grid, split)
-    if runs.sizes["run"] == 0:
-        raise InputError(f"{where}: no runs with split == {split!r} to check against")
-    grid_targets = [str(x) for x in runs["target"].values]
-    targets = [t for t in draws.targets if t in grid_targets]
-    if not targets:
-        raise InputError(f"{where}: none of the posterior's targets ({', '.join(draws.targets)}) is in the grid")
-    from bayescale.evaluate.check import allocations_for, predictive_bands
-
-    data = allocations_for(draws, runs, where)
-    budget = data.sum(axis=1)
+def amounts_loss_draws(draws: MixingDraws, amounts, *, log: bool = False, where: str = "amounts") -> np.ndarray:
+    """Loss (or log loss) under each draw for rows of raw data ``amounts`` (N, I): the law sees only
+    their proportions, so rows away from the fitted budget are warned about (it does not extrapolate
+    in budget)."""
+    single = np.ndim(amounts) == 1
+    amounts = np.atleast_2d(np.asarray(amounts, dtype=np.float64))
+    budget = amounts.sum(axis=1)
     if np.any(np.abs(budget - draws.budget) > BUDGET_TOLERANCE * draws.budget):
-        warnings.warn(f"{where}: some {split} runs are not at the fitted budget {draws.budget:g}; "
-                      "the mixing law does not extrapolate in budget", stacklevel=2)
-    log_pred = log_loss_draws(draws, proportions(data, where))
-    rng = np.random.default_rng(seed)
-    predictive = log_pred + draws.sigma[:, None, :] * rng.standard_normal(log_pred.shape)
-    return predictive_bands(runs, targets, draws.targets, log_pred, predictive, rng)
+        warnings.warn(f"{where}: some runs are not at the fitted budget {draws.budget:g}; "
+                      "the mixing law does not extrapolate in budget", stacklevel=3)
+    log_l = log_loss_draws(draws, proportions(amounts, where))
+    log_l = log_l[:, 0, :] if single else log_l
+    return log_l if log else np.exp(log_l)
 
 
-def check_holdout(draws: MixingDraws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> dict:
-    """Score the mixing law's predictions of the grid's held-out runs: the dict of
-    :func:`bayescale.evaluate.check.score_predictions` (n, Pearson r, median |relative error|,
-    50 % / 90 % coverage)."""
-    from bayescale.evaluate.check import score_predictions
+@dataclasses.dataclass(frozen=True)
+class MixingFamily:
+    """The exponential mixing law at one fixed budget (:class:`bayescale.laws.base.LawFamily`)."""
 
-    return score_predictions(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
+    name: str = LAW
+    summary: str = "exponential law of mixture proportions at one fixed budget (Ye et al. 2024)"
+    parameters: tuple[str, ...] = PARAMS
+    likelihoods: tuple[str, ...] = ("normal",)
+    methods: tuple[str, ...] = ("nuts",)
+    dims: dict = dataclasses.field(default_factory=lambda: {**DIMS, "r_ref": ["source"]})
+    coords: tuple[str, ...] = ("source", "target", "contrast")
+    init_samples: int = 15
+    amounts: bool = False  # a law of proportions: no prediction at other budgets, no allocation
+    transfer: bool = False
+
+    def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict]:
+        return mixing_data(grid, where)
+
+    def identification_warnings(self, data: MixingData, coords: dict, unit: str = "units") -> list[str]:
+        return []  # mixing_data warns of budgets that are not one fixed budget
+
+    def model(self, data: MixingData, **kwargs) -> None:
+        mixing_law_model(data)
+
+    def model_kwargs(self, likelihood: str) -> dict:
+        return {}
+
+    def constant_data(self, data: MixingData, coords: dict) -> dict:
+        return {"r_ref": np.asarray(data.r_ref), "budget": np.float64(coords["budget"])}
+
+    def posterior_attrs(self, coords: dict) -> dict:
+        return {"budget": coords["budget"],
+                "parameters": "c, k, sigma (target); t (source, target): L_j(r) = c_j + k_j exp(sum_i t_ij r_i), r_ref @ t = 0"}
+
+    def validate(self, idata, source: str) -> None:
+        post = idata["posterior"]
+        for name in PARAMS:
+            if name not in post.data_vars or not np.all(np.isfinite(post[name].values)):
+                raise InputError(f"{source}: mixing-law posterior variable {name!r} is missing or non-finite")
+
+    def draws(self, idata) -> MixingDraws:
+        return mixing_draws(idata)
+
+    def loss_draws(self, draws: MixingDraws, amounts, *, log: bool = False) -> np.ndarray:
+        return amounts_loss_draws(draws, amounts, log=log)
+
+    def example_grid(self, seed: int = 0) -> xr.Dataset:
+        names = ["web", "code", "books"]
+        t = np.array([[-1.0, 0.4, 0.2], [0.3, -1.5, 0.1], [0.2, 0.3, -0.8]])
+        return simulate_mixing_grid([1.5, 0.8, 1.1], [0.9, 0.6, 0.5], t, [0.01, 0.01, 0.01], sources=names, targets=names,
+                                    runs=40, holdout=8, seed=seed)
+
+    def add_noise(self, log_loss: np.ndarray, draws: MixingDraws, rng: np.random.Generator) -> np.ndarray:
+        sigma = draws.sigma.reshape(draws.sigma.shape[:1] + (1,) * (log_loss.ndim - 2) + draws.sigma.shape[1:])
+        return log_loss + sigma * rng.standard_normal(log_loss.shape)
 
 
-def diagnostics(idata) -> dict:
-    """Convergence summary over c, k, t and sigma (:func:`bayescale.inference.posterior.sampler_diagnostics`)."""
-    from bayescale.inference.posterior import sampler_diagnostics
-
-    return sampler_diagnostics(idata, PARAMS)
+MIXING = MixingFamily()
 
 
 # ---------------------------------------------------------------------------
@@ -539,7 +478,7 @@ def simulate_mixing_grid(
     c, k, sigma = (np.asarray(x, dtype=np.float64) for x in (c, k, sigma))
     t = np.asarray(t, dtype=np.float64)
     r = rng.dirichlet(np.full(len(sources), concentration), size=runs)
-    log_l = np.asarray(laws.mixing_log_loss(jnp.asarray(r), jnp.asarray(c), jnp.asarray(k), jnp.asarray(t)))
+    log_l = np.asarray(mixing_log_loss(jnp.asarray(r), jnp.asarray(c), jnp.asarray(k), jnp.asarray(t)))
     loss = np.exp(log_l + sigma[None, :] * rng.standard_normal(log_l.shape))
     split = ["fit"] * (runs - holdout) + ["holdout"] * holdout
     return grids.make_grid(

@@ -10,7 +10,7 @@ and allocation d over the sources::
 linearly with coefficient 1) and 0 elsewhere. The functions take one parameter
 set; callers ``vmap`` over posterior draws.
 
-Laws in the registry:
+The families built on it (:mod:`bayescale.laws.transfer`):
 
 - ``transfer``: T_ij >= 0 and beta_ij in (0, 1] free.
 - ``linear``: beta_ij = 1 (a linear exchange rate between domains).
@@ -19,9 +19,10 @@ Laws in the registry:
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+import functools
 
-LAWS = ("transfer", "linear", "independent")
+import jax
+import jax.numpy as jnp
 
 
 def safe_power(d, beta):
@@ -54,35 +55,23 @@ def log_loss(d, E, A, alpha, x0, T, beta, self_mask):
     return jnp.logaddexp(jnp.log(E), jnp.log(A) - alpha * jnp.log(x))
 
 
-def check_law(law: str) -> str:
-    if law not in LAWS:
-        from bayescale.errors import InputError
+@functools.partial(jax.jit, static_argnames=("log",))
+def loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, log=False):
+    """(N, I) allocations x S draws -> (S, N, J) law loss (or its log).
 
-        raise InputError(f"unknown law {law!r}: choose one of {', '.join(LAWS)}")
-    return law
-
-
-# ---------------------------------------------------------------------------
-# The exponential data mixing law (Ye et al. 2024, "Data Mixing Laws"), a law at one
-# fixed budget: it maps mixture *proportions* r (each row sums to 1) to loss, and is
-# fitted by :mod:`bayescale.laws.mixing`, not by the transfer model.
-
-#: Laws of mixture proportions at a fixed budget (fitted by :func:`bayescale.laws.mixing.fit_mixing`).
-MIXING_LAWS = ("mixing",)
-
-
-def mixing_log_loss(r, c, k, t):
-    """log L_j(r) of the exponential mixing law, computed stably.
-
-    ``L_j(r) = c_j + k_j * exp(sum_i t_ij r_i)``; r: (N, I) proportions, c >= 0 and k > 0:
-    (J,), t: (I, J) real. Returns (N, J): ``logaddexp(log c_j, log k_j + (r @ t)_j)``.
-    Because every r sums to 1, adding a constant to column j of t and dividing k_j by
-    its exponential leaves the law unchanged; :mod:`bayescale.laws.mixing` reports the
-    representative with ``r_ref @ t = 0``.
+    The same law as :func:`loss`, written for many draws at once: log d is
+    taken once per allocation (log 0 = -inf, so d^beta = exp(beta log d) = 0 without a
+    branch), and the sum over sources is unrolled into elementwise (S, N, J) terms, which
+    XLA fuses into one loop (5x faster on CPU than a reduction over a (S, N, I, J) array).
     """
-    return jnp.logaddexp(jnp.log(c), jnp.log(k) + r @ t)
-
-
-def mixing_loss(r, c, k, t):
-    """L_j(r) = c_j + k_j * exp(sum_i t_ij r_i): (N, I) proportions -> (N, J) loss."""
-    return c + k * jnp.exp(r @ t)
+    log_d = jnp.log(d)  # (N, I)
+    transfer = T * (1.0 - self_mask)  # (S, I, J); a target's own source enters via d @ self_mask
+    x = x0[:, None, :] + (d @ self_mask)[None]
+    for i in range(d.shape[1]):
+        x = x + transfer[:, None, i, :] * jnp.exp(beta[:, None, i, :] * log_d[None, :, i, None])
+    # Without this barrier XLA fuses the power-law step into the loop above into one kernel
+    # that runs 5x slower on CPU than the two loops apart (measured: 0.9 s vs 0.17 s).
+    log_x = jnp.log(jax.lax.optimization_barrier(x))
+    if log:
+        return jnp.logaddexp(jnp.log(E)[:, None, :], jnp.log(A)[:, None, :] - alpha[:, None, :] * log_x)
+    return E[:, None, :] + A[:, None, :] * jnp.exp(-alpha[:, None, :] * log_x)

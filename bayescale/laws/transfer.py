@@ -1,4 +1,5 @@
-"""The hierarchical Bayesian transfer scaling law as a NumPyro model.
+"""The transfer-law families (``transfer``, ``linear``, ``independent``): the hierarchical
+Bayesian power law in effective data, how it reads a grid, its draws and predictions.
 
 Everything the model needs from a grid is packed into :class:`ModelData` (arrays in
 law units), so the model itself is a pure function of arrays and can be sampled,
@@ -28,10 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+import xarray as xr
 
+from bayescale.data import grid as grids
+from bayescale.data import simulate
+from bayescale.errors import InputError
 from bayescale.laws import power as laws
+from bayescale.laws.base import cell_coords, fit_runs, flat_draws, observed_cells, self_mask_for
 
 LIKELIHOODS = ("normal", "student_t")
+TARGET_PARAMS = ("E", "A", "alpha", "x0", "sigma")
+PAIR_PARAMS = ("T", "beta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,3 +123,281 @@ def transfer_law_model(data: ModelData, law: str = "transfer", likelihood: str =
 
 def jax_sigmoid(x):
     return 1.0 / (1.0 + jnp.exp(-x))
+
+
+# ---------------------------------------------------------------------------
+# reading a grid
+
+
+def model_data(grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
+    """Turn the fit runs of a grid into model arrays (law units) and the coordinates to label them.
+
+    ``where`` names the grid (its file) in error messages."""
+    runs, loss = fit_runs(grid, where)
+    scale = grids.data_scale(runs, where)
+    sources = [str(s) for s in runs["source"].values]
+    targets = [str(t) for t in runs["target"].values]
+    obs_run, obs_target, observed, log_se = observed_cells(runs, loss)
+    data = ModelData(
+        d=runs["data"].transpose("run", "source").values / scale,
+        obs_run=obs_run,
+        obs_target=obs_target,
+        log_loss=np.log(observed),
+        log_se=log_se,
+        self_mask=self_mask_for(sources, targets),
+        loss_floor=np.array([np.nanmin(loss[:, j]) for j in range(len(targets))]),
+        loss_scale=np.array([np.nanmedian(loss[:, j]) for j in range(len(targets))]),
+    )
+    coords = {"source": sources, "target": targets, **cell_coords(runs, targets, obs_run, obs_target), "data_scale": scale}
+    return data, coords
+
+
+def identification_warnings(data: ModelData, coords: dict, law: str = "transfer", unit: str = "units") -> list[str]:
+    """What the fit runs cannot tell apart, as one-line warnings (the fit still runs).
+
+    Parameters the data say nothing about keep their (wide) priors, so the posterior stays
+    honest; but a reader must know that intervals there are the prior's, not the grid's:
+
+    - every fit run has the same budget: the law is fitted to how runs split that budget,
+      and predictions at other budgets extrapolate from that alone;
+    - a source without data in any fit run: its scaling and transfer are not identified;
+    - (transfer laws) no cross-domain variation: no run with data from one domain was
+      evaluated on another, or every run mixes the sources in the same proportions, so
+      transfer cannot be told apart from a domain's own data; or, short of that, the
+      (source, target) pairs no run informs.
+    """
+    d = np.asarray(data.d, dtype=np.float64)
+    sources, targets = list(coords["source"]), list(coords["target"])
+    scale = float(coords["data_scale"])
+    out = []
+    budgets = d.sum(axis=1)
+    positive = np.sort(budgets[budgets > 0])
+    if positive.size and positive[-1] <= positive[0] * (1 + 1e-9):
+        out.append(
+            f"every fit run has the same budget ({positive[0] * scale:g} {unit}): the law is fitted to how the runs split it, "
+            "so predictions at other budgets rest on the law's form and its priors; add runs at other budgets "
+            "(or fit the fixed-budget mixing law, --law mixing)"
+        )
+    unused = [s for i, s in enumerate(sources) if not (d[:, i] > 0).any()]
+    if unused:
+        out.append(
+            f"source(s) {', '.join(unused)} have no data in any fit run: their scaling and their transfer "
+            "to other targets are not identified and keep their priors"
+        )
+    if law == "independent":
+        return out
+    off = 1.0 - np.asarray(data.self_mask) > 0  # (I, J): pairs with a transfer coefficient
+    informed = np.zeros(off.shape, dtype=bool)
+    same_mix = []
+    for j in range(len(targets)):
+        rows = np.unique(data.obs_run[data.obs_target == j])
+        informed[:, j] = (d[rows] > 0).any(axis=0)
+        mixes = d[rows][budgets[rows] > 0]
+        shares = mixes / mixes.sum(axis=1, keepdims=True)
+        # Only one way of mixing the sources, and more than one source in it: own data and
+        # transferred data always move together and cannot be told apart.
+        same_mix.append(len(shares) > 0 and np.ptp(shares, axis=0).max() < 1e-9 and (shares[0] > 0).sum() > 1)
+    if off.any() and (not (informed & off).any() or all(same_mix)):
+        out.append(
+            "transfer is not identified: no cross-domain variation in the fit runs (no run with data from one domain is "
+            "evaluated on another, or every run mixes the sources in the same proportions); T and beta keep their wide "
+            "priors; add single-domain runs evaluated on every target, or runs with different mixtures"
+        )
+    else:
+        missing = [(sources[i], targets[j]) for i, j in zip(*np.nonzero(off & ~informed)) if sources[i] not in unused]
+        if missing:
+            example = ", ".join(f"{a} -> {b}" for a, b in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            out.append(
+                f"transfer of {len(missing)} of {int(off.sum())} (source, target) pairs is not informed by any fit run "
+                f"({example}): no run with data from that source is evaluated on that target; those T and beta keep their priors"
+            )
+    return out
+
+
+DIMS = {
+    "E": ["target"], "A": ["target"], "alpha": ["target"], "x0": ["target"], "sigma": ["target"],
+    "e": ["target"], "z_alpha": ["target"], "z_A": ["target"], "z_x0": ["target"], "z_sigma": ["target"],
+    "r": ["target"], "receptivity": ["target"], "h": ["source"], "hubness": ["source"],
+    "T": ["source", "target"], "beta": ["source", "target"], "u": ["source", "target"], "b": ["source", "target"],
+    "log_loss": ["obs"],
+}
+
+
+# ---------------------------------------------------------------------------
+# draws and prediction
+
+
+@dataclasses.dataclass(frozen=True)
+class LawDraws:
+    """Posterior draws of a transfer-law family, flattened over (chain, draw) into one axis of length S.
+
+    The flat NumPy view that ``predict``, ``allocate``, ``check`` and ``hubs`` work on; the
+    bootstrap (:mod:`bayescale.inference.bootstrap`) makes one too, one draw per replicate."""
+
+    sources: tuple[str, ...]
+    targets: tuple[str, ...]
+    self_mask: np.ndarray  # (I, J): 1 where source i is target j
+    E: np.ndarray  # (S, J)
+    A: np.ndarray  # (S, J)
+    alpha: np.ndarray  # (S, J)
+    x0: np.ndarray  # (S, J)
+    sigma: np.ndarray  # (S, J) noise sd of log loss
+    T: np.ndarray  # (S, I, J)
+    beta: np.ndarray  # (S, I, J)
+    data_scale: float
+    law: str = "transfer"
+    likelihood: str = "normal"
+    nu: np.ndarray | None = None  # (S,) Student-t degrees of freedom
+
+    @property
+    def n_draws(self) -> int:
+        return self.E.shape[0]
+
+    def subset(self, index) -> LawDraws:
+        """The draws at ``index`` (an index array or slice along the draw axis)."""
+        fields = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in TARGET_PARAMS + PAIR_PARAMS or (f.name == "nu" and value is not None):
+                value = value[index]
+            fields[f.name] = value
+        return LawDraws(**fields)
+
+    def source_index(self, name: str, parameter: str = "allocation") -> int:
+        """Index of source ``name``; an unknown name is an error about ``parameter``."""
+        if name not in self.sources:
+            raise InputError(f"{parameter}: unknown source domain {name!r}; the posterior's sources are {', '.join(self.sources)}",
+                             parameter=parameter)
+        return self.sources.index(name)
+
+    def target_index(self, name: str, parameter: str = "weights") -> int:
+        """Index of target ``name``; an unknown name is an error about ``parameter``."""
+        if name not in self.targets:
+            raise InputError(f"{parameter}: unknown target domain {name!r}; the posterior's targets are {', '.join(self.targets)}",
+                             parameter=parameter)
+        return self.targets.index(name)
+
+
+def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 256) -> np.ndarray:
+    """Law loss of every target for each allocation under each draw.
+
+    ``allocations``: (N, I) or (I,) array in the grid's data units (not rescaled).
+    Returns (S, N, J) float32 (or (S, J) for a single allocation).
+    """
+    allocations = np.asarray(allocations, dtype=np.float32)
+    single = allocations.ndim == 1
+    d = np.atleast_2d(allocations) / np.float32(draws.data_scale)
+    params = [jnp.asarray(p, dtype=jnp.float32) for p in (draws.E, draws.A, draws.alpha, draws.x0, draws.T, draws.beta)]
+    mask = jnp.asarray(draws.self_mask, dtype=jnp.float32)
+    n = d.shape[0]
+    chunk = min(chunk, n)
+    # Pad to whole chunks so every call has the same shape and XLA compiles once.
+    padded = np.concatenate([d, np.ones((-n % chunk, d.shape[1]), np.float32)])
+    result = np.empty((draws.n_draws, padded.shape[0], len(draws.targets)), dtype=np.float32)
+    for i in range(0, padded.shape[0], chunk):
+        result[:, i : i + chunk] = np.asarray(laws.loss_all_draws(jnp.asarray(padded[i : i + chunk]), *params, mask, log=log))
+    result = result[:, :n]
+    return result[:, 0, :] if single else result
+
+
+def add_observation_noise(log_loss: np.ndarray, draws: LawDraws, rng: np.random.Generator) -> np.ndarray:
+    """Posterior predictive draws of observed log loss: the law plus each draw's noise (last axis = target)."""
+    sigma = draws.sigma.reshape(draws.sigma.shape[:1] + (1,) * (log_loss.ndim - 2) + draws.sigma.shape[1:])
+    if draws.likelihood == "student_t" and draws.nu is not None:
+        nu = draws.nu.reshape((-1,) + (1,) * (log_loss.ndim - 1))
+        noise = rng.standard_t(np.broadcast_to(nu, log_loss.shape))
+    else:
+        noise = rng.standard_normal(log_loss.shape)
+    return log_loss + sigma * noise
+
+
+# ---------------------------------------------------------------------------
+# the families
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferFamily:
+    """A transfer-law family (:class:`bayescale.laws.base.LawFamily`): ``transfer`` (T and beta
+    free), ``linear`` (beta = 1) or ``independent`` (T = 0, transfer-unaware)."""
+
+    name: str
+    summary: str
+    parameters: tuple[str, ...] = TARGET_PARAMS + PAIR_PARAMS + ("nu",)
+    likelihoods: tuple[str, ...] = LIKELIHOODS
+    methods: tuple[str, ...] = ("nuts", "svi")
+    dims: dict = dataclasses.field(default_factory=lambda: dict(DIMS))
+    coords: tuple[str, ...] = ("source", "target")
+    init_samples: int = 25
+    amounts: bool = True
+
+    @property
+    def transfer(self) -> bool:
+        return self.name != "independent"
+
+    def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
+        return model_data(grid, where)
+
+    def identification_warnings(self, data: ModelData, coords: dict, unit: str = "units") -> list[str]:
+        return identification_warnings(data, coords, self.name, unit)
+
+    def model(self, data: ModelData, **kwargs) -> None:
+        transfer_law_model(data, **kwargs)
+
+    def model_kwargs(self, likelihood: str) -> dict:
+        return {"law": self.name, "likelihood": likelihood}
+
+    def constant_data(self, data: ModelData, coords: dict) -> dict:
+        return {"data_scale": np.float64(coords["data_scale"])}
+
+    def posterior_attrs(self, coords: dict) -> dict:
+        return {"data_scale": float(coords["data_scale"])}
+
+    def validate(self, idata, source: str) -> None:
+        post = idata["posterior"]
+        for name in TARGET_PARAMS:
+            if name not in post.data_vars or "target" not in post[name].dims:
+                raise InputError(f"{source}: posterior variable {name!r} with dim 'target' is missing")
+        for name in PAIR_PARAMS:
+            if name not in post.data_vars or set(post[name].dims) != {"chain", "draw", "source", "target"}:
+                raise InputError(f"{source}: posterior variable {name!r} with dims (source, target) is missing")
+        if "data_scale" not in idata["constant_data"].data_vars:
+            raise InputError(f"{source}: constant_data has no 'data_scale'")
+        for name in TARGET_PARAMS + PAIR_PARAMS:
+            if not np.all(np.isfinite(post[name].values)):
+                raise InputError(f"{source}: posterior variable {name!r} holds non-finite draws")
+
+    def draws(self, idata) -> LawDraws:
+        post = idata["posterior"].to_dataset()
+        sources = tuple(str(s) for s in post["source"].values)
+        targets = tuple(str(t) for t in post["target"].values)
+        params = {name: flat_draws(post, name, ("target",)) for name in TARGET_PARAMS}
+        params.update({name: flat_draws(post, name, ("source", "target")) for name in PAIR_PARAMS})
+        return LawDraws(
+            sources=sources,
+            targets=targets,
+            self_mask=self_mask_for(sources, targets),
+            data_scale=float(idata["constant_data"].to_dataset()["data_scale"].values),
+            law=str(post.attrs.get("law", idata.attrs.get("law", "transfer"))),
+            likelihood=str(idata.attrs.get("likelihood", "normal")),
+            nu=flat_draws(post, "nu", ()) if "nu" in post else None,
+            **params,
+        )
+
+    def loss_draws(self, draws: LawDraws, amounts, *, log: bool = False) -> np.ndarray:
+        return loss_draws(draws, amounts, log=log)
+
+    def add_noise(self, log_loss: np.ndarray, draws: LawDraws, rng: np.random.Generator) -> np.ndarray:
+        return add_observation_noise(log_loss, draws, rng)
+
+    def example_grid(self, seed: int = 0) -> xr.Dataset:
+        world = simulate.draw_world(3, seed=seed)
+        if not self.transfer:
+            world = dataclasses.replace(world, T=np.eye(3))
+        elif self.name == "linear":
+            world = dataclasses.replace(world, beta=np.ones_like(world.beta))
+        return simulate.simulate_grid(world, seed=seed)
+
+
+TRANSFER = TransferFamily("transfer", "hierarchical power law in effective data with asymmetric transfer T and exponents beta")
+LINEAR = TransferFamily("linear", "the transfer law with beta = 1 (a linear exchange rate between domains)")
+INDEPENDENT = TransferFamily("independent", "each target sees only its own data (T = 0, transfer-unaware)")

@@ -47,7 +47,7 @@ WIDE_HEADER = "run,data_a,data_b,loss_a,loss_b\n"
 @pytest.fixture(scope="module")
 def mixing_fit(tmp_path_factory):
     """A real (very short) fit of the exponential mixing law: a valid posterior the transfer-only commands refuse."""
-    from bayescale.laws.power import mixing
+    from bayescale.laws import mixing
     from bayescale.inference.fit import fit
     from bayescale.inference.posterior import save_posterior
 

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 
 from bayescale.cli import app
 from bayescale.errors import InputError
-from bayescale.inference.fit import fit, identification_warnings, model_data
+from bayescale.inference.fit import fit
+from bayescale.laws.transfer import identification_warnings, model_data
 from bayescale.data.grid import make_grid, save_grid, validate_grid
 from bayescale.inference.posterior import law_draws
 from bayescale.evaluate.predict import loss_draws

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from bayescale.errors import InputError
-from bayescale.inference.fit import fit, model_data
+from bayescale.inference.fit import fit
+from bayescale.laws.transfer import model_data
 from bayescale.data.grid import select_split
 from bayescale.inference.posterior import diagnostics, law_draws, load_posterior, save_posterior, validate_posterior
 from bayescale.data.simulate import true_params
@@ -85,8 +86,9 @@ def test_loss_se_enters_the_noise(small_grid):
 
 
 def test_bad_settings_are_clear_errors(small_grid):
-    with pytest.raises(InputError, match="--chains"):
+    with pytest.raises(InputError, match="^chains must be >= 1") as caught:
         fit(small_grid, chains=0)
+    assert caught.value.parameter == "chains"
     with pytest.raises(InputError, match="unknown law"):
         fit(small_grid, law="cubic")
     with pytest.raises(InputError, match="no runs with split == 'fit'"):

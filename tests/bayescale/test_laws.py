@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bayescale.laws import power as laws
-from bayescale.inference.posterior import self_mask_for
+from bayescale.data.grid import self_mask_for
 
 
 def random_params(rng, n_sources=4, n_targets=4):
@@ -68,5 +68,8 @@ def test_gradient_is_finite_at_zero_data():
 def test_unknown_law_is_a_clear_error():
     from bayescale.errors import InputError
 
-    with pytest.raises(InputError, match="unknown law 'quadratic'"):
-        laws.check_law("quadratic")
+    from bayescale import laws as registry
+
+    with pytest.raises(InputError, match="law: unknown law 'quadratic'; choose one of transfer, linear, independent, mixing") as caught:
+        registry.get("quadratic")
+    assert caught.value.parameter == "law"

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from bayescale.laws import power as laws
-from bayescale.laws.power import mixing
 from bayescale.data import realgrids
 from bayescale.errors import InputError
+from bayescale.evaluate.check import check_holdout
+from bayescale.inference.fit import fit
+from bayescale.inference.posterior import diagnostics
+from bayescale.laws import mixing
 
 SOURCES = ["a", "b", "c", "d"]
 TARGETS = ["a", "b", "c"]
@@ -32,17 +34,17 @@ def true_law(seed=3):
 def test_mixing_loss_matches_the_formula_written_out():
     c, k, t = true_law()
     r = np.random.default_rng(0).dirichlet(np.ones(4), size=6)
-    got = np.asarray(laws.mixing_loss(jnp.asarray(r), c, k, t))
+    got = np.asarray(mixing.mixing_loss(jnp.asarray(r), c, k, t))
     for n in range(6):
         for j in range(3):
             assert got[n, j] == pytest.approx(c[j] + k[j] * np.exp(sum(t[i, j] * r[n, i] for i in range(4))), rel=1e-5)
-    np.testing.assert_allclose(np.asarray(laws.mixing_log_loss(jnp.asarray(r), c, k, t)), np.log(got), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(mixing.mixing_log_loss(jnp.asarray(r), c, k, t)), np.log(got), rtol=1e-5)
 
 
 def test_mixing_log_loss_has_finite_gradients_even_with_tiny_c_and_pure_mixtures():
     c, k, t = true_law()
     r = jnp.asarray(np.vstack([np.eye(4), np.full((1, 4), 0.25)]))
-    f = lambda c, k, t: laws.mixing_log_loss(r, c, k, t).sum()  # noqa: E731
+    f = lambda c, k, t: mixing.mixing_log_loss(r, c, k, t).sum()  # noqa: E731
     for c_value in (c, np.full(3, 1e-12)):
         grads = jax.grad(f, argnums=(0, 1, 2))(jnp.asarray(c_value), jnp.asarray(k), jnp.asarray(t))
         assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
@@ -54,7 +56,7 @@ def test_identified_representative_is_the_same_law():
     r_ref = r.mean(axis=0)
     ci, ki, ti = mixing.identified(c, k, t, r_ref)
     np.testing.assert_allclose(r_ref @ ti, 0.0, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(laws.mixing_loss(r, ci, ki, ti)), np.asarray(laws.mixing_loss(r, c, k, t)), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(mixing.mixing_loss(r, ci, ki, ti)), np.asarray(mixing.mixing_loss(r, c, k, t)), rtol=1e-5)
 
 
 def test_sampling_coordinates_span_the_identified_exponents_and_whiten_the_design():
@@ -74,8 +76,13 @@ def test_sampling_coordinates_span_the_identified_exponents_and_whiten_the_desig
     assert np.allclose(slope_tril, np.tril(slope_tril))
 
 
-def test_mixing_is_not_a_transfer_law():
-    assert "mixing" in laws.MIXING_LAWS and "mixing" not in laws.LAWS
+def test_mixing_is_a_registered_family_of_proportions_not_amounts():
+    from bayescale import laws as registry
+
+    family = registry.get("mixing")
+    assert family is mixing.MIXING and "mixing" in registry.names()
+    assert not family.amounts and not family.transfer  # no prediction at other budgets, no hubs
+    assert all(registry.get(name).amounts for name in ("transfer", "linear", "independent"))
 
 
 # ---------------------------------------------------------------------------
@@ -91,10 +98,8 @@ def simulated():
 
 @pytest.fixture(scope="module")
 def simulated_fit(simulated):
-    from bayescale.inference.fit import fit
-
     grid, _ = simulated
-    # through bayescale.inference.fit.fit: law="mixing" dispatches to mixing.fit_mixing
+    # the generic fit, with the mixing family from the registry
     return fit(grid, law="mixing", chains=2, warmup=300, draws=300, target_accept=0.9, seed=0, grid_name="sim.nc")
 
 
@@ -117,7 +122,7 @@ def test_fit_returns_a_posterior_tree_with_the_mixing_parameters(simulated_fit):
 
 def test_model_recovers_the_known_law(simulated, simulated_fit):
     grid, (c, k, t) = simulated
-    diag = mixing.diagnostics(simulated_fit)
+    diag = diagnostics(simulated_fit)
     assert diag["divergences"] <= 5 and diag["max_rhat"] < 1.05
     draws = mixing.mixing_draws(simulated_fit)
     ci, ki, ti = mixing.identified(c, k, t, draws.r_ref)
@@ -132,7 +137,7 @@ def test_model_recovers_the_known_law(simulated, simulated_fit):
 def test_held_out_mixtures_are_predicted(simulated, simulated_fit):
     grid, _ = simulated
     draws = mixing.mixing_draws(simulated_fit)
-    scores = mixing.check_holdout(draws, grid)
+    scores = check_holdout(draws, grid)
     assert set(scores) >= {"n", "pearson_r", "median_abs_rel_error", "coverage_50", "coverage_90"}
     assert scores["n"] == 60
     assert scores["pearson_r"] > 0.99
@@ -148,7 +153,7 @@ def test_predict_new_mixtures(simulated, simulated_fit):
     assert pred["median"].dims == ("mixture", "target") and pred.sizes == {"mixture": 3, "target": 3, "source": 4}
     assert (pred["lo"] <= pred["median"]).all() and (pred["median"] <= pred["hi"]).all()
     np.testing.assert_allclose(pred["proportions"].values.sum(axis=1), 1.0)
-    truth = np.asarray(laws.mixing_loss(pred["proportions"].values, c, k, t))
+    truth = np.asarray(mixing.mixing_loss(pred["proportions"].values, c, k, t))
     np.testing.assert_allclose(pred["median"].values, truth, rtol=0.05)
     same = mixing.predict_mixing(draws, pred["proportions"].values)  # an array in source order works too
     np.testing.assert_allclose(same["median"].values, pred["median"].values)
@@ -183,9 +188,11 @@ def test_fit_refuses_a_grid_it_cannot_mix(simulated):
     one_source = grid.isel(source=[0])
     one_source = one_source.assign(data=one_source["data"] * 0 + 1.0)
     with pytest.raises(InputError, match="at least 2 sources"):
-        mixing.fit_mixing(one_source)
-    with pytest.raises(InputError, match="normal likelihood only"):
-        mixing.fit_mixing(grid, likelihood="student_t")
+        fit(one_source, law="mixing")
+    with pytest.raises(InputError, match="likelihood must be one of normal, got 'student_t'"):
+        fit(grid, law="mixing", likelihood="student_t")
+    with pytest.raises(InputError, match="method must be one of nuts, got 'svi'"):
+        fit(grid, law="mixing", method="svi")
 
 
 # ---------------------------------------------------------------------------
@@ -196,8 +203,8 @@ def test_fit_refuses_a_grid_it_cannot_mix(simulated):
 @pytest.mark.skipif(realgrids.shared_data_dir() is None, reason="shared third-party data not found")
 def test_regmix_held_out_runs_are_predicted():
     grid = realgrids.regmix_grid(seed=0)
-    idata = mixing.fit_mixing(grid, chains=2, warmup=300, draws=300, seed=0)
-    scores = mixing.check_holdout(mixing.mixing_draws(idata), grid)
+    idata = fit(grid, law="mixing", chains=2, warmup=300, draws=300, seed=0, target_accept=0.9)
+    scores = check_holdout(mixing.mixing_draws(idata), grid)
     # measured (2 x 300 draws, seed 0): r 0.955, coverage 50 % 0.47, 90 % 0.93
     assert scores["n"] == 102 * 13
     assert scores["pearson_r"] > 0.93
@@ -210,6 +217,7 @@ def test_command_line_fits_and_checks_a_mixing_grid_and_refuses_transfer_only_co
 
     from bayescale.cli import app
     from bayescale.data.grid import save_grid
+    from bayescale.inference.posterior import load_posterior
 
     grid, _ = simulated
     grid_path, fit_path, out = tmp_path / "g.nc", tmp_path / "f.nc", tmp_path / "c.json"
@@ -224,5 +232,14 @@ def test_command_line_fits_and_checks_a_mixing_grid_and_refuses_transfer_only_co
 
     scores = json.loads(out.read_text())
     assert scores["pearson_r"] > 0.9 and "calibration" in scores
-    r = runner.invoke(app, ["predict", str(fit_path), "--alloc", f"{SOURCES[0]}=1"])
-    assert r.exit_code == 2 and "mixing law" in r.output and r.output.strip().count("\n") == 0, r.output
+    # predict: a mixture at the fitted budget (the law sees its proportions)
+    r = runner.invoke(app, ["predict", str(fit_path), "--alloc", f"{SOURCES[0]}=0.5,{SOURCES[1]}=0.5", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    predicted = json.loads(out.read_text())["targets"]
+    draws = mixing.mixing_draws(load_posterior(fit_path))
+    expected = np.median(np.exp(mixing.log_loss_draws(draws, [[0.5, 0.5, 0.0, 0.0]])[:, 0, :]), axis=0)
+    np.testing.assert_allclose([predicted[t]["median"] for t in TARGETS], expected, rtol=1e-6)
+    # allocate and hubs need a law of data amounts / with transfer: one line, exit 2
+    for argv in (["allocate", str(fit_path), "--budget", "2"], ["hubs", str(fit_path)]):
+        r = runner.invoke(app, argv)
+        assert r.exit_code == 2 and "mixing law" in r.output and r.output.strip().count("\n") == 0, r.output

@@ -80,8 +80,8 @@ def make_inputs() -> None:
     """The fixed-budget grid of the mixing law (committed; made once from a known law)."""
     import numpy as np
 
-    from bayescale import mixing
-    from bayescale.grid import save_grid
+    from bayescale.laws import mixing
+    from bayescale import save_grid
 
     names = ["web", "code", "books"]
     t = np.array([[-1.0, 0.4, 0.2], [0.3, -1.5, 0.1], [0.2, 0.3, -0.8]])
@@ -95,7 +95,7 @@ def posterior_summary(path: Path) -> dict:
     """What a fit command produced, as JSON: per variable mean and sd over draws, diagnostics, attrs."""
     import numpy as np
 
-    from bayescale.posterior import load_posterior
+    from bayescale import load_posterior
 
     idata = load_posterior(path)
     post = idata["posterior"].to_dataset()
@@ -142,7 +142,7 @@ def _quantile_threshold(fit_path: Path, target: str, q: float) -> str:
     """A chance threshold the posterior can meet with enough data: 1.3 x the q-quantile of the target's E."""
     import numpy as np
 
-    from bayescale.posterior import law_draws, load_posterior
+    from bayescale import law_draws, load_posterior
 
     draws = law_draws(load_posterior(fit_path))
     j = draws.targets.index(target)

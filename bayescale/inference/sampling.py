@@ -1,0 +1,133 @@
+"""Running the samplers: host devices for parallel chains, NUTS and SVI over any law
+family's model, in a worker thread so that Ctrl-C stops a long fit at once."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import jax
+import numpy as np
+
+from bayescale.errors import InputError
+
+
+def ensure_host_devices(n: int | None = None) -> int:
+    """Ask XLA for ``n`` CPU devices (default: at least 4, or one per core) so chains run in parallel.
+
+    XLA reads the setting once, when JAX's backend starts; after that this changes nothing, and
+    chains run one after the other where there are fewer devices than chains. So it is called
+    where sampling starts (``fit``, ``sbc``, the command line) rather than on import. Returns the
+    number of devices JAX has (or will have).
+    """
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return jax.local_device_count()
+    import numpyro
+
+    n = n or max(4, os.cpu_count() or 1)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "--xla_force_host_platform_device_count" not in flags:
+        numpyro.set_host_device_count(n)
+        return n
+    return int(flags.split("--xla_force_host_platform_device_count=")[1].split()[0])
+
+
+_ABANDONED: list[threading.Event] = []
+
+
+def computation_abandoned() -> bool:
+    """Is a computation that Ctrl-C left behind still running in this process?
+
+    A process must then end with ``os._exit``: XLA aborts if the interpreter shuts down
+    under a running computation. The command line does so (exit status 130)."""
+    return any(not finished.is_set() for finished in _ABANDONED)
+
+
+def interruptible(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, run so that Ctrl-C (SIGINT) stops the command at once.
+
+    Python handles a signal only between bytecodes of the main thread, and a compiled JAX
+    loop (parallel chains, or no progress bar) keeps the main thread inside XLA until the
+    whole phase is done, which can be minutes or hours. So the work runs in a daemon thread
+    while the main thread waits in short waits, where a KeyboardInterrupt arrives at once;
+    the abandoned computation dies with the process, and nothing has been written yet.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args, **kwargs)
+    outcome: dict = {}
+    finished = threading.Event()
+    x64 = bool(jax.config.jax_enable_x64)  # a thread-local setting (jax.enable_x64): carry it over
+
+    def work():
+        try:
+            with jax.enable_x64(x64):
+                outcome["value"] = fn(*args, **kwargs)
+        except BaseException as error:  # handed to the caller's thread below
+            outcome["error"] = error
+        finally:
+            finished.set()
+
+    # An Event, not Thread.join: a join interrupted by Ctrl-C marks a running thread as stopped.
+    threading.Thread(target=work, name="bayescale-sampler", daemon=True).start()
+    try:
+        while not finished.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        _ABANDONED.append(finished)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def sample_nuts(model, data, model_kwargs: dict, key, *, chains: int, warmup: int, draws: int, target_accept: float,
+                dense_mass: bool, init_samples: int, progress: bool) -> tuple[dict, dict]:
+    """NUTS draws of ``model(data, **model_kwargs)``: samples and sampler stats, shaped (chain, draw, ...)."""
+    from numpyro.infer import MCMC, NUTS, init_to_median
+
+    # Chains run in parallel when the host exposes enough XLA devices (ensure_host_devices).
+    chain_method = "parallel" if jax.local_device_count() >= chains else "sequential"
+    kernel = NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=init_samples), dense_mass=dense_mass)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method, progress_bar=progress)
+
+    def sample():
+        mcmc.run(key, data, extra_fields=("diverging", "energy", "num_steps"), **model_kwargs)
+        # np.asarray waits for the (asynchronously dispatched) chains: inside, so Ctrl-C reaches it.
+        samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        stats = {"diverging": np.asarray(extra["diverging"]), "energy": np.asarray(extra["energy"]), "n_steps": np.asarray(extra["num_steps"])}
+        return samples, stats
+
+    return interruptible(sample)
+
+
+def approximate_svi(model, data, model_kwargs: dict, key, *, n_draws: int, steps: int, init_samples: int,
+                    progress: bool) -> tuple[dict, float]:
+    """A full-rank Gaussian guide fitted by SVI, and ``n_draws`` draws of every latent and
+    deterministic site from it (shaped (1, draw, ...)); with the mean ELBO loss of the last 100 steps."""
+    import numpyro.optim as optim
+    from numpyro import handlers
+    from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_median
+    from numpyro.infer.autoguide import AutoMultivariateNormal
+
+    guide = AutoMultivariateNormal(model, init_loc_fn=init_to_median(num_samples=init_samples))
+    svi = SVI(model, guide, optim.ClippedAdam(step_size=0.01), Trace_ELBO())
+    fit_key, draw_key = jax.random.split(key)
+
+    def optimise():
+        result = svi.run(fit_key, steps, data, progress_bar=progress, **model_kwargs)
+        return result, np.asarray(result.losses)
+
+    result, losses = interruptible(optimise)
+    if not np.isfinite(losses[-1]):
+        raise InputError("method: SVI diverged (non-finite ELBO); use method 'nuts' for this grid", parameter="method")
+    # Ask for every latent and deterministic site: by default Predictive returns only
+    # the sites the guide does not sample.
+    trace = handlers.trace(handlers.seed(model, 0)).get_trace(data, **model_kwargs)
+    sites = [name for name, site in trace.items() if site["type"] in ("sample", "deterministic") and not site.get("is_observed")]
+    predictive = Predictive(model, guide=guide, params=result.params, num_samples=n_draws, return_sites=sites)
+    draws = predictive(draw_key, data, **model_kwargs)
+    samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "log_loss"}
+    return samples, float(np.mean(losses[-100:]))
