@@ -236,7 +236,7 @@ def test_every_contract_breaking_mutation_of_a_generated_grid_is_refused(grid, n
 @pytest.mark.parametrize("name", MUTATIONS)
 def test_each_mutation_is_refused_on_the_shipped_example(name):
     """Every mutation at least once, whatever hypothesis draws (and on a real grid)."""
-    grid = g.load_grid(Path(__file__).resolve().parents[2] / "data" / "grids" / "default.nc")
+    grid = g.load_grid(Path(__file__).resolve().parents[3] / "data" / "grids" / "default.nc")
 
     class Fixed:  # the first choice of every draw
         @staticmethod

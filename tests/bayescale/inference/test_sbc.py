@@ -60,7 +60,7 @@ def test_run_sbc_resumes_and_refuses_a_folder_of_other_settings(tmp_path):
         sbc.run_sbc(1, tmp_path, domains=3, **settings)
 
 
-RESULTS = Path(__file__).parents[2] / "benchmarks" / "results" / "sbc-transfer-k3"
+RESULTS = Path(__file__).parents[3] / "benchmarks" / "results" / "sbc-transfer-k3"
 
 
 @pytest.mark.slow
