@@ -1,0 +1,31 @@
+"""Behaviour is pinned: every command's JSON on the shipped grids equals the golden files
+recorded before the refactor into layers and law families (numbers to 1e-9 relative, same
+seeds). Slow: seven short NUTS fits (about 3 minutes on 2 cores); CI runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.golden import commands
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    return commands.run_all(tmp_path_factory.mktemp("golden"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [f"fit_{name}" for name in commands.FITS] + list(commands.COMMANDS))
+def test_command_output_equals_its_golden_file(outputs, name):
+    expected = json.loads((commands.GOLDEN / f"{name}.json").read_text())
+    diffs = commands.differences(expected, commands.strip_volatile(outputs[name]))
+    assert not diffs, f"{name}: {len(diffs)} differences, first {diffs[:5]}"
+
+
+def test_the_comparison_sees_a_change_beyond_the_tolerance():
+    assert commands.differences({"a": [1.0, {"b": 2.0}]}, {"a": [1.0, {"b": 2.0 * (1 + 1e-10)}]}) == []
+    assert commands.differences({"a": [1.0, {"b": 2.0}]}, {"a": [1.0, {"b": 2.0 * (1 + 1e-8)}]}) != []
+    assert commands.differences({"a": 1}, {"a": 1, "c": 2}) == ["/c: unexpected"]
+    assert commands.differences({"s": "x"}, {"s": "y"}) == ["/s: 'y' != 'x'"]
