@@ -1,13 +1,14 @@
 # Two commands set everything up on a fresh clone:
 #   make demo   create .venv, install bayescale (statistics core), run the end-to-end pipeline on the shipped grid
 #   make test   create .venv, install bayescale with the train, ray and dev extras, run the tests
-# .ci/run calls `make test`.
+#   make docs   build the documentation (API reference from the docstrings) into site/, warnings as errors
+# .ci/run calls `make test`, then `make docs`.
 
 PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-slow bench bench-allocate bench-fit bench-calibration bench-trainers clean
+.PHONY: demo test docs test-slow bench bench-allocate bench-fit bench-calibration bench-trainers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "bayescale needs Python >= 3.12, found " + sys.version'
@@ -29,6 +30,9 @@ demo: $(VENV)/.core
 test: $(VENV)/.full
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+docs: $(VENV)/.full
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 test-slow: $(VENV)/.full
 	$(BIN)/python -m pytest -q -m slow
 
@@ -48,4 +52,4 @@ bench-trainers: $(VENV)/.full
 	$(BIN)/python benchmarks/bench_trainers.py
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out site
