@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from bayescale.inference.posterior import LawDraws
+from bayescale.inference.posterior import LawDraws, require_amounts
 from bayescale.optimise import assemble
 from bayescale.optimise import baselines as bl
 from bayescale.optimise.assemble import BINDING_TOL
@@ -110,6 +110,7 @@ def allocate(
     no allocation meets raise :class:`~bayescale.optimise.constraints.InfeasibleError`.
     """
     t_start = time.perf_counter()
+    draws = require_amounts(draws, "allocate")  # a law of data amounts (not the fixed-budget mixing law)
     B, path_budgets = check_settings(budget, min_budget=min_budget, budgets=budgets, interval=interval,
                                      max_draws=max_draws, holdout=holdout, temperature=temperature,
                                      uncertainty=uncertainty)
