@@ -899,7 +899,7 @@ def train(out: Path, plan: dict, args, console):
 
 
 def results_for(plan: dict, grid, settings: dict, diag: dict, measured_grid, steps_per_run, draws) -> dict:
-    from bayescale.inference.posterior import format_diagnostics
+    from bayescale.render.text import format_diagnostics
 
     comparison = compare(plan["predicted"], measured_from_grid(measured_grid, plan["runs"]) if measured_grid is not None else {})
     budgets = grid["data"].sum("source").values
@@ -918,7 +918,7 @@ def results_for(plan: dict, grid, settings: dict, diag: dict, measured_grid, ste
 
         runs = measured_grid.sel(run=[r["id"] for r in plan["runs"] if r["id"] in set(map(str, measured_grid["run"].values))])
         try:
-            check = score_predictions(holdout_predictions(draws, runs, seed=settings["seed"], where="runs.nc"))
+            check = score_predictions(holdout_predictions(draws, runs, seed=settings["seed"], where="runs.nc")).to_dict()
         except InputError:
             check = None
     measured_ids = set() if measured_grid is None else set(map(str, measured_grid["run"].values))
@@ -973,7 +973,8 @@ def main(argv=None) -> int:
 
     from bayescale.data import grid as grids
     from bayescale._files import write_text_atomic
-    from bayescale.inference.posterior import diagnostics, format_diagnostics, law_draws
+    from bayescale.inference.posterior import diagnostics, law_draws
+    from bayescale.render.text import format_diagnostics
     from trainers.config import config_hash, load_config
 
     console = Console() if sys.stdout.isatty() else Console(width=200)  # logs: no wrapping of the tables

@@ -68,7 +68,7 @@ def fit_one(grid: xr.Dataset, key: tuple[str, str], folder: Path, settings: dict
         "fit_runs": int((grid["split"] == "fit").sum()),
         "holdout_runs": int((grid["split"] == "holdout").sum()),
         "holdout_multipliers": sorted(float(m) for m in grid["chinchilla_multiplier"].values[grid["split"].values == "holdout"]),
-        "scores": score_predictions(pred),
+        "scores": score_predictions(pred).to_dict(),
         "baseline_last_median_abs_rel_error": last_run_baseline(grid),
         "nuts_seconds": round(seconds, 1),
         "max_rhat": diag["max_rhat"],

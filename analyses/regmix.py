@@ -78,8 +78,8 @@ def run(out: Path, *, chains: int, warmup: int, draws: int, seed: int, force: bo
         "targets": int(grid.sizes["target"]),
         "nuts_seconds": round(seconds, 1),
         "diagnostics": diagnostics(idata),
-        "scores": score_predictions(pred),
-        "by_target": score_by_target(pred),
+        "scores": score_predictions(pred).to_dict(),
+        "by_target": {target: s.to_dict() for target, s in score_by_target(pred).items()},
         "baselines": baselines(grid),
         "posterior_median": {
             "c": dict(zip(draws_.targets, np.median(draws_.c, axis=0).round(4).tolist())),

@@ -11,7 +11,6 @@ annotations), one function per command; the work itself happens in the layers be
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import sys
@@ -114,7 +113,8 @@ def write_json(path: Path, payload) -> None:
 @exits_cleanly
 def grid_info(grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")]):
     """Print a grid's domains, runs, budgets and splits."""
-    from bayescale.data.grid import format_grid_summary, grid_summary, load_grid
+    from bayescale.data.grid import grid_summary, load_grid
+    from bayescale.render.text import format_grid_summary
 
     console.print(format_grid_summary(grid_summary(load_grid(grid))), highlight=False)
 
@@ -128,7 +128,8 @@ def simulate(
     world: Annotated[Optional[Path], typer.Option("--world", help="World TOML with parameters and design.")] = None,
 ):
     """Simulate a grid from a world with known parameters (stored in the grid's attrs)."""
-    from bayescale.data.grid import format_grid_summary, grid_summary, save_grid
+    from bayescale.data.grid import grid_summary, save_grid
+    from bayescale.render.text import format_grid_summary
     from bayescale.data.simulate import draw_world, load_world, simulate_grid
 
     w = load_world(world, seed=seed) if world else draw_world(domains, seed=seed)
@@ -160,7 +161,8 @@ def fit(
     from bayescale.inference.fit import fit as fit_law
     from bayescale.inference.fit import prior_predictive
     from bayescale.data.grid import load_grid
-    from bayescale.inference.posterior import diagnostics, format_diagnostics, save_posterior
+    from bayescale.inference.posterior import diagnostics, save_posterior
+    from bayescale.render.text import format_diagnostics
 
     if out is None and not prior_only:
         raise InputError("--out is required (where to write the posterior)")
@@ -331,7 +333,8 @@ def hubs(
     figure: Annotated[Optional[Path], typer.Option("--figure", help="Also save the transfer graph as PNG.")] = None,
 ):
     """Hub and island domains, each with its posterior probability, and how much each domain gives and takes."""
-    from bayescale.evaluate.hubs import hub_island_table, hubs_command_output, summary_from_table
+    from bayescale.evaluate.hubs import hub_island_table, summary_from_table
+    from bayescale.render.text import hubs_command_output
     from bayescale.inference.posterior import load_posterior
     from bayescale.render.figures import plot_transfer_graph
 
@@ -363,7 +366,8 @@ def check(
 ):
     """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage, calibration verdict."""
     from bayescale.data.grid import load_grid
-    from bayescale.evaluate.check import format_law_table, parse_law_families
+    from bayescale.evaluate.check import parse_law_families
+    from bayescale.render.text import format_law_table
     from bayescale.inference.posterior import load_posterior
     from bayescale.workflows import check_with_refit
 
@@ -476,7 +480,8 @@ def train(
     run = _import_trainers("trainers.run")
     result = run.train_grid(config, out, executor=executor, address=address, workers=workers, collect_only=collect_only,
                             progress=progress, console=console)
-    from bayescale.data.grid import format_grid_summary, grid_summary, load_grid
+    from bayescale.data.grid import grid_summary, load_grid
+    from bayescale.render.text import format_grid_summary
 
     what = "collected" if collect_only else f"trained {result.trained}, skipped {result.skipped} finished"
     console.print(f"wrote {result.out} ({result.runs} runs; {what}; {result.seconds:.0f}s); records in {result.records_dir}", highlight=False)

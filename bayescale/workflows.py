@@ -7,6 +7,7 @@ each finished stage's file is kept, so an interrupted demo resumes where it stop
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import tomllib
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import xarray as xr
 from rich.console import Console
-from rich.table import Table
 
 from bayescale import laws
 from bayescale._files import write_text_atomic
@@ -22,21 +22,22 @@ from bayescale.data import grid as grids
 from bayescale.data.grid import grid_fingerprint
 from bayescale.errors import InputError
 from bayescale.evaluate.check import (
-    calibration_verdict,
     check_holdout,
+    checked,
     coverage_curve,
     extrapolation_by_law,
     holdout_predictions,
     score_posterior,
-    score_predictions,
     split_at_budget,
 )
 from bayescale.evaluate.compare import loo_summary
 from bayescale.evaluate.hubs import hub_island_table
 from bayescale.inference.fit import fit
-from bayescale.inference.posterior import diagnostics, format_diagnostics, law_draws, load_posterior, require_amounts, save_posterior
+from bayescale.inference.posterior import diagnostics, law_draws, load_posterior, require_amounts, save_posterior
 from bayescale.optimise.allocate import allocate
+from bayescale.records import plain
 from bayescale.render.report import write_report
+from bayescale.render.text import allocation_table, format_diagnostics, format_grid_summary
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_CONFIG = REPO_DATA / "configs" / "demo.toml"
@@ -75,8 +76,7 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
     holdout = scores = None
     if "split" in grid.coords and (grid["split"] == "holdout").any():
         holdout = holdout_predictions(draws, grid, where=grid_name or "grid")
-        scores = score_predictions(holdout)
-        scores["calibration"] = calibration_verdict(scores)
+        scores = checked(holdout)
     # A law without transfer (independent) has no hubs or islands to find.
     hubs = hub_island_table(idata) if laws.of_draws(draws).transfer else None
     return write_report(
@@ -97,7 +97,7 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     console.rule("bayescale demo")
-    console.print(grids.format_grid_summary(grids.grid_summary(ds)), highlight=False)
+    console.print(format_grid_summary(grids.grid_summary(ds)), highlight=False)
 
     fit_cfg = config.get("fit", {})
     fit_path = out / "fit.nc"
@@ -135,20 +135,7 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     report_path = report_for(idata, ds, out, allocation=allocation, grid_name=str(grid_path), diag=diag)
     timings["report"] = time.perf_counter() - t0
 
-    table = Table(title=f"allocation of {budget:g} {ds.attrs.get('data_unit', 'units')} ({objective})")
-    table.add_column("source")
-    table.add_column("recommended", justify="right")
-    for name in allocation["baselines"]:
-        table.add_column(name, justify="right")
-    for src in allocation["allocation"]:
-        row = [src, f"{allocation['fractions'][src]:.1%}"]
-        for base in allocation["baselines"].values():
-            amount = base["allocation"][src]
-            row.append(f"{amount / budget:.1%}")
-        table.add_row(*row)
-    table.add_row(
-        "objective", f"{allocation['objective_value']:.4g}", *[f"{b['objective_value']:.4g}" for b in allocation["baselines"].values()]
-    )
+    table = allocation_table(allocation, budget, str(ds.attrs.get("data_unit", "units")), objective)
     console.print(table)
     console.print(
         f"held-out check: {scores['n']} cells · Pearson r {scores['pearson_r']:.4f} · median |rel. err.| "
@@ -182,10 +169,8 @@ def _reuse_fit(path: Path, ds: xr.Dataset, fit_cfg: dict, seed: int):
 
 
 def write_json(path: Path, payload) -> None:
-    """Write a result as indented JSON, atomically; typed results are written by their ``to_dict()``."""
-    if hasattr(payload, "to_dict"):
-        payload = payload.to_dict()
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+    """Write a result as indented JSON, atomically; typed results (at any depth) are written by their ``to_dict()``."""
+    write_text_atomic(path, json.dumps(plain(payload), indent=2) + "\n")
 
 
 def fitted_to(idata, grid: xr.Dataset) -> bool:
@@ -214,17 +199,15 @@ def check_with_refit(idata, grid: xr.Dataset, *, cut: float | None = None, famil
             progress(f"refitting the {own[0]} law on the {int((grid['split'] == 'fit').sum())} runs with budget <= {cut:g} ...")
         idata = fit(grid, law=own[0], likelihood=own[1], seed=seed, grid_name=where, **fit_options)
         same_split = True
-    pred, scores = score_posterior(idata, grid, where=where)
-    scores["coverage_curve"] = coverage_curve(pred)
-    if cut is not None:
-        scores["holdout_above"] = cut
+    pred, result = score_posterior(idata, grid, where=where)
+    rows = None
     if families is not None:
-        scores["laws"] = extrapolation_by_law(
+        rows = extrapolation_by_law(
             grid, families, fit_options=fit_options, seed=seed, where=where,
             fitted={own: idata} if same_split else None,
             progress=None if progress is None else (lambda law, lik: progress(f"fitting the {law} law ({lik} likelihood) ...")),
         )
-    return pred, scores
+    return pred, dataclasses.replace(result, coverage_curve=coverage_curve(pred), holdout_above=cut, laws=rows)
 
 
 def check(posterior, grid: xr.Dataset, *, cut: float | None = None, families: list[tuple[str, str]] | None = None,

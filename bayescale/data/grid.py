@@ -717,35 +717,6 @@ def _distinct(values: np.ndarray) -> list[float]:
     return out
 
 
-def format_grid_summary(summary: dict) -> str:
-    """A few lines of text for a person, from :func:`grid_summary`."""
-    unit = summary["data_unit"]
-    splits = summary["splits"]
-    cells = summary["runs"] * len(summary["targets"])
-    lines = [
-        f"runs: {summary['runs']} ({splits['fit']} fit, {splits['holdout']} holdout); "
-        f"seeds: {_short_list([str(s) for s in summary['seeds']])}",
-        f"sources ({len(summary['sources'])}): {_short_list(summary['sources'])}",
-        f"targets ({len(summary['targets'])}): {_short_list(summary['targets'])}",
-        f"budgets ({len(summary['budgets'])} distinct, {unit}): {_short_list([f'{b:g}' for b in summary['budgets']])}",
-    ]
-    ranges = [
-        f"{split} {lo:g} to {hi:g}"
-        for split, r in summary["budget_range"].items()
-        if r is not None
-        for lo, hi in [r]
-    ]
-    lines.append(f"budget range: {'; '.join(ranges)} {unit}")
-    lines.append(f"loss: {summary['loss_name']}; {summary['missing_losses']} of {cells} cells not evaluated")
-    return "\n".join(lines)
-
-
-def _short_list(items: list[str], limit: int = 8) -> str:
-    if len(items) <= limit:
-        return ", ".join(items)
-    return ", ".join(items[: limit - 2]) + f", ... ({len(items) - limit + 1} more), " + items[-1]
-
-
 def grid_fingerprint(grid: xr.Dataset) -> str:
     """A short hash of a grid's runs, domains, data and losses: ties a posterior to its grid."""
     h = hashlib.sha256()

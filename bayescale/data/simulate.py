@@ -92,7 +92,7 @@ def draw_world(domains: int | tuple[str, ...] = 5, seed: int = 0, data_scale: fl
     """A random world with one hub (first domain) and one island (last domain)."""
     if isinstance(domains, int):
         if domains < 2:
-            raise InputError(f"--domains must be >= 2, got {domains}")
+            raise InputError(f"domains must be >= 2, got {domains}", parameter="domains")
         names = MEDICAL_DOMAINS if domains == len(MEDICAL_DOMAINS) else tuple(f"d{k + 1}" for k in range(domains))
     else:
         names = tuple(domains)

@@ -12,6 +12,7 @@ from bayescale import laws
 from bayescale.data import grid as grids
 from bayescale.errors import InputError
 from bayescale.evaluate.predict import add_observation_noise, loss_draws
+from bayescale.evaluate.results import Calibration, CheckResult, CoverageCurve, LawScores, Scores
 from bayescale.inference.fit import fit
 from bayescale.inference.posterior import diagnostics, law_draws
 from bayescale.laws.base import Draws
@@ -109,7 +110,7 @@ def predictive_bands(runs: xr.Dataset, targets, draw_targets, log_pred, predicti
     )
 
 
-def score_predictions(pred: xr.Dataset) -> dict:
+def score_predictions(pred: xr.Dataset) -> Scores:
     """Pearson r, median absolute relative error and 50 % / 90 % coverage over observed cells."""
     observed = pred["observed"].values.ravel()
     ok = np.isfinite(observed)
@@ -118,7 +119,7 @@ def score_predictions(pred: xr.Dataset) -> dict:
     return _scores(pred, observed, ok)
 
 
-def score_by_target(pred: xr.Dataset) -> dict[str, dict]:
+def score_by_target(pred: xr.Dataset) -> dict[str, Scores]:
     """:func:`score_predictions` per target (Pearson r is NaN for a target with one cell)."""
     out = {}
     for target in pred["target"].values:
@@ -130,19 +131,19 @@ def score_by_target(pred: xr.Dataset) -> dict[str, dict]:
     return out
 
 
-def _scores(pred: xr.Dataset, observed: np.ndarray, ok: np.ndarray) -> dict:
+def _scores(pred: xr.Dataset, observed: np.ndarray, ok: np.ndarray) -> Scores:
     obs, med = observed[ok], pred["median"].values.ravel()[ok]
     inside = {
         level: ((pred[f"lo{int(level * 100)}"].values.ravel()[ok] <= obs) & (obs <= pred[f"hi{int(level * 100)}"].values.ravel()[ok]))
         for level in LEVELS
     }
-    return {
-        "n": int(ok.sum()),
-        "pearson_r": float(np.corrcoef(med, obs)[0, 1]) if obs.size >= 2 else float("nan"),
-        "median_abs_rel_error": float(np.median(np.abs(med - obs) / obs)),
-        "coverage_50": float(inside[0.5].mean()),
-        "coverage_90": float(inside[0.9].mean()),
-    }
+    return Scores(
+        n=int(ok.sum()),
+        pearson_r=float(np.corrcoef(med, obs)[0, 1]) if obs.size >= 2 else float("nan"),
+        median_abs_rel_error=float(np.median(np.abs(med - obs) / obs)),
+        coverage_50=float(inside[0.5].mean()),
+        coverage_90=float(inside[0.9].mean()),
+    )
 
 
 # A held-out coverage this improbable under the nominal rate (one-sided binomial test)
@@ -151,7 +152,7 @@ def _scores(pred: xr.Dataset, observed: np.ndarray, ok: np.ndarray) -> dict:
 CALIBRATION_ALPHA = 0.01
 
 
-def coverage_curve(pred: xr.Dataset, levels=None) -> dict:
+def coverage_curve(pred: xr.Dataset, levels=None) -> CoverageCurve:
     """Empirical coverage of central predictive intervals at each nominal level, from the PIT values.
 
     A cell is inside the central ``q`` interval when its PIT lies in [(1 - q) / 2, (1 + q) / 2].
@@ -167,10 +168,10 @@ def coverage_curve(pred: xr.Dataset, levels=None) -> dict:
     empirical = np.array([np.mean(np.abs(pit - 0.5) <= q / 2) for q in levels])
     lo = stats.binom.ppf(0.025, n, levels) / n
     hi = stats.binom.ppf(0.975, n, levels) / n
-    return {"nominal": levels.tolist(), "empirical": empirical.tolist(), "lo": lo.tolist(), "hi": hi.tolist(), "n": int(n)}
+    return CoverageCurve(nominal=levels.tolist(), empirical=empirical.tolist(), lo=lo.tolist(), hi=hi.tolist(), n=int(n))
 
 
-def calibration_verdict(scores: dict) -> dict:
+def calibration_verdict(scores: Scores) -> Calibration:
     """Are the held-out intervals over- or under-confident? ``{"verdict", "message", "p_values"}``.
 
     ``over-confident`` when fewer cells fall inside the 50 % or 90 % intervals than the
@@ -199,23 +200,25 @@ def calibration_verdict(scores: dict) -> dict:
         message = f"held-out intervals are wider than needed: 50 % / 90 % intervals cover {scores['coverage_50']:.0%} / {scores['coverage_90']:.0%} of {n} cells"
     else:
         verdict, message = "ok", f"held-out coverage consistent with the nominal 50 % / 90 % (n = {n})"
-    return {"verdict": verdict, "message": message, "p_values": {f"{level:g}": p_low[level] for level in LEVELS}}
+    return Calibration(verdict=verdict, message=message, p_values={f"{level:g}": p_low[level] for level in LEVELS})
 
 
-def check_holdout(draws: Draws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> dict:
+def checked(pred: xr.Dataset) -> CheckResult:
+    """The scores of held-out predictions with the verdict on their intervals."""
+    scores = score_predictions(pred)
+    return CheckResult(scores=scores, calibration=calibration_verdict(scores))
+
+
+def check_holdout(draws: Draws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> CheckResult:
     """Score the posterior's predictions of the grid's held-out runs (see :func:`score_predictions`),
     with a :func:`calibration_verdict` under ``"calibration"``."""
-    scores = score_predictions(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
-    scores["calibration"] = calibration_verdict(scores)
-    return scores
+    return checked(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
 
 
-def score_posterior(idata, grid: xr.Dataset, *, seed: int = 0, where: str = "grid") -> tuple[xr.Dataset, dict]:
+def score_posterior(idata, grid: xr.Dataset, *, seed: int = 0, where: str = "grid") -> tuple[xr.Dataset, CheckResult]:
     """Held-out predictions and scores (with calibration verdict) of a posterior of any law family."""
     pred = holdout_predictions(law_draws(idata), grid, seed=seed, where=where)
-    scores = score_predictions(pred)
-    scores["calibration"] = calibration_verdict(scores)
-    return pred, scores
+    return pred, checked(pred)
 
 
 def parse_law_families(text: str, parameter: str = "families") -> list[tuple[str, str]]:
@@ -243,7 +246,7 @@ def parse_law_families(text: str, parameter: str = "families") -> list[tuple[str
 
 
 def extrapolation_by_law(grid: xr.Dataset, families: list[tuple[str, str]], *, fit_options: dict | None = None,
-                         seed: int = 0, where: str = "grid", fitted: dict | None = None, progress=None) -> list[dict]:
+                         seed: int = 0, where: str = "grid", fitted: dict | None = None, progress=None) -> list[LawScores]:
     """Fit every law family to the grid's ``fit`` runs and score each on its ``holdout`` runs.
 
     One row per family, in the order given: the held-out scores of :func:`score_predictions`,
@@ -263,30 +266,17 @@ def extrapolation_by_law(grid: xr.Dataset, families: list[tuple[str, str]], *, f
                 progress(law, likelihood)
             idata = fit(grid, law=law, likelihood=likelihood, seed=seed, grid_name=where, **(fit_options or {}))
         seconds = time.perf_counter() - start
-        pred, scores = score_posterior(idata, grid, seed=seed, where=where)
+        pred, result = score_posterior(idata, grid, seed=seed, where=where)
         diag = diagnostics(idata)
         log_err = np.abs(np.log(pred["median"].values) - np.log(pred["observed"].values))
-        rows.append({
-            "law": law,
-            "likelihood": likelihood,
-            **scores,
-            "mean_abs_log_error": float(np.nanmean(log_err)),
-            "divergences": int(diag.get("divergences", 0)),
-            "max_rhat": float(diag.get("max_rhat", float("nan"))),
-            "seconds": seconds,
-        })
+        rows.append(LawScores(
+            law=law,
+            likelihood=likelihood,
+            scores=result.scores,
+            calibration=result.calibration,
+            mean_abs_log_error=float(np.nanmean(log_err)),
+            divergences=int(diag.get("divergences", 0)),
+            max_rhat=float(diag.get("max_rhat", float("nan"))),
+            seconds=seconds,
+        ))
     return rows
-
-
-def format_law_table(rows: list[dict]) -> str:
-    """The per-law extrapolation table as aligned text, best (lowest median |rel. error|) marked."""
-    best = min(range(len(rows)), key=lambda i: rows[i]["median_abs_rel_error"])
-    lines = [f"{'law':<24} {'cells':>5} {'r':>7} {'med|err|':>9} {'cov50':>6} {'cov90':>6} {'calibration':<16} {'div':>4} {'r-hat':>6}"]
-    for i, row in enumerate(rows):
-        name = row["law"] + ("" if row["likelihood"] == "normal" else f":{row['likelihood']}") + ("  *" if i == best else "")
-        lines.append(
-            f"{name:<24} {row['n']:>5d} {row['pearson_r']:>7.4f} {row['median_abs_rel_error']:>9.2%} {row['coverage_50']:>6.0%} "
-            f"{row['coverage_90']:>6.0%} {row['calibration']['verdict']:<16} {row['divergences']:>4d} {row['max_rhat']:>6.3f}"
-        )
-    lines.append("* lowest median |relative error| on the held-out runs; trust its intervals only if calibration says ok")
-    return "\n".join(lines)

@@ -46,9 +46,8 @@ API
 - :func:`hub_island_draws`       per-draw out/in transfer and hub/island flags (dims draw, domain)
 - :func:`hub_island_table`       posterior summary per domain as an ``xr.Dataset`` (dim domain)
 - :func:`hubs_summary`           the same as a JSON-able dict
-- :func:`hubs_command_output`    a short text table for ``bayescale hubs``
-
-The figure of the transfer graph is :func:`bayescale.render.figures.plot_transfer_graph`.
+The text table ``bayescale hubs`` prints is :func:`bayescale.render.text.hubs_command_output`,
+the figure of the transfer graph :func:`bayescale.render.figures.plot_transfer_graph`.
 """
 
 from __future__ import annotations
@@ -60,6 +59,7 @@ import xarray as xr
 
 from bayescale.errors import InputError
 from bayescale import laws
+from bayescale.evaluate.results import HubsSummary
 from bayescale.inference.posterior import LawDraws, law_draws
 
 LABELS = ("hub", "island", "neither")
@@ -133,7 +133,7 @@ def _reference(draws: LawDraws, reference, reference_data) -> float:
         value, name = (1.0 if reference is None else reference), "reference"
         ref = float(value) if _finite_positive(value) else float("nan")
     if not math.isfinite(ref) or ref <= 0:
-        raise InputError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        raise InputError(f"{name} must be a finite number > 0, got {value}", parameter=name)
     return ref
 
 
@@ -145,17 +145,18 @@ def _finite_positive(value) -> bool:
 
 
 def _check_rules(hub_threshold, hub_ratio, island_threshold, interval) -> None:
-    for flag, value in (("--hub-threshold", hub_threshold), ("--hub-ratio", hub_ratio), ("--island-threshold", island_threshold)):
+    for name, value in (("hub_threshold", hub_threshold), ("hub_ratio", hub_ratio), ("island_threshold", island_threshold)):
         try:
             ok = math.isfinite(float(value)) and float(value) >= 0
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise InputError(f"{flag} must be a finite number >= 0, got {value}")
+            raise InputError(f"{name} must be a finite number >= 0, got {value}", parameter=name)
     if island_threshold > hub_threshold:
-        raise InputError(f"--island-threshold ({island_threshold:g}) must not exceed --hub-threshold ({hub_threshold:g})")
+        raise InputError(f"island_threshold ({island_threshold:g}) must not exceed hub_threshold ({hub_threshold:g})",
+                         parameter="island_threshold")
     if not 0 < interval < 1:
-        raise InputError(f"--interval must lie strictly between 0 and 1, got {interval}")
+        raise InputError(f"interval must lie strictly between 0 and 1, got {interval}", parameter="interval")
 
 
 def _domains(draws: LawDraws) -> list[str]:
@@ -173,7 +174,7 @@ def transfer_share(draws: LawDraws, reference: float = 1.0) -> np.ndarray:
     ``reference`` is d_ref in law units (multiples of D0).
     """
     if not _finite_positive(reference):
-        raise InputError(f"--reference must be a finite number > 0, got {reference}")
+        raise InputError(f"reference must be a finite number > 0, got {reference}", parameter="reference")
     share = draws.T * np.power(float(reference), draws.beta - 1.0)
     return np.where(draws.self_mask[None] > 0.5, np.nan, share)
 
@@ -337,11 +338,7 @@ def _measure(row: xr.Dataset, key: str) -> dict[str, float] | None:
     return {stat: float(row[f"{key}_{stat}"]) for stat in ("mean", "lo", "hi")}
 
 
-def _probability_text(value) -> str:
-    return "n/a" if not np.isfinite(value) else f"{float(value):.2f}"
-
-
-def summary_from_table(table: xr.Dataset) -> dict:
+def summary_from_table(table: xr.Dataset) -> HubsSummary:
     """The JSON-able form of a :func:`hub_island_table`."""
     domains = {}
     for k, name in enumerate(table["domain"].values):
@@ -357,26 +354,26 @@ def summary_from_table(table: xr.Dataset) -> dict:
             "label": str(row["label"].values),
         }
     attrs = table.attrs
-    return {
-        "definitions": definitions(table),
-        "reference": float(attrs["reference"]),
-        "reference_data": float(attrs["reference_data"]),
-        "data_scale": float(attrs["data_scale"]),
-        "thresholds": {
+    return HubsSummary(
+        definitions=definitions(table),
+        reference=float(attrs["reference"]),
+        reference_data=float(attrs["reference_data"]),
+        data_scale=float(attrs["data_scale"]),
+        thresholds={
             "hub": float(attrs["hub_threshold"]),
             "hub_ratio": float(attrs["hub_ratio"]),
             "island": float(attrs["island_threshold"]),
         },
-        "interval": float(attrs["interval"]),
-        "law": str(attrs["law"]),
-        "draws": int(attrs["n_draws"]),
-        "hubs": [d for d, v in domains.items() if v["label"] == "hub"],
-        "islands": [d for d, v in domains.items() if v["label"] == "island"],
-        "domains": domains,
-    }
+        interval=float(attrs["interval"]),
+        law=str(attrs["law"]),
+        draws=int(attrs["n_draws"]),
+        hubs=[d for d, v in domains.items() if v["label"] == "hub"],
+        islands=[d for d, v in domains.items() if v["label"] == "island"],
+        domains=domains,
+    )
 
 
-def hubs_summary(posterior, **kwargs) -> dict:
+def hubs_summary(posterior, **kwargs) -> HubsSummary:
     """JSON-able hubs and islands: definitions, reference amount, thresholds, and per domain
     ``out_transfer`` / ``in_transfer`` (``{"mean", "lo", "hi"}`` or None), ``p_hub``,
     ``p_island``, ``label`` and ``role``; plus the lists ``hubs`` and ``islands``.
@@ -384,44 +381,3 @@ def hubs_summary(posterior, **kwargs) -> dict:
     Keyword arguments are those of :func:`hub_island_table`.
     """
     return summary_from_table(hub_island_table(posterior, **kwargs))
-
-
-def _interval_text(mean, lo, hi) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]"
-
-
-def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Dataset | None = None, **kwargs) -> str:
-    """A short text table of hubs and islands for the command line (``bayescale hubs``).
-
-    ``posterior``: LawDraws or a posterior DataTree (its ``data_unit`` attr names the data
-    unit); ``table``: a precomputed :func:`hub_island_table` (else computed with ``kwargs``).
-    """
-    if data_unit is None:
-        data_unit = "units" if isinstance(posterior, LawDraws) else str(posterior.attrs.get("data_unit", "units"))
-    if table is None:
-        table = hub_island_table(posterior, **kwargs)
-    a = table.attrs
-    rows = [("domain", "out-transfer (helps others)", "in-transfer (helped by others)", "P(hub)", "P(island)", "label")]
-    for k, name in enumerate(table["domain"].values):
-        r = table.isel(domain=k)
-        rows.append((
-            str(name),
-            _interval_text(float(r["out_mean"]), float(r["out_lo"]), float(r["out_hi"])),
-            _interval_text(float(r["in_mean"]), float(r["in_lo"]), float(r["in_hi"])),
-            _probability_text(r["p_hub"].values), _probability_text(r["p_island"].values), str(r["label"].values),
-        ))
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    lines = [
-        f"Hubs and islands ({a['law']} law, {a['n_draws']} draws). Transfer = effective-data share at "
-        f"{a['reference_data']:.4g} {data_unit} ({a['reference']:g} x D0):",
-        "what a unit of the source's data is worth in units of the target's own data; "
-        f"mean [{100 * a['interval']:g} % interval].",
-    ]
-    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(
-        f"hub: out-transfer >= {a['hub_threshold']:g} and >= {a['hub_ratio']:g} x the median of the other domains; "
-        f"island: out- and in-transfer < {a['island_threshold']:g}; a label needs P >= 0.5."
-    )
-    return "\n".join(lines)

@@ -183,10 +183,10 @@ def bootstrap_fit(
     """
     _check_law(law)
     _check_delta(delta)
-    _check_positive_int("--resamples", resamples)
+    _check_positive_int("resamples", resamples)
     _check_positive_int("max_iterations", max_iterations)
     if resample not in RESAMPLE:
-        raise InputError(f"--resample must be one of {', '.join(RESAMPLE)}, got {resample!r}")
+        raise InputError(f"resample must be one of {', '.join(RESAMPLE)}, got {resample!r}", parameter="resample")
     problem = fit_problem(grid)
     if point is None:
         point = point_fit(grid, law=law, delta=delta)
@@ -246,12 +246,12 @@ def _check_law(law: str) -> None:
 
 def _check_delta(delta):
     if not np.isfinite(delta) or delta <= 0:
-        raise InputError(f"--delta must be a positive number, got {delta}")
+        raise InputError(f"delta must be a positive number, got {delta}", parameter="delta")
 
 
-def _check_positive_int(flag, value):
+def _check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{flag} must be an integer >= 1, got {value!r}")
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}", parameter=name)
 
 
 def fit_problem(grid: xr.Dataset) -> FitProblem:

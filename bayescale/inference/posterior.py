@@ -139,14 +139,3 @@ def sampler_diagnostics(idata, names) -> dict:
         result["max_rhat"] <= 1.01 and result["divergences"] == 0 and result["min_ess_bulk"] >= 400
     )
     return result
-
-
-def format_diagnostics(diag: dict) -> str:
-    if diag.get("approximate"):
-        return f"approximate posterior ({diag['method']}): {diag['draws']} independent draws; no sampler diagnostics — check against NUTS before trusting intervals"
-    return (
-        f"max r-hat {diag['max_rhat']:.3f} · min bulk ESS {diag['min_ess_bulk']:.0f} · "
-        f"min tail ESS {diag['min_ess_tail']:.0f} · divergences {diag['divergences']}"
-        + (f" · min E-BFMI {diag['min_bfmi']:.2f}" if "min_bfmi" in diag else "")
-        + f" ({diag['chains']} chains, {diag['draws']} draws)"
-    )

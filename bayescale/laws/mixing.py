@@ -348,7 +348,7 @@ def predict_mixing(draws: MixingDraws, mixtures, *, interval: float = 0.9, noise
     predictive interval of one more run's observed loss.
     """
     if not 0 < interval < 1:
-        raise InputError(f"--interval must lie strictly between 0 and 1, got {interval}")
+        raise InputError(f"interval must lie strictly between 0 and 1, got {interval}", parameter="interval")
     r = mixtures_matrix(draws, mixtures)
     log_l = log_loss_draws(draws, r)
     if noise:

@@ -176,7 +176,7 @@ def identification_warnings(data: ModelData, coords: dict, law: str = "transfer"
         out.append(
             f"every fit run has the same budget ({positive[0] * scale:g} {unit}): the law is fitted to how the runs split it, "
             "so predictions at other budgets rest on the law's form and its priors; add runs at other budgets "
-            "(or fit the fixed-budget mixing law, --law mixing)"
+            "(or fit the fixed-budget mixing law, law 'mixing')"
         )
     unused = [s for i, s in enumerate(sources) if not (d[:, i] > 0).any()]
     if unused:

@@ -34,6 +34,7 @@ from bayescale.evaluate.hubs import summary_from_table
 from bayescale.inference.posterior import LawDraws, law_draws
 from bayescale.render import figures as figs
 from bayescale.render.html import render_report
+from bayescale.render.text import format_grid_summary
 
 # The report's figures in the order the page shows them.
 FIGURE_NAMES = ("allocation", "allocation_path", "holdout", "calibration", "scaling_curves", "transfer_matrix", "transfer_graph")
@@ -518,7 +519,7 @@ def grid_view(grid: xr.Dataset, idata, fingerprint_warning: str) -> dict:
                  if key in attrs and str(attrs[key]) != ""]
     return {
         "description": str(grid.attrs.get("description", "")),
-        "summary": grids.format_grid_summary(grids.grid_summary(grid)),
+        "summary": format_grid_summary(grids.grid_summary(grid)),
         "attributes": table(["grid attribute", "value"], rows, text_columns=(1,)) if rows else None,
         "posterior": table(["posterior attribute", "value"], post_rows, text_columns=(1,)) if post_rows else None,
         "fingerprint": fingerprint_warning,

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+import xarray as xr
+from rich.table import Table
+
+from bayescale.evaluate.hubs import hub_island_table
+from bayescale.inference.posterior import LawDraws
+
 # ------------------------------------------------------------------------------------ allocation
 # Renders bayescale.optimise.results.AllocationResult (or its JSON); what ``bayescale allocate`` prints.
 
@@ -95,4 +102,138 @@ def format_allocation(result: Mapping) -> str:
     return "\n".join(lines)
 
 
+def allocation_table(allocation: Mapping, budget: float, unit: str, objective: str) -> Table:
+    """The recommended shares beside each baseline's, and their objective values (what ``bayescale demo`` prints)."""
+    table = Table(title=f"allocation of {budget:g} {unit} ({objective})")
+    table.add_column("source")
+    table.add_column("recommended", justify="right")
+    for name in allocation["baselines"]:
+        table.add_column(name, justify="right")
+    for src in allocation["allocation"]:
+        row = [src, f"{allocation['fractions'][src]:.1%}"]
+        for base in allocation["baselines"].values():
+            amount = base["allocation"][src]
+            row.append(f"{amount / budget:.1%}")
+        table.add_row(*row)
+    table.add_row(
+        "objective", f"{allocation['objective_value']:.4g}", *[f"{b['objective_value']:.4g}" for b in allocation["baselines"].values()]
+    )
+    return table
+
+
 # ------------------------------------------------------------------------------------ end of allocation
+
+
+# ------------------------------------------------------------------------------------ grid
+# What ``bayescale grid info`` prints: bayescale.data.grid.grid_summary as lines.
+
+
+def format_grid_summary(summary: dict) -> str:
+    """A few lines of text for a person, from :func:`grid_summary`."""
+    unit = summary["data_unit"]
+    splits = summary["splits"]
+    cells = summary["runs"] * len(summary["targets"])
+    lines = [
+        f"runs: {summary['runs']} ({splits['fit']} fit, {splits['holdout']} holdout); "
+        f"seeds: {short_list([str(s) for s in summary['seeds']])}",
+        f"sources ({len(summary['sources'])}): {short_list(summary['sources'])}",
+        f"targets ({len(summary['targets'])}): {short_list(summary['targets'])}",
+        f"budgets ({len(summary['budgets'])} distinct, {unit}): {short_list([f'{b:g}' for b in summary['budgets']])}",
+    ]
+    ranges = [
+        f"{split} {lo:g} to {hi:g}"
+        for split, r in summary["budget_range"].items()
+        if r is not None
+        for lo, hi in [r]
+    ]
+    lines.append(f"budget range: {'; '.join(ranges)} {unit}")
+    lines.append(f"loss: {summary['loss_name']}; {summary['missing_losses']} of {cells} cells not evaluated")
+    return "\n".join(lines)
+
+
+def short_list(items: list[str], limit: int = 8) -> str:
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[: limit - 2]) + f", ... ({len(items) - limit + 1} more), " + items[-1]
+
+
+# ------------------------------------------------------------------------------------ sampler
+# One line of sampler diagnostics (bayescale.inference.posterior.diagnostics).
+
+
+def format_diagnostics(diag: dict) -> str:
+    if diag.get("approximate"):
+        return f"approximate posterior ({diag['method']}): {diag['draws']} independent draws; no sampler diagnostics — check against NUTS before trusting intervals"
+    return (
+        f"max r-hat {diag['max_rhat']:.3f} · min bulk ESS {diag['min_ess_bulk']:.0f} · "
+        f"min tail ESS {diag['min_ess_tail']:.0f} · divergences {diag['divergences']}"
+        + (f" · min E-BFMI {diag['min_bfmi']:.2f}" if "min_bfmi" in diag else "")
+        + f" ({diag['chains']} chains, {diag['draws']} draws)"
+    )
+
+
+# ------------------------------------------------------------------------------------ check
+# The per-law extrapolation table of ``bayescale check --laws``.
+
+
+def format_law_table(rows: list[dict]) -> str:
+    """The per-law extrapolation table as aligned text, best (lowest median |rel. error|) marked."""
+    best = min(range(len(rows)), key=lambda i: rows[i]["median_abs_rel_error"])
+    lines = [f"{'law':<24} {'cells':>5} {'r':>7} {'med|err|':>9} {'cov50':>6} {'cov90':>6} {'calibration':<16} {'div':>4} {'r-hat':>6}"]
+    for i, row in enumerate(rows):
+        name = row["law"] + ("" if row["likelihood"] == "normal" else f":{row['likelihood']}") + ("  *" if i == best else "")
+        lines.append(
+            f"{name:<24} {row['n']:>5d} {row['pearson_r']:>7.4f} {row['median_abs_rel_error']:>9.2%} {row['coverage_50']:>6.0%} "
+            f"{row['coverage_90']:>6.0%} {row['calibration']['verdict']:<16} {row['divergences']:>4d} {row['max_rhat']:>6.3f}"
+        )
+    lines.append("* lowest median |relative error| on the held-out runs; trust its intervals only if calibration says ok")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ hubs
+# What ``bayescale hubs`` prints: bayescale.evaluate.hubs.hub_island_table as a table.
+
+
+def probability_text(value) -> str:
+    return "n/a" if not np.isfinite(value) else f"{float(value):.2f}"
+
+
+def interval_text(mean, lo, hi) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Dataset | None = None, **kwargs) -> str:
+    """A short text table of hubs and islands for the command line (``bayescale hubs``).
+
+    ``posterior``: LawDraws or a posterior DataTree (its ``data_unit`` attr names the data
+    unit); ``table``: a precomputed :func:`hub_island_table` (else computed with ``kwargs``).
+    """
+    if data_unit is None:
+        data_unit = "units" if isinstance(posterior, LawDraws) else str(posterior.attrs.get("data_unit", "units"))
+    if table is None:
+        table = hub_island_table(posterior, **kwargs)
+    a = table.attrs
+    rows = [("domain", "out-transfer (helps others)", "in-transfer (helped by others)", "P(hub)", "P(island)", "label")]
+    for k, name in enumerate(table["domain"].values):
+        r = table.isel(domain=k)
+        rows.append((
+            str(name),
+            interval_text(float(r["out_mean"]), float(r["out_lo"]), float(r["out_hi"])),
+            interval_text(float(r["in_mean"]), float(r["in_lo"]), float(r["in_hi"])),
+            probability_text(r["p_hub"].values), probability_text(r["p_island"].values), str(r["label"].values),
+        ))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = [
+        f"Hubs and islands ({a['law']} law, {a['n_draws']} draws). Transfer = effective-data share at "
+        f"{a['reference_data']:.4g} {data_unit} ({a['reference']:g} x D0):",
+        "what a unit of the source's data is worth in units of the target's own data; "
+        f"mean [{100 * a['interval']:g} % interval].",
+    ]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(
+        f"hub: out-transfer >= {a['hub_threshold']:g} and >= {a['hub_ratio']:g} x the median of the other domains; "
+        f"island: out- and in-transfer < {a['island_threshold']:g}; a label needs P >= 0.5."
+    )
+    return "\n".join(lines)

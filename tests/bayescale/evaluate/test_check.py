@@ -113,7 +113,8 @@ def test_parse_law_families_reads_laws_and_likelihoods_and_refuses_bad_names():
 def test_extrapolation_by_law_ranks_the_true_family_first(small_grid, small_fit):
     """The small world transfers between domains: the independent law, blind to transfer, must
     extrapolate the held-out mixtures worse than the transfer law that generated them."""
-    from bayescale.evaluate.check import extrapolation_by_law, format_law_table
+    from bayescale.evaluate.check import extrapolation_by_law
+    from bayescale.render.text import format_law_table
 
     rows = extrapolation_by_law(small_grid, [("transfer", "normal"), ("independent", "normal")],
                                 fit_options={"chains": 1, "warmup": 200, "draws": 200}, fitted={("transfer", "normal"): small_fit})

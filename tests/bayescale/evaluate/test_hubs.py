@@ -15,7 +15,7 @@ from bayescale.evaluate import hubs
 from bayescale.errors import InputError
 from bayescale.inference.posterior import LawDraws, self_mask_for
 from bayescale.data.simulate import true_params
-from bayescale.render import figures
+from bayescale.render import figures, text
 
 # --------------------------------------------------------------------------------------
 # hand-made draws
@@ -146,7 +146,7 @@ def test_source_only_and_target_only_domains():
 
 def test_independent_law_is_refused_in_one_line(small_draws):
     draws = dataclasses.replace(small_draws, law="independent")
-    for call in (hubs.require_transfer, hubs.hub_island_table, hubs.hubs_summary, hubs.hubs_command_output):
+    for call in (hubs.require_transfer, hubs.hub_island_table, hubs.hubs_summary, text.hubs_command_output):
         expected = "no transfer parameters .law 'independent'.; hubs need a transfer or linear fit"
         with pytest.raises(InputError, match=expected) as err:
             call(draws)
@@ -165,13 +165,13 @@ def test_zero_transfer_is_refused():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"reference": 0.0}, "--reference must be a finite number > 0"),
-        ({"reference": float("nan")}, "--reference must be a finite number > 0"),
-        ({"reference_data": -3.0}, "--reference-data must be a finite number > 0"),
+        ({"reference": 0.0}, "^reference must be a finite number > 0"),
+        ({"reference": float("nan")}, "^reference must be a finite number > 0"),
+        ({"reference_data": -3.0}, "^reference_data must be a finite number > 0"),
         ({"reference": 1.0, "reference_data": 8.0}, "not both"),
-        ({"hub_threshold": 0.01, "island_threshold": 0.05}, "must not exceed --hub-threshold"),
-        ({"hub_ratio": -1.0}, "--hub-ratio must be a finite number >= 0"),
-        ({"interval": 1.0}, "--interval must lie strictly between 0 and 1"),
+        ({"hub_threshold": 0.01, "island_threshold": 0.05}, "must not exceed hub_threshold"),
+        ({"hub_ratio": -1.0}, "^hub_ratio must be a finite number >= 0"),
+        ({"interval": 1.0}, "^interval must lie strictly between 0 and 1"),
     ],
 )
 def test_bad_options_are_input_errors(hand, kwargs, message):
@@ -241,7 +241,7 @@ def test_summary_is_json_and_matches_the_table(small_fit, small_draws):
 
 
 def test_command_output(small_fit):
-    text = hubs.hubs_command_output(small_fit)
+    text = text.hubs_command_output(small_fit)
     lines = text.splitlines()
     assert "volumes" in lines[0]
     rows = {line.split()[0]: line for line in lines if line.split()[0] in ("d1", "d2", "d3", "d4")}

@@ -119,14 +119,14 @@ def test_bootstrap_by_cells_also_runs(small_grid, point):
 
 @pytest.mark.parametrize("resamples", [0, -3, 2.5, True])
 def test_bad_resample_count_is_refused(small_grid, point, resamples):
-    with pytest.raises(InputError, match="--resamples must be an integer >= 1"):
+    with pytest.raises(InputError, match="^resamples must be an integer >= 1"):
         bs.bootstrap_fit(small_grid, resamples=resamples, point=point)
 
 
 def test_bad_options_are_refused(small_grid, point):
-    with pytest.raises(InputError, match="--resample must be one of"):
+    with pytest.raises(InputError, match="^resample must be one of"):
         bs.bootstrap_fit(small_grid, resamples=2, resample="targets", point=point)
-    with pytest.raises(InputError, match="--delta must be a positive number"):
+    with pytest.raises(InputError, match="^delta must be a positive number"):
         bs.point_fit(small_grid, delta=0.0)
     with pytest.raises(InputError, match="unknown law"):
         bs.point_fit(small_grid, law="cubic")
