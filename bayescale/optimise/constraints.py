@@ -154,7 +154,7 @@ def parse_budgets(text, parameter: str = "budgets") -> list[float]:
             raise ParameterError(Name(parameter), f": every budget must be > 0, got {str(item).strip()}")
         out.append(value)
     if not out:
-        raise ParameterError(Name(parameter), f": no budgets given")
+        raise ParameterError(Name(parameter), ": no budgets given")
     return sorted(set(out))
 
 

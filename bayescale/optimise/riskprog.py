@@ -42,7 +42,7 @@ charged against the box the polytope implies. ``gap = obj(D^) - LB`` is a certif
 duality gap; the status is ``optimal`` only when it is small.
 
 The compiled quadratic subproblem and the projection onto the polytope are in
-:mod:`bayescale.optimise.qp`. This module stays long (over 800 lines) on purpose: the SQP
+:mod:`bayescale.optimise.qp`. This module is long because the SQP
 iterations, the polishing and the certificate all work on one :class:`RiskProgram`'s state
 (its free sources, scaling, compiled subproblems and last linearisation), and the certificate
 is only sound for exactly the program the iterations solved, so they are kept in one place.

@@ -223,7 +223,7 @@ def recommendation_view(allocation, unit: str) -> dict:
         "present": True,
         "lead": lead,
         "status_note": status_note,
-        "table": table([f"source", f"amount ({unit})", "share"], rows),
+        "table": table(["source", f"amount ({unit})", "share"], rows),
         "headline": headline,
         "others": table(["against", "reduction", interval_name, "P(recommendation better)"], others) if others else None,
     }
