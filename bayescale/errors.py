@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 
@@ -27,3 +28,43 @@ class InputError(ValueError):
         if self.parameter is not None and not self.parameter.startswith("-") and self.parameter in names:
             return names[self.parameter] + text[len(self.parameter):]
         return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Name:
+    """A parameter of a function named inside an error message."""
+
+    parameter: str
+
+
+def _spell(parts, names: Mapping[str, str] | None = None) -> str:
+    out = []
+    for part in parts:
+        if isinstance(part, Name):
+            out.append(names[part.parameter] if names is not None and part.parameter in names else part.parameter)
+        else:
+            out.append(str(part))
+    return "".join(out)
+
+
+class ParameterError(InputError):
+    """Bad input about a parameter; the message may name other parameters too.
+
+    Built from pieces: text, and :class:`Name` for every parameter the message names, the
+    first piece naming the parameter it is about::
+
+        ParameterError(Name("fixed"), ": 'ct' is fixed at 50, above its ", Name("upper"), " cap 10")
+
+    ``str(error)`` spells the Python names (``"fixed: 'ct' is fixed at 50, above its upper cap 10"``);
+    :meth:`naming` spells every named parameter as a mapping calls it (the command line's flags:
+    ``"--fixed: 'ct' is fixed at 50, above its --max cap 10"``).
+    """
+
+    def __init__(self, *parts):
+        self.parts = tuple(parts)
+        parameter = self.parts[0].parameter if self.parts and isinstance(self.parts[0], Name) else None
+        super().__init__(_spell(self.parts), parameter=parameter)
+
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The message with every parameter it names called what ``names`` calls it."""
+        return _spell(self.parts, names)

@@ -106,7 +106,7 @@ def allocate(
 
     Returns an :class:`~bayescale.optimise.results.AllocationResult` (its ``to_dict()`` is the
     JSON of ``bayescale allocate --json``). Bad arguments raise
-    :class:`~bayescale.optimise.constraints.ParameterError` naming the parameter; constraints
+    :class:`~bayescale.errors.ParameterError` naming the parameter; constraints
     no allocation meets raise :class:`~bayescale.optimise.constraints.InfeasibleError`.
     """
     t_start = time.perf_counter()

@@ -33,7 +33,7 @@ import re
 import numpy as np
 
 from bayescale.inference.posterior import LawDraws
-from bayescale.optimise.messages import Name, ParameterError, source_index, target_index
+from bayescale.errors import Name, ParameterError
 
 # ------------------------------------------------------------------------------------ errors
 
@@ -215,7 +215,7 @@ def parse_chance(draws: LawDraws, text, parameter: str = "chance") -> Chance:
     match = re.fullmatch(r"(.+?)\s*(<=|=<)\s*([^@]+)@(.+)", raw)
     if not match:
         raise ParameterError(Name(parameter), f": {raw!r} is not TARGET<=LOSS@PROBABILITY (e.g. 'mri_t2_abdomen<=0.12@0.95')")
-    target = target_index(draws, match.group(1).strip(), parameter)
+    target = draws.target_index(match.group(1).strip(), parameter)
     try:
         tau = float(match.group(3))
     except ValueError:
@@ -324,21 +324,21 @@ def build_spec(
     I = len(draws.sources)
     w = np.ones(len(draws.targets))
     for name, value in (weights or {}).items():
-        w[target_index(draws, name, "weights")] = number("weights", "weight", name, value)
+        w[draws.target_index(name, "weights")] = number("weights", "weight", name, value)
     if not np.any(w > 0):
         raise ParameterError(Name("weights"), ": all target weights are zero; give at least one target a weight > 0")
     c = np.ones(I)
     for name, value in (costs or {}).items():
-        c[source_index(draws, name, "costs")] = number("costs", "cost", name, value, positive=True)
+        c[draws.source_index(name, "costs")] = number("costs", "cost", name, value, positive=True)
     U = np.full(I, np.inf)
     L = np.zeros(I)
     for name, value in (upper or {}).items():
-        U[source_index(draws, name, "upper")] = number("upper", "cap", name, value)
+        U[draws.source_index(name, "upper")] = number("upper", "cap", name, value)
     for name, value in (lower or {}).items():
-        L[source_index(draws, name, "lower")] = number("lower", "minimum", name, value)
+        L[draws.source_index(name, "lower")] = number("lower", "minimum", name, value)
     fix = np.zeros(I, dtype=bool)
     for name, value in (fixed or {}).items():
-        i = source_index(draws, name, "fixed")
+        i = draws.source_index(name, "fixed")
         v = number("fixed", "amount", name, value)
         if (lower or {}).get(name) is not None and v < L[i] - 1e-12 * max(1.0, v):
             raise ParameterError(Name("fixed"), f": {name!r} is fixed at {v:g}, below its ", Name("lower"), f" {L[i]:g}")

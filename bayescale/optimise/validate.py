@@ -6,7 +6,7 @@ the remaining arguments (budget or budgets or ``min_budget``, ``interval``, ``ma
 ``holdout``, ``temperature``, ``uncertainty``), the posterior (the programs are convex only
 for some parameter ranges) and the spec as a whole, and splits the draws into those the
 program is solved on and those held out to check chance constraints. Every refusal is a
-:class:`~bayescale.optimise.constraints.ParameterError` that starts with the parameter's name.
+:class:`~bayescale.errors.ParameterError` that starts with the parameter's name.
 """
 
 from __future__ import annotations
