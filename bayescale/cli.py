@@ -367,7 +367,7 @@ def check(
     """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage, calibration verdict."""
     from bayescale.data.grid import load_grid
     from bayescale.evaluate.check import parse_law_families
-    from bayescale.render.text import format_law_table
+    from bayescale.render.text import format_check, format_law_table
     from bayescale.inference.posterior import load_posterior
     from bayescale.workflows import check_with_refit
 
@@ -387,11 +387,7 @@ def check(
             plot_check(pred, scores).savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     if json_out:
         write_json(json_out, scores)
-    console.print(
-        f"held-out cells {scores['n']} · Pearson r {scores['pearson_r']:.4f} · median |rel. error| {scores['median_abs_rel_error']:.2%} · "
-        f"coverage 50% {scores['coverage_50']:.0%} · 90% {scores['coverage_90']:.0%}",
-        highlight=False,
-    )
+    console.print(format_check(scores), highlight=False)
     if scores["calibration"]["verdict"] != "ok":
         console.print(f"[bold red]warning:[/] {scores['calibration']['message']}", highlight=False)
     if families is not None:

@@ -37,7 +37,7 @@ from bayescale.inference.posterior import diagnostics, law_draws, load_posterior
 from bayescale.optimise.allocate import allocate
 from bayescale.records import plain
 from bayescale.render.report import write_report
-from bayescale.render.text import allocation_table, format_diagnostics, format_grid_summary
+from bayescale.render.text import allocation_table, format_check, format_diagnostics, format_grid_summary
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_CONFIG = REPO_DATA / "configs" / "demo.toml"
@@ -137,11 +137,7 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
 
     table = allocation_table(allocation, budget, str(ds.attrs.get("data_unit", "units")), objective)
     console.print(table)
-    console.print(
-        f"held-out check: {scores['n']} cells · Pearson r {scores['pearson_r']:.4f} · median |rel. err.| "
-        f"{scores['median_abs_rel_error']:.2%} · coverage 50% {scores['coverage_50']:.0%}, 90% {scores['coverage_90']:.0%}",
-        highlight=False,
-    )
+    console.print(format_check(scores), highlight=False)
     if scores["calibration"]["verdict"] != "ok":
         console.print(f"[bold red]warning:[/] {scores['calibration']['message']}", highlight=False)
     console.print("stage times: " + " · ".join(f"{k} {v:.1f}s" for k, v in timings.items()), highlight=False)

@@ -173,7 +173,13 @@ def format_diagnostics(diag: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------ check
-# The per-law extrapolation table of ``bayescale check --laws``.
+# The held-out scores in one line, and the per-law extrapolation table of ``bayescale check --laws``.
+
+
+def format_check(scores: Mapping) -> str:
+    """Held-out scores (:class:`~bayescale.evaluate.results.CheckResult` or its JSON) in one line."""
+    return (f"held-out cells {scores['n']} · Pearson r {scores['pearson_r']:.4f} · median |rel. error| "
+            f"{scores['median_abs_rel_error']:.2%} · coverage 50% {scores['coverage_50']:.0%} · 90% {scores['coverage_90']:.0%}")
 
 
 def format_law_table(rows: list[dict]) -> str:
