@@ -1,5 +1,7 @@
-"""The exponential data mixing law at one fixed budget: hierarchical model, NUTS fit,
-prediction for new mixtures and held-out check.
+"""The exponential data mixing law at one fixed budget (the ``mixing`` family).
+
+Its hierarchical model, how it reads a fixed-budget grid, its draws and its prediction of
+new mixtures; fitting and checking are the generic ones.
 
 Ye et al. 2024 ("Data Mixing Laws") model the validation loss on domain j of a model
 trained, at a fixed budget, on a mixture with proportions r (r_i >= 0, sum r_i = 1) as::
