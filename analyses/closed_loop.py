@@ -315,7 +315,7 @@ def predicted_table(draws, allocations: dict[str, dict[str, float]], *, weights=
     if w.shape != (J,) or np.any(w < 0) or w.sum() <= 0:
         raise InputError(f"weights {weights!r}: one weight >= 0 per target, not all 0")
     rel = np.zeros(J) if relative_se is None else np.asarray(relative_se, dtype=float)
-    X = np.array([parse_allocation(draws, allocations[n], flag=f"allocation {n}") for n in names])  # (K, I)
+    X = np.array([parse_allocation(draws, allocations[n], parameter=f"allocation {n}") for n in names])  # (K, I)
     log_law = loss_draws(draws, X, log=True).astype(np.float64)  # (S, K, J)
     S, K, _ = log_law.shape
     rng = np.random.default_rng(seed)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from bayescale.data import grid as g
 from bayescale.errors import InputError
-from bayescale.render import text
+from bayescale.render import text as render_text
 
 NAN = float("nan")
 
@@ -558,7 +558,7 @@ def test_grid_summary_and_its_text():
         "loss_name": "mae_masked_mse",
         "missing_losses": 1,
     }
-    text = text.format_grid_summary(summary)
+    text = render_text.format_grid_summary(summary)
     assert "4 (3 fit, 1 holdout)" in text and "ct, mri, pet" in text and "volumes" in text
     assert "mae_masked_mse" in text and "1 of 12 cells" in text
     assert 4 <= len(text.splitlines()) <= 8

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from bayescale.data import grid as g
 from bayescale.errors import InputError
 from bayescale.data.simulate import Design, draw_world, simulate_grid
-from tests.bayescale.test_grid import assert_one_line_error, csv_view, grids, write_long_csv, write_wide_csv
+from tests.bayescale.data.test_grid import assert_one_line_error, csv_view, grids, write_long_csv, write_wide_csv
 
 NAN = math.nan
 

@@ -15,7 +15,8 @@ from bayescale.evaluate import hubs
 from bayescale.errors import InputError
 from bayescale.inference.posterior import LawDraws, self_mask_for
 from bayescale.data.simulate import true_params
-from bayescale.render import figures, text
+from bayescale.render import figures
+from bayescale.render import text as render_text
 
 # --------------------------------------------------------------------------------------
 # hand-made draws
@@ -131,7 +132,7 @@ def test_source_only_and_target_only_domains():
     np.testing.assert_allclose(table["in_mean"].values[[0, 1, 3]], [(0.1 + 0.6) / 2, (0.2 + 0.02) / 2, (0.4 + 0.3 + 0.01) / 3])
     assert np.isnan(table["in_mean"].values[2])
     summary = hubs.hubs_summary(draws)
-    json.dumps(summary)
+    json.dumps(summary.to_dict())
     assert summary["domains"]["x"]["in_transfer"] is None and summary["domains"]["x"]["role"] == "source only"
     assert summary["domains"]["y"]["out_transfer"] is None and summary["domains"]["y"]["p_hub"] is None
     assert summary["domains"]["y"]["role"] == "target only"
@@ -146,7 +147,7 @@ def test_source_only_and_target_only_domains():
 
 def test_independent_law_is_refused_in_one_line(small_draws):
     draws = dataclasses.replace(small_draws, law="independent")
-    for call in (hubs.require_transfer, hubs.hub_island_table, hubs.hubs_summary, text.hubs_command_output):
+    for call in (hubs.require_transfer, hubs.hub_island_table, hubs.hubs_summary, render_text.hubs_command_output):
         expected = "no transfer parameters .law 'independent'.; hubs need a transfer or linear fit"
         with pytest.raises(InputError, match=expected) as err:
             call(draws)
@@ -226,8 +227,8 @@ def test_probabilities_are_shares_of_draws(small_draws):
 
 def test_summary_is_json_and_matches_the_table(small_fit, small_draws):
     summary = hubs.hubs_summary(small_draws)
-    again = json.loads(json.dumps(summary))
-    assert again == summary
+    again = json.loads(json.dumps(summary.to_dict()))
+    assert again == summary.to_dict()
     assert set(summary["definitions"]) == set(hubs.DEFINITIONS)
     assert "d_ref = 1 x D0" in summary["definitions"]["effective_data_share"]
     assert summary["reference"] == 1.0 and summary["reference_data"] == pytest.approx(small_draws.data_scale)
@@ -241,7 +242,7 @@ def test_summary_is_json_and_matches_the_table(small_fit, small_draws):
 
 
 def test_command_output(small_fit):
-    text = text.hubs_command_output(small_fit)
+    text = render_text.hubs_command_output(small_fit)
     lines = text.splitlines()
     assert "volumes" in lines[0]
     rows = {line.split()[0]: line for line in lines if line.split()[0] in ("d1", "d2", "d3", "d4")}

@@ -5,6 +5,7 @@ import pytest
 
 from bayescale.errors import InputError
 from bayescale.evaluate.predict import loss_draws, predict
+from bayescale.laws import transfer
 
 
 def numpy_loss(draws, D):
@@ -23,7 +24,8 @@ def test_matches_an_independent_numpy_evaluation(small_draws):
 
 def test_many_allocations_at_once(small_draws):
     D = np.random.default_rng(1).uniform(0, 100, (300, len(small_draws.sources)))
-    out = loss_draws(small_draws, D, chunk=128)
+    out = transfer.loss_draws(small_draws, D, chunk=128)  # chunks of 128 allocations: the padded last one too
+    np.testing.assert_array_equal(loss_draws(small_draws, D), transfer.loss_draws(small_draws, D))
     assert out.shape == (small_draws.n_draws, 300, len(small_draws.targets))
     np.testing.assert_allclose(out[:, 17], numpy_loss(small_draws, D[17]), rtol=2e-5)
 
@@ -50,7 +52,7 @@ def test_more_data_predicts_lower_loss(small_draws):
 
 @pytest.mark.parametrize(
     "alloc, interval, message",
-    [({"nope": 1.0}, 0.9, "unknown source domain 'nope'"), ({"d1": -3.0}, 0.9, ">= 0"), ({"d1": 1.0}, 1.5, "--interval")],
+    [({"nope": 1.0}, 0.9, "unknown source domain 'nope'"), ({"d1": -3.0}, 0.9, ">= 0"), ({"d1": 1.0}, 1.5, "^interval must lie strictly between 0 and 1")],
 )
 def test_bad_input(small_draws, alloc, interval, message):
     with pytest.raises(InputError, match=message):
