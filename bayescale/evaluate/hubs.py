@@ -114,7 +114,7 @@ def require_transfer(posterior, source: str = "posterior") -> LawDraws:
     draws = _as_draws(posterior)
     hint = "hubs need a transfer or linear fit"
     if not laws.of_draws(draws).transfer:
-        raise InputError(f"{source}: posterior has no transfer parameters (law {draws.law!r}); {hint}")
+        raise InputError(f"{source}: posterior has no transfer parameters (law {draws.law!r}); {hint}, not the {draws.law} law")
     off = draws.self_mask < 0.5
     if not off.any():
         raise InputError(f"{source}: posterior has no transfer parameters (no source differs from its target); {hint}")

@@ -178,7 +178,7 @@ def format_diagnostics(diag: dict) -> str:
 
 def format_check(scores: Mapping) -> str:
     """Held-out scores (:class:`~bayescale.evaluate.results.CheckResult` or its JSON) in one line."""
-    return (f"held-out cells {scores['n']} · Pearson r {scores['pearson_r']:.4f} · median |rel. error| "
+    return (f"held-out check: {scores['n']} cells · Pearson r {scores['pearson_r']:.4f} · median |rel. error| "
             f"{scores['median_abs_rel_error']:.2%} · coverage 50% {scores['coverage_50']:.0%} · 90% {scores['coverage_90']:.0%}")
 
 
