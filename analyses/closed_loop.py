@@ -61,6 +61,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np  # noqa: E402
 
+from bayescale._files import shown_path  # noqa: E402
 from bayescale.errors import InputError  # noqa: E402
 from bayescale.inference.sampling import ensure_host_devices  # noqa: E402
 
@@ -924,7 +925,7 @@ def results_for(plan: dict, grid, settings: dict, diag: dict, measured_grid, ste
     measured_ids = set() if measured_grid is None else set(map(str, measured_grid["run"].values))
     return {
         "format": RESULTS_FORMAT,
-        "grid": settings["grid"],
+        "grid": shown_path(settings["grid"], REPO),
         "grid_largest_run": float(budgets.max()),
         "budget": settings["budget"],
         "objective": settings["objective"],

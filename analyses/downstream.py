@@ -53,6 +53,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np  # noqa: E402
 
+from bayescale._files import shown_path  # noqa: E402
 from bayescale.errors import InputError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -357,13 +358,13 @@ def run_study(args, console) -> dict:
     summary = summarise(jobs, groups)
     summary.update({
         "format": RESULTS_FORMAT,
-        "config": str(config_path),
-        "records": str(records),
+        "config": shown_path(config_path, REPO),
+        "records": shown_path(records, REPO),
         "smoke": args.smoke,
         "targets": targets,
         "tasks": tasks,
         "recipes": {t: config.recipe_dict(t) for t in tasks},
-        "encoders": {g: {str(s): str(p) for s, p in by_seed.items()} for g, by_seed in encoders.items()},
+        "encoders": {g: {str(s): shown_path(p, REPO) for s, p in by_seed.items()} for g, by_seed in encoders.items()},
         "runs": len(jobs),
     })
     return summary

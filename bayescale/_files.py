@@ -49,6 +49,15 @@ def check_writable(path: str | os.PathLike, flag: str | None = None) -> None:
         raise InputError(f"{where}: is a directory; give a file name")
 
 
+def shown_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to ``root`` when it lies inside it (results committed to a repository
+    must not name the machine's own folders), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
