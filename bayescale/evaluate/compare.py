@@ -35,19 +35,14 @@ def compare_fits(fits: dict, grid: xr.Dataset | None = None) -> list[dict]:
         raise InputError(f"{other} was fitted to a different grid than {first}; LOO compares fits of the same data only")
     rows = []
     for name, idata in fits.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the Pareto-k count below says it once, per fit
-            loo = az.loo(idata)
-        k = np.asarray(loo.pareto_k).ravel()
+        loo = loo_summary(idata)
+        if loo is None:
+            raise InputError(f"{name}: posterior has no log_likelihood group; LOO needs one")
         row = {
             "fit": name,
             "law": str(idata.attrs.get("law", "?")),
             "method": str(idata.attrs.get("method", "nuts")),
-            "elpd_loo": float(loo.elpd),
-            "se": float(loo.se),
-            "p_loo": float(loo.p),
-            "pareto_k_bad": int(np.sum(k > loo.good_k)),
-            "pareto_k_threshold": float(loo.good_k),
+            **{key: loo[key] for key in ("elpd_loo", "se", "p_loo", "pareto_k_bad", "pareto_k_threshold")},
         }
         if grid is not None:
             row["holdout"] = check_holdout(law_draws(idata), grid, where=name)

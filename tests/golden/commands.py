@@ -78,17 +78,10 @@ COMMANDS = {
 
 def make_inputs() -> None:
     """The fixed-budget grid of the mixing law (committed; made once from a known law)."""
-    import numpy as np
+    from bayescale import laws, save_grid
 
-    from bayescale.laws import mixing
-    from bayescale import save_grid
-
-    names = ["web", "code", "books"]
-    t = np.array([[-1.0, 0.4, 0.2], [0.3, -1.5, 0.1], [0.2, 0.3, -0.8]])
-    grid = mixing.simulate_mixing_grid([1.5, 0.8, 1.1], [0.9, 0.6, 0.5], t, [0.01, 0.01, 0.01], sources=names,
-                                       targets=names, runs=40, holdout=8, seed=3)
     INPUTS.mkdir(parents=True, exist_ok=True)
-    save_grid(grid, MIXING)
+    save_grid(laws.get("mixing").example_grid(seed=3), MIXING)
 
 
 def posterior_summary(path: Path) -> dict:
