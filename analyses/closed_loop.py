@@ -786,7 +786,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def load_or_fit(out: Path, grid, settings: dict, console):
     """The posterior of ``out/fit.nc`` if it was fitted to this grid with these settings, else a new NUTS fit."""
-    from bayescale.inference.fit import fit, grid_fingerprint
+    from bayescale.data.grid import grid_fingerprint
+    from bayescale.inference.fit import fit
     from bayescale.inference.posterior import load_posterior, save_posterior
 
     path = out / "fit.nc"

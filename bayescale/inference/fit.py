@@ -18,12 +18,10 @@ from bayescale import laws
 from bayescale.data import grid as grids
 from bayescale.data.grid import grid_fingerprint
 from bayescale.errors import InputError
-from bayescale.inference.sampling import approximate_svi, computation_abandoned, ensure_host_devices, interruptible, sample_nuts
+from bayescale.inference.sampling import approximate_svi, ensure_host_devices, sample_nuts
 from bayescale.laws.base import LawFamily
 
-METHODS = ("nuts", "svi")
-
-__all__ = ["METHODS", "computation_abandoned", "fit", "grid_fingerprint", "interruptible", "prior_predictive"]
+__all__ = ["check_options", "fit", "prior_predictive", "to_datatree"]
 
 
 def check_options(family: LawFamily, likelihood: str, method: str | None = None) -> None:

@@ -393,7 +393,7 @@ def _named_rows(names: list[str]) -> dict[str, list[int]]:
 
 def check_linear(spec: Spec, budget: float | None) -> None:
     """Raise :class:`InfeasibleError` if no allocation meets the linear constraints, naming a conflicting set."""
-    c, L, U = spec.costs, spec.lower, spec.upper
+    c, L = spec.costs, spec.lower
     if budget is not None:
         need = float(c @ L)
         if need > budget * (1 + 1e-12):

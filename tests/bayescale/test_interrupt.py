@@ -112,7 +112,7 @@ def test_interruptible_work_returns_its_value_raises_its_errors_and_keeps_x64():
     import jax.numpy as jnp
 
     from bayescale.errors import InputError
-    from bayescale.inference.fit import computation_abandoned, interruptible
+    from bayescale.inference.sampling import computation_abandoned, interruptible
 
     assert interruptible(lambda a, b=0: a + b, 2, b=3) == 5
     with pytest.raises(InputError, match="from the worker"):
