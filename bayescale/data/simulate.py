@@ -60,6 +60,8 @@ class World:
     # data x_break (law units) each target's power law bends to exponent alpha * ratio
     # (a "broken" power law; ratio < 1 means scaling slows down). None: the law holds.
     broken: tuple[float, float] | None = None
+    # Noise shared by all targets of one run (sd of log loss): one model and one seed per run.
+    run_sigma: float = 0.0
 
     def loss(self, data: np.ndarray) -> np.ndarray:
         """Noise-free loss (N, K) of allocations (N, K) in raw data units."""
@@ -84,6 +86,7 @@ class World:
                 "sigma": per(self.sigma), "T": pair(self.T), "beta": pair(self.beta),
                 "data_scale": self.data_scale, "hubs": list(self.hubs), "islands": list(self.islands),
                 **({"broken": list(self.broken)} if self.broken is not None else {}),
+                **({"run_sigma": self.run_sigma} if self.run_sigma else {}),
             }
         )
 
@@ -235,6 +238,8 @@ def simulate_grid(world: World, seed: int = 0) -> xr.Dataset:
     runs, data, splits, seeds = design_runs(world, rng)
     mean = world.loss(data)
     loss = mean * np.exp(world.sigma * rng.standard_normal(mean.shape))
+    if world.run_sigma:
+        loss = loss * np.exp(world.run_sigma * rng.standard_normal((mean.shape[0], 1)))
     # The trivial predictor's loss: the law with no data at all.
     baseline = world.loss(np.zeros((1, len(world.domains))))[0]
     return grids.make_grid(

@@ -7,11 +7,13 @@ cells cover at their nominal rates — *if* the sampler is right. Deviations say
 wrong: a U-shaped rank histogram means over-confident posteriors, a hump under-confident
 ones, a slope bias.
 
-The model's priors adapt to the grid (``A`` scales with the typical observed loss and
-``E`` lies below the smallest one, see :mod:`bayescale.laws.transfer`). That is an empirical-Bayes
-step a prior draw cannot reproduce, so here both are fixed constants known before the
-data (``loss_floor = loss_scale = 1``): simulation and fit share exactly one prior, and
-what is calibrated is the model and the NUTS sampler given those scales.
+The model's priors adapt to the grid: ``E`` is scaled by the smallest observed loss of a
+target, ``A`` by its median, a bend's break by the largest fit budget (see
+:mod:`bayescale.laws.transfer`). A prior draw cannot reproduce that empirical-Bayes step, so
+worlds are drawn with unit scales (``loss_floor = loss_scale = 1``) and each world is then
+fitted with the scales ``fit`` computes from its own simulated fit runs
+(:func:`bayescale.laws.transfer.loss_scales`): what is calibrated is the prior users get,
+and a rank histogram that bends in ``E`` or ``A`` says the data-adapted scales mislead.
 
 Every world uses the same run design (single-domain ladders and Dirichlet mixtures at fit
 budgets, mixtures above every fit budget held out), so the sampler is compiled once and
@@ -36,11 +38,11 @@ from bayescale.data.simulate import Design, design_runs, draw_world
 from bayescale.errors import InputError
 from bayescale.inference.sampling import ensure_host_devices
 from bayescale.laws.base import LawFamily, self_mask_for
-from bayescale.laws.transfer import ModelData
+from bayescale.laws.transfer import ModelData, break_centre, loss_scales
 
 # The scalar quantities whose ranks are recorded: per-target parameters and the
 # off-diagonal entries of the transfer matrices.
-TARGET_QUANTITIES = ("alpha", "E", "A", "x0", "sigma")
+TARGET_QUANTITIES = ("alpha", "E", "A", "x0", "sigma", "delta", "sigma_run")
 PAIR_QUANTITIES = ("T", "beta")
 LEVELS = (0.5, 0.9)
 # The sampler of the calibration study: 2 chains x 300 draws after 300 warmup at the
@@ -57,10 +59,13 @@ class SBCDesign:
     d: np.ndarray  # (N, K) data per run in law units
     fit: np.ndarray  # (N,) bool: run is fitted (else held out)
 
-    def model_data(self, log_loss: np.ndarray | None, runs: np.ndarray) -> ModelData:
-        """ModelData for the given runs, every target observed, fixed loss scales of 1."""
+    def model_data(self, log_loss: np.ndarray | None, runs: np.ndarray, scales: tuple[np.ndarray, np.ndarray] | None = None) -> ModelData:
+        """ModelData for the given runs, every target observed; loss scales ``(floor, scale)``
+        (default 1: the scales worlds are drawn with). A bend's prior is centred on the largest
+        fit budget, as ``fit`` does."""
         k = len(self.domains)
         obs_run, obs_target = np.meshgrid(np.arange(runs.sum()), np.arange(k), indexing="ij")
+        floor, scale = scales if scales is not None else (np.ones(k), np.ones(k))
         return ModelData(
             d=self.d[runs],
             obs_run=obs_run.ravel(),
@@ -68,8 +73,9 @@ class SBCDesign:
             log_loss=None if log_loss is None else np.asarray(log_loss).reshape(-1),
             log_se=np.zeros(obs_run.size),
             self_mask=self_mask_for(self.domains, self.domains),
-            loss_floor=np.ones(k),
-            loss_scale=np.ones(k),
+            loss_floor=np.asarray(floor, dtype=np.float64),
+            loss_scale=np.asarray(scale, dtype=np.float64),
+            break_centre=break_centre(self.d[self.fit]),
         )
 
 
@@ -138,13 +144,15 @@ def ranks(truth: dict, samples: dict, thin_to: int, self_mask: np.ndarray) -> di
     return out
 
 
-def holdout_coverage(design: SBCDesign, samples: dict, log_loss_holdout: np.ndarray, seed: int, law: str) -> dict[str, float]:
-    """Share of held-out cells inside the central 50 % / 90 % posterior predictive intervals."""
+def holdout_coverage(design: SBCDesign, samples: dict, log_loss_holdout: np.ndarray, seed: int, law: str,
+                     scales=None) -> dict[str, float]:
+    """Share of held-out cells inside the central 50 % / 90 % posterior predictive intervals
+    (new runs: their run effects are drawn afresh)."""
     from numpyro.infer import Predictive
 
     held = ~design.fit
-    data = design.model_data(None, held)
-    posterior_samples = {k: v for k, v in samples.items() if k != "log_loss"}
+    data = design.model_data(None, held, scales)
+    posterior_samples = {k: v for k, v in samples.items() if k not in ("log_loss", "z_run")}
     pred = Predictive(_model(law), posterior_samples=posterior_samples, return_sites=["log_loss"])(
         jax.random.PRNGKey(seed), data
     )["log_loss"]
@@ -162,7 +170,9 @@ def run_world(design: SBCDesign, index: int, *, law: str = "transfer", chains: i
     """One SBC replicate: draw a world from the prior, fit its fit runs, rank the truth, score held-out cells."""
     key_world, key_fit, key_pred = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), index), 3)
     truth, log_loss = draw_prior_world(design, key_world, law)
-    data = design.model_data(log_loss[design.fit], design.fit)
+    # The fit's own prior construction: loss scales from the world's simulated fit runs.
+    scales = loss_scales(np.exp(log_loss[design.fit]))
+    data = design.model_data(log_loss[design.fit], design.fit, scales)
     mcmc = _sampler(law, chains, warmup, draws, target_accept)
     mcmc.run(key_fit, data, extra_fields=("diverging",))
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples().items()}
@@ -175,7 +185,7 @@ def run_world(design: SBCDesign, index: int, *, law: str = "transfer", chains: i
         "thin_to": thin_to,
         "divergences": int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum()),
         "max_rhat": rhat,
-        **holdout_coverage(design, samples, log_loss[~design.fit], int(jax.random.randint(key_pred, (), 0, 2**31 - 1)), law),
+        **holdout_coverage(design, samples, log_loss[~design.fit], int(jax.random.randint(key_pred, (), 0, 2**31 - 1)), law, scales),
     }
 
 

@@ -116,11 +116,13 @@ def fit_runs(grid: xr.Dataset, where: str, what: str = "the law") -> tuple[xr.Da
 
 def observed_cells(fit_runs: xr.Dataset, loss: np.ndarray):
     """(run index, target index, loss, relative standard error) of every observed cell of (run, target)
-    ``loss``; the relative error (loss_se / loss, the log-scale noise it adds) is 0 where the grid has none."""
+    ``loss``; the relative error (loss_se / loss, the log-scale noise it adds) is 0 where the grid has none,
+    or where its ``loss_se`` is the error of a fixed validation set (:func:`bayescale.data.grid.cell_noise_se`)."""
     obs_run, obs_target = np.nonzero(np.isfinite(loss))
     observed = loss[obs_run, obs_target]
-    if "loss_se" in fit_runs:
-        se = fit_runs["loss_se"].transpose("run", "target").values[obs_run, obs_target]
+    cell_se = grids.cell_noise_se(fit_runs)
+    if cell_se is not None:
+        se = cell_se[obs_run, obs_target]
         log_se = np.where(np.isfinite(se), se / observed, 0.0)
     else:
         log_se = np.zeros_like(observed)

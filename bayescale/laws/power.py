@@ -3,8 +3,14 @@
 All data here are in the law's units: ``d = D / D0`` (see DESIGN.md). For target j
 and allocation d over the sources::
 
-    L_j(d) = E_j + A_j * x_j(d) ** (-alpha_j)
+    L_j(d) = E_j + A_j * x_j(d) ** (-alpha_j) * (1 + x_j(d) / xb_j) ** (-delta_j)
     x_j(d) = x0_j + d_j + sum_{i != j} T_ij * d_i ** beta_ij
+
+The last factor is a smooth break (Caballero et al. 2022, with sharpness 1): past the
+break ``xb_j`` the reducible loss falls with exponent ``alpha_j + delta_j`` instead of
+``alpha_j``. ``delta = 0`` is the plain power law. With ``delta >= 0`` the reducible loss is a
+product of two positive, decreasing, convex functions of x, hence convex and decreasing,
+so the allocation programs stay convex (DESIGN.md).
 
 ``self_mask[i, j]`` is 1 where source i *is* target j (its own data enters
 linearly with coefficient 1) and 0 elsewhere. The functions take one parameter
@@ -15,6 +21,7 @@ The families built on it (:mod:`bayescale.laws.transfer`):
 - ``transfer``: T_ij >= 0 and beta_ij in (0, 1] free.
 - ``linear``: beta_ij = 1 (a linear exchange rate between domains).
 - ``independent``: T_ij = 0 (transfer-unaware; each target sees only its own data).
+- ``bend``: the transfer law with a break (delta_j >= 0 free).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def safe_power(d, beta):
@@ -43,20 +51,24 @@ def effective_data(d, T, beta, x0, self_mask):
     return x0 + own + transferred
 
 
-def loss(d, E, A, alpha, x0, T, beta, self_mask):
+def log_reducible(log_x, log_A, alpha, delta=0.0, log_xb=0.0):
+    """log of the reducible loss ``A x^-alpha (1 + x / xb)^-delta`` from log x (broadcasting)."""
+    return log_A - alpha * log_x - delta * jax.nn.softplus(log_x - log_xb)
+
+
+def loss(d, E, A, alpha, x0, T, beta, self_mask, delta=0.0, log_xb=0.0):
     """Loss of every target under allocation(s) d: (N, I) -> (N, J)."""
-    x = effective_data(d, T, beta, x0, self_mask)
-    return E + A * x ** (-alpha)
+    return jnp.exp(log_loss(d, E, A, alpha, x0, T, beta, self_mask, delta, log_xb))
 
 
-def log_loss(d, E, A, alpha, x0, T, beta, self_mask):
-    """log L computed stably: log(E + A x^-alpha) = logaddexp(log E, log A - alpha log x)."""
+def log_loss(d, E, A, alpha, x0, T, beta, self_mask, delta=0.0, log_xb=0.0):
+    """log L computed stably: log(E + R) = logaddexp(log E, log R)."""
     x = effective_data(d, T, beta, x0, self_mask)
-    return jnp.logaddexp(jnp.log(E), jnp.log(A) - alpha * jnp.log(x))
+    return jnp.logaddexp(jnp.log(E), log_reducible(jnp.log(x), jnp.log(A), alpha, delta, log_xb))
 
 
 @functools.partial(jax.jit, static_argnames=("log",))
-def loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, log=False):
+def loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, delta, log_xb, log=False):
     """(N, I) allocations x S draws -> (S, N, J) law loss (or its log).
 
     The same law as :func:`loss`, written for many draws at once: log d is
@@ -72,6 +84,17 @@ def loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, log=False):
     # Without this barrier XLA fuses the power-law step into the loop above into one kernel
     # that runs 5x slower on CPU than the two loops apart (measured: 0.9 s vs 0.17 s).
     log_x = jnp.log(jax.lax.optimization_barrier(x))
+    log_r = log_reducible(log_x, jnp.log(A)[:, None, :], alpha[:, None, :], delta[:, None, :], log_xb[:, None, :])
     if log:
-        return jnp.logaddexp(jnp.log(E)[:, None, :], jnp.log(A)[:, None, :] - alpha[:, None, :] * log_x)
-    return E[:, None, :] + A[:, None, :] * jnp.exp(-alpha[:, None, :] * log_x)
+        return jnp.logaddexp(jnp.log(E)[:, None, :], log_r)
+    return E[:, None, :] + jnp.exp(log_r)
+
+
+def reducible_and_slopes(x, A, alpha, delta, xb):
+    """NumPy: the reducible loss R(x) and its first two derivatives in x (for the allocation programs).
+
+    With ``g = -alpha/x - delta/(x + xb)`` (= d log R / dx): ``R' = R g`` and
+    ``R'' = R (g^2 + alpha/x^2 + delta/(x + xb)^2) >= 0``."""
+    R = A * x ** (-alpha) * (1.0 + x / xb) ** (-delta)
+    g = -alpha / x - delta / (x + xb)
+    return R, R * g, R * (g * g + alpha / x**2 + delta / (x + xb) ** 2)

@@ -10,14 +10,22 @@ Parameterisation (chosen so NUTS sees a well-conditioned posterior):
 - ``alpha_j``, ``A_j``, ``sigma_j`` and ``x0_j`` are log-normal around shared means
   (partial pooling), written non-centred. ``A_j`` is scaled by the target's typical
   loss so one prior serves grids of any loss scale.
-- ``E_j = m_j * sigmoid(e_j)`` with ``m_j`` the smallest loss observed on target j:
-  the irreducible loss lies below every observation.
+- ``E_j = m_j * exp(e_j)`` with ``m_j`` the smallest loss observed on target j and
+  ``e_j ~ Normal(log 0.25, 1)``: the irreducible loss is a fraction of the smallest loss, with
+  no hard cap at that (noisy) minimum, so a low observation cannot cut off the truth, and a
+  prior median of a quarter of it does not push curves to flatten just past the data.
 - ``log T_ij = mu_T + tau_h h_i + tau_r r_j + tau_u u_ij`` off a target's own source:
   ``h_i`` is source i's hubness, ``r_j`` target j's receptivity. ``T_jj = 1``.
 - ``beta_ij = sigmoid(mu_b + tau_b b_ij)`` in (0, 1).
+- (``bend`` only) ``delta_j ~ HalfNormal(0.25)``, centred on no bend, and the break
+  ``log xb_j ~ Normal(log of the largest fit budget, 1.5)``: a break may lie inside the fitted
+  budgets (then the data place it) or beyond them, so intervals widen with distance past them.
 
-The likelihood is on log loss: Normal or Student-t, with scale
-``sqrt(sigma_j^2 + (se / loss)^2)`` where the grid gives a standard error.
+The likelihood is on log loss: Normal or Student-t around the law plus a run effect
+``sigma_run * z_run`` shared by every target of one run (one model, one seed: its errors on
+all targets move together), with scale ``sqrt(sigma_j^2 + (se / loss)^2)`` where the grid
+gives a per-cell standard error (an ``evaluation`` ``loss_se`` is one offset per target that
+the law absorbs; see :func:`bayescale.data.grid.cell_noise_se`).
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ from bayescale.laws.base import cell_coords, fit_runs, flat_draws, observed_cell
 LIKELIHOODS = ("normal", "student_t")
 TARGET_PARAMS = ("E", "A", "alpha", "x0", "sigma")
 PAIR_PARAMS = ("T", "beta")
+BEND_PARAMS = ("delta", "log_xb")  # (target,): zero delta (no bend) where a posterior lacks them
+OPTIONAL_PARAMS = ("nu", "sigma_run") + BEND_PARAMS  # present in some posteriors only
+#: Prior of log(E_j / smallest observed loss on j): median a quarter, 90 % within (0.05, 1.3).
+E_PRIOR = (float(np.log(0.25)), 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +64,9 @@ class ModelData:
     log_loss: np.ndarray | None  # (M,) observed log loss (None: prior predictive)
     log_se: np.ndarray  # (M,) standard error of log loss (0 where unknown)
     self_mask: np.ndarray  # (I, J)
-    loss_floor: np.ndarray  # (J,) smallest observed loss per target (upper bound of E)
+    loss_floor: np.ndarray  # (J,) smallest observed loss per target (scale of E)
     loss_scale: np.ndarray  # (J,) typical observed loss per target (scale of A)
+    break_centre: np.ndarray  # () log of the largest fit budget (law units): prior centre of a bend
 
 
 # A pytree, so a compiled sampler can take new data of the same shapes without
@@ -79,8 +92,14 @@ def transfer_law_model(data: ModelData, law: str = "transfer", likelihood: str =
     x0 = numpyro.deterministic("x0", pooled_lognormal("x0", jnp.log(0.1), 1.0, 0.5))
     sigma = numpyro.deterministic("sigma", pooled_lognormal("sigma", jnp.log(0.03), 1.0, 0.5))
     with numpyro.plate("target_plate", n_targets):
-        e = numpyro.sample("e", dist.Normal(0.0, 1.5))
-    E = numpyro.deterministic("E", jnp.asarray(data.loss_floor) * jax_sigmoid(e))
+        e = numpyro.sample("e", dist.Normal(*E_PRIOR))
+    E = numpyro.deterministic("E", jnp.asarray(data.loss_floor) * jnp.exp(e))
+    if law == "bend":
+        with numpyro.plate("target_plate", n_targets):
+            delta = numpyro.sample("delta", dist.HalfNormal(0.25))
+            log_xb = numpyro.sample("log_xb", dist.Normal(jnp.asarray(data.break_centre), 1.5))
+    else:
+        delta, log_xb = 0.0, 0.0
 
     if law == "independent":
         T = self_mask
@@ -109,8 +128,14 @@ def transfer_law_model(data: ModelData, law: str = "transfer", likelihood: str =
     T = numpyro.deterministic("T", T)
     beta = numpyro.deterministic("beta", beta)
 
-    log_mean = laws.log_loss(jnp.asarray(data.d), E, A, alpha, x0, T, beta, self_mask)
+    log_mean = laws.log_loss(jnp.asarray(data.d), E, A, alpha, x0, T, beta, self_mask, delta, log_xb)
     loc = log_mean[data.obs_run, data.obs_target]
+    if n_targets > 1:
+        # One run's losses on every target come from one model and one seed.
+        sigma_run = numpyro.sample("sigma_run", dist.HalfNormal(0.05))
+        with numpyro.plate("run_plate", data.d.shape[0]):
+            z_run = numpyro.sample("z_run", dist.Normal(0.0, 1.0))
+        loc = loc + sigma_run * z_run[data.obs_run]
     scale = jnp.sqrt(sigma[data.obs_target] ** 2 + jnp.asarray(data.log_se) ** 2)
     if likelihood == "student_t":
         nu = numpyro.sample("nu", dist.Gamma(2.0, 0.1))
@@ -145,11 +170,25 @@ def model_data(grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
         log_loss=np.log(observed),
         log_se=log_se,
         self_mask=self_mask_for(sources, targets),
-        loss_floor=np.array([np.nanmin(loss[:, j]) for j in range(len(targets))]),
-        loss_scale=np.array([np.nanmedian(loss[:, j]) for j in range(len(targets))]),
+        loss_floor=loss_scales(loss)[0],
+        loss_scale=loss_scales(loss)[1],
+        break_centre=break_centre(runs["data"].values / scale),
     )
-    coords = {"source": sources, "target": targets, **cell_coords(runs, targets, obs_run, obs_target), "data_scale": scale}
+    coords = {"source": sources, "target": targets, "run": runs["run"].values.astype(str),
+              **cell_coords(runs, targets, obs_run, obs_target), "data_scale": scale}
     return data, coords
+
+
+def loss_scales(loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(floor, scale) of the priors per target from (run, target) losses: the smallest observed
+    loss (scale of E) and the median (scale of A)."""
+    return np.nanmin(loss, axis=0), np.nanmedian(loss, axis=0)
+
+
+def break_centre(d: np.ndarray) -> np.ndarray:
+    """Log of the largest total data of the runs ``d`` (N, I) in law units: where a bend's prior is centred."""
+    budgets = np.asarray(d, dtype=np.float64).sum(axis=1)
+    return np.asarray(np.log(budgets.max()) if (budgets > 0).any() else 0.0)
 
 
 def identification_warnings(data: ModelData, coords: dict, law: str = "transfer", unit: str = "units") -> list[str]:
@@ -218,6 +257,7 @@ DIMS = {
     "E": ["target"], "A": ["target"], "alpha": ["target"], "x0": ["target"], "sigma": ["target"],
     "e": ["target"], "z_alpha": ["target"], "z_A": ["target"], "z_x0": ["target"], "z_sigma": ["target"],
     "r": ["target"], "receptivity": ["target"], "h": ["source"], "hubness": ["source"],
+    "delta": ["target"], "log_xb": ["target"], "z_run": ["run"],
     "T": ["source", "target"], "beta": ["source", "target"], "u": ["source", "target"], "b": ["source", "target"],
     "log_loss": ["obs"],
 }
@@ -248,6 +288,9 @@ class LawDraws:
     law: str = "transfer"
     likelihood: str = "normal"
     nu: np.ndarray | None = None  # (S,) Student-t degrees of freedom
+    delta: np.ndarray | None = None  # (S, J) extra exponent past the break (None: no bend)
+    log_xb: np.ndarray | None = None  # (S, J) log of the break in effective data (law units)
+    sigma_run: np.ndarray | None = None  # (S,) sd of the run effect shared by a run's targets (None: 0)
 
     @property
     def n_draws(self) -> int:
@@ -258,7 +301,7 @@ class LawDraws:
         fields = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in TARGET_PARAMS + PAIR_PARAMS or (f.name == "nu" and value is not None):
+            if f.name in TARGET_PARAMS + PAIR_PARAMS + OPTIONAL_PARAMS and value is not None:
                 value = value[index]
             fields[f.name] = value
         return LawDraws(**fields)
@@ -289,26 +332,35 @@ def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 
     d = np.atleast_2d(allocations) / np.float32(draws.data_scale)
     params = [jnp.asarray(p, dtype=jnp.float32) for p in (draws.E, draws.A, draws.alpha, draws.x0, draws.T, draws.beta)]
     mask = jnp.asarray(draws.self_mask, dtype=jnp.float32)
+    zeros = np.zeros_like(draws.E)
+    bend = [jnp.asarray(zeros if p is None else p, dtype=jnp.float32) for p in (draws.delta, draws.log_xb)]
     n = d.shape[0]
     chunk = min(chunk, n)
     # Pad to whole chunks so every call has the same shape and XLA compiles once.
     padded = np.concatenate([d, np.ones((-n % chunk, d.shape[1]), np.float32)])
     result = np.empty((draws.n_draws, padded.shape[0], len(draws.targets)), dtype=np.float32)
     for i in range(0, padded.shape[0], chunk):
-        result[:, i : i + chunk] = np.asarray(laws.loss_all_draws(jnp.asarray(padded[i : i + chunk]), *params, mask, log=log))
+        result[:, i : i + chunk] = np.asarray(laws.loss_all_draws(jnp.asarray(padded[i : i + chunk]), *params, mask, *bend, log=log))
     result = result[:, :n]
     return result[:, 0, :] if single else result
 
 
 def add_observation_noise(log_loss: np.ndarray, draws: LawDraws, rng: np.random.Generator) -> np.ndarray:
-    """Posterior predictive draws of observed log loss: the law plus each draw's noise (last axis = target)."""
+    """Posterior predictive draws of observed log loss of new runs: the law plus each draw's noise.
+
+    ``log_loss`` is (S, ..., J): draws first, targets last, one new run per index in between;
+    a run's effect (``sigma_run``) is shared by all its targets, its cell noise is not."""
     sigma = draws.sigma.reshape(draws.sigma.shape[:1] + (1,) * (log_loss.ndim - 2) + draws.sigma.shape[1:])
     if draws.likelihood == "student_t" and draws.nu is not None:
         nu = draws.nu.reshape((-1,) + (1,) * (log_loss.ndim - 1))
         noise = rng.standard_t(np.broadcast_to(nu, log_loss.shape))
     else:
         noise = rng.standard_normal(log_loss.shape)
-    return log_loss + sigma * noise
+    out = log_loss + sigma * noise
+    if draws.sigma_run is not None:
+        run_sd = draws.sigma_run.reshape((-1,) + (1,) * (log_loss.ndim - 1))
+        out = out + run_sd * rng.standard_normal(log_loss.shape[:-1] + (1,))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -322,17 +374,21 @@ class TransferFamily:
 
     name: str
     summary: str
-    parameters: tuple[str, ...] = TARGET_PARAMS + PAIR_PARAMS + ("nu",)
+    parameters: tuple[str, ...] = TARGET_PARAMS + PAIR_PARAMS + ("nu", "sigma_run")
     likelihoods: tuple[str, ...] = LIKELIHOODS
     methods: tuple[str, ...] = ("nuts", "svi")
     dims: dict = dataclasses.field(default_factory=lambda: dict(DIMS))
-    coords: tuple[str, ...] = ("source", "target")
+    coords: tuple[str, ...] = ("source", "target", "run")
     init_samples: int = 25
     amounts: bool = True
 
     @property
     def transfer(self) -> bool:
         return self.name != "independent"
+
+    @property
+    def bends(self) -> bool:
+        return self.name == "bend"
 
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
         return model_data(grid, where)
@@ -362,7 +418,12 @@ class TransferFamily:
                 raise InputError(f"{source}: posterior variable {name!r} with dims (source, target) is missing")
         if "data_scale" not in idata["constant_data"].data_vars:
             raise InputError(f"{source}: constant_data has no 'data_scale'")
-        for name in TARGET_PARAMS + PAIR_PARAMS:
+        for name in BEND_PARAMS:
+            if name in post.data_vars and set(post[name].dims) != {"chain", "draw", "target"}:
+                raise InputError(f"{source}: posterior variable {name!r} must have dims (chain, draw, target)")
+        if "delta" in post.data_vars and np.any(post["delta"].values < 0):
+            raise InputError(f"{source}: posterior variable 'delta' holds negative draws (a bend must steepen the law)")
+        for name in TARGET_PARAMS + PAIR_PARAMS + tuple(n for n in OPTIONAL_PARAMS if n in post.data_vars):
             if not np.all(np.isfinite(post[name].values)):
                 raise InputError(f"{source}: posterior variable {name!r} holds non-finite draws")
 
@@ -380,6 +441,9 @@ class TransferFamily:
             law=str(post.attrs.get("law", idata.attrs.get("law", "transfer"))),
             likelihood=str(idata.attrs.get("likelihood", "normal")),
             nu=flat_draws(post, "nu", ()) if "nu" in post else None,
+            sigma_run=flat_draws(post, "sigma_run", ()) if "sigma_run" in post else None,
+            delta=flat_draws(post, "delta", ("target",)) if "delta" in post else None,
+            log_xb=flat_draws(post, "log_xb", ("target",)) if "log_xb" in post else None,
             **params,
         )
 
@@ -398,6 +462,18 @@ class TransferFamily:
         return simulate.simulate_grid(world, seed=seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class BendFamily(TransferFamily):
+    """The transfer law with a smooth break per target (``delta``, ``log_xb``): curves may steepen."""
+
+    parameters: tuple[str, ...] = TARGET_PARAMS + PAIR_PARAMS + BEND_PARAMS + ("nu", "sigma_run")
+
+    def example_grid(self, seed: int = 0) -> xr.Dataset:
+        world = simulate.draw_world(3, seed=seed)
+        return simulate.simulate_grid(dataclasses.replace(world, broken=(1.0, 2.0)), seed=seed)
+
+
 TRANSFER = TransferFamily("transfer", "hierarchical power law in effective data with asymmetric transfer T and exponents beta")
 LINEAR = TransferFamily("linear", "the transfer law with beta = 1 (a linear exchange rate between domains)")
 INDEPENDENT = TransferFamily("independent", "each target sees only its own data (T = 0, transfer-unaware)")
+BEND = BendFamily("bend", "the transfer law whose curves may steepen past a smooth break (delta >= 0, centred on none)")

@@ -78,7 +78,9 @@ def test_prediction_code_agrees_with_the_model(fitted):
         model = handlers.substitute(handlers.seed(family.model, 0), data=values)
         site = handlers.trace(model).get_trace(data, **family.model_kwargs(family.likelihoods[0]))["log_loss"]
         loc = np.asarray(site["fn"].base_dist.loc if hasattr(site["fn"], "base_dist") else site["fn"].loc)
-        np.testing.assert_allclose(predicted[s, data.obs_run, data.obs_target], loc, rtol=2e-5, atol=2e-5)
+        # The fit runs' own run effects sit in the likelihood; a prediction is for a new run.
+        run_effect = values["sigma_run"] * values["z_run"][data.obs_run] if "z_run" in values else 0.0
+        np.testing.assert_allclose(predicted[s, data.obs_run, data.obs_target] + run_effect, loc, rtol=2e-5, atol=2e-5)
 
 
 def test_noise_matches_each_draws_sigma(fitted):
@@ -86,8 +88,16 @@ def test_noise_matches_each_draws_sigma(fitted):
     draws = law_draws(idata)
     zero = np.zeros((draws.n_draws, 4000, len(draws.targets)))
     noise = add_observation_noise(zero, draws, np.random.default_rng(0))
-    # the sample sd over 4000 cells estimates sigma to ~1.1 % (sd of a sample sd: sigma / sqrt(2 n))
-    np.testing.assert_allclose(noise.std(axis=1), draws.sigma, rtol=5 * np.sqrt(1 / (2 * 4000)))
+    # A new run's cell noise and its run effect (shared by its targets) add in quadrature.
+    run_sd = np.zeros(draws.n_draws) if getattr(draws, "sigma_run", None) is None else draws.sigma_run
+    expected = np.sqrt(draws.sigma**2 + run_sd[:, None] ** 2)
+    # the sample sd over 4000 cells estimates its sd to ~1.1 % (sd of a sample sd: sd / sqrt(2 n))
+    np.testing.assert_allclose(noise.std(axis=1), expected, rtol=5 * np.sqrt(1 / (2 * 4000)))
+    if len(draws.targets) > 1 and getattr(draws, "sigma_run", None) is not None:
+        # covariance of two targets of one run is sigma_run^2 (sd of a sample covariance ~ sd_a sd_b / sqrt(n))
+        cov = np.mean(noise[:, :, 0] * noise[:, :, 1], axis=1)
+        tol = 5 * expected[:, 0] * expected[:, 1] / np.sqrt(4000)
+        assert np.all(np.abs(cov - run_sd**2) <= tol)
 
 
 def test_held_out_check_scores_every_family(fitted):

@@ -101,6 +101,27 @@ def test_model_data_turns_a_hand_made_grid_into_the_arrays_worked_out_by_hand(ha
     assert list(coords["obs_target"][1]) == [TARGETS[t] for _, t in cells]
 
 
+def test_an_evaluation_set_error_is_not_cell_noise_and_the_bend_prior_sits_at_the_largest_fit_budget(hand_grid):
+    shared = hand_grid.copy()
+    shared["loss_se"] = shared["loss_se"].assign_attrs(kind="evaluation")
+    data, _ = model_data(shared, "hand.nc")
+    # one offset per target shared by every run on the same validation set: no cell noise
+    assert np.all(data.log_se == 0.0)
+    independent, _ = model_data(hand_grid, "hand.nc")
+    assert np.any(independent.log_se > 0)
+    # fit-run budgets in law units (D0 = 4): the largest is max over r1..r5 of the row sums / 4
+    assert float(data.break_centre) == pytest.approx(np.log(max(sum(row) for row in DATA[:5]) / 4.0))
+
+
+def test_a_loss_se_of_unknown_kind_is_a_one_line_error(hand_grid):
+    from bayescale.errors import InputError
+
+    bad = hand_grid.copy()
+    bad["loss_se"] = bad["loss_se"].assign_attrs(kind="bootstrap")
+    with pytest.raises(InputError, match=r"^hand.nc: loss_se attr 'kind' must be one of independent, evaluation, got 'bootstrap'$"):
+        model_data(bad, "hand.nc")
+
+
 # ---------------------------------------------------------------------------
 # the prior respects the parameterisation
 
@@ -108,9 +129,13 @@ def test_model_data_turns_a_hand_made_grid_into_the_arrays_worked_out_by_hand(ha
 def _check_common(draws, data):
     own = data.self_mask.astype(bool)
     E = draws["E"]
-    # E = floor * sigmoid(e): strictly inside (0, floor) (e ~ N(0, 1.5) never reaches the
-    # |e| > 17 where float32 sigmoid would round to 0 or 1).
-    assert np.all(E > 0) and np.all(E < data.loss_floor[None, :])
+    # E = floor * exp(e), e ~ N(log 0.25, 1): positive, a fraction of the smallest observed
+    # loss in the median, with no hard cap at that (noisy) minimum.
+    assert np.all(E > 0)
+    np.testing.assert_allclose(np.log(E / data.loss_floor[None, :]), draws["e"], rtol=1e-5, atol=1e-5)
+    n = draws["e"].size
+    assert abs(np.mean(draws["e"]) - np.log(0.25)) < 4 / np.sqrt(n)  # sd of a mean of n N(., 1) draws
+    assert abs(np.std(draws["e"]) - 1.0) < 4 / np.sqrt(2 * n)
     for name in ("A", "alpha", "x0", "sigma"):
         assert np.all(draws[name] > 0) and np.all(np.isfinite(draws[name])), name
     T, beta = draws["T"], draws["beta"]
@@ -122,7 +147,7 @@ def _check_common(draws, data):
 
 
 @pytest.mark.parametrize("likelihood", ["normal", "student_t"])
-def test_transfer_prior_keeps_E_below_the_floor_T_positive_and_beta_in_0_1(hand_data, likelihood):
+def test_transfer_prior_scales_E_by_the_floor_T_positive_and_beta_in_0_1(hand_data, likelihood):
     data, _ = hand_data
     draws = prior(data, "transfer", likelihood)
     own, T, beta = _check_common(draws, data)
@@ -186,7 +211,8 @@ def test_log_likelihood_equals_scipy_written_out(hand_data, law, likelihood):
     params = {k: np.asarray(draws[k], dtype=np.float64) for k in ("E", "A", "alpha", "x0", "sigma", "T", "beta")}
     for s in range(50):
         mean = law_log_loss_by_hand(np.asarray(data.d), *(params[k][s] for k in ("E", "A", "alpha", "x0", "T", "beta")), OWN)
-        loc = mean[data.obs_run, data.obs_target]
+        # plus the run effect shared by every target of a run
+        loc = mean[data.obs_run, data.obs_target] + float(draws["sigma_run"][s]) * np.asarray(draws["z_run"][s])[data.obs_run]
         scale = np.sqrt(params["sigma"][s][data.obs_target] ** 2 + data.log_se ** 2)
         if likelihood == "student_t":
             expected = scipy.stats.t.logpdf(data.log_loss, df=float(draws["nu"][s]), loc=loc, scale=scale)
@@ -208,7 +234,7 @@ def test_log_likelihood_uses_the_standard_error_and_each_targets_own_sigma(hand_
     draws = {k: v[5:6] for k, v in prior(data, "transfer").items() if k != "log_loss"}
     params = {k: np.asarray(v[0], dtype=np.float64) for k, v in draws.items()}
     mean = law_log_loss_by_hand(np.asarray(data.d), *(params[k] for k in ("E", "A", "alpha", "x0", "T", "beta")), OWN)
-    loc = mean[data.obs_run, data.obs_target]
+    loc = mean[data.obs_run, data.obs_target] + params["sigma_run"] * params["z_run"][data.obs_run]
     # Data near the law: z is O(1), so float32 rounding of loc moves the log density by ~1e-6.
     observed = loc + 0.5 * params["sigma"][data.obs_target]
     near = dataclasses.replace(data, log_loss=observed)
