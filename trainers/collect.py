@@ -156,6 +156,9 @@ def records_to_grid(records: list[dict], *, description: str = "", attrs: dict |
         baseline_loss=[baseline.get(t, np.nan) for t in targets],
         attrs=grid_attrs,
     )
+    # Every run is scored on the same fixed validation crops with the same mask seed: the
+    # standard error is the evaluation set's, one offset per target shared by all runs.
+    ds["loss_se"].attrs["kind"] = "evaluation"
     ds = ds.assign_coords(kind=("run", np.array([str(r["run"].get("kind", "")) for r in records], dtype=object)))
     ds["steps"] = ("run", steps)
     ds["train_seconds"] = ("run", seconds)

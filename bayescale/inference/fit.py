@@ -18,10 +18,12 @@ from bayescale import laws
 from bayescale.data import grid as grids
 from bayescale.data.grid import grid_fingerprint
 from bayescale.errors import InputError
+from bayescale.inference import stacking
+from bayescale.inference.posterior import diagnostics, law_draws
 from bayescale.inference.sampling import approximate_svi, ensure_host_devices, sample_nuts
 from bayescale.laws.base import LawFamily
 
-__all__ = ["check_options", "fit", "prior_predictive", "to_datatree"]
+__all__ = ["check_options", "fit", "fit_stack", "prior_predictive", "to_datatree"]
 
 
 def check_options(family: LawFamily, likelihood: str, method: str | None = None) -> None:
@@ -67,6 +69,9 @@ def fit(
         raise InputError(f"target_accept must lie strictly between 0 and 1, got {target_accept}", parameter="target_accept")
     where = grid_name or "grid"
     grid = grids.validate_grid(grid, where)
+    if family.members:
+        return fit_stack(grid, family, chains=chains, warmup=warmup, draws=draws, seed=seed, target_accept=target_accept,
+                         dense_mass=dense_mass, progress=progress, grid_name=grid_name)
     data, coords = family.model_data(grid, where)
     for message in family.identification_warnings(data, coords, str(grid.attrs.get("data_unit", "units"))):
         warnings.warn(message, UserWarning, stacklevel=2)
@@ -99,6 +104,38 @@ def fit(
         }
     )
     return idata
+
+
+def fit_stack(grid: xr.Dataset, family: LawFamily, *, chains: int, warmup: int, draws: int, seed: int, grid_name: str,
+              **nuts) -> xr.DataTree:
+    """Stack the family's members: weights from leave-future-out scores, then draws of each
+    member's fit to every fit run in proportion to its weight (:mod:`bayescale.inference.stacking`)."""
+    where = grid_name or "grid"
+    scored_grid, split = stacking.future_split(grid, seed)
+    score_runs = grids.select_split(scored_grid, "holdout")
+    settings = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed, **nuts}
+    lpd, full, member_diagnostics = {}, {}, {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # each member's identification warnings were shown by the full fits' grid
+        for name in family.members:
+            early = fit(scored_grid, law=name, grid_name=f"{where} (smaller budgets)", **settings)
+            lpd[name] = stacking.run_log_density(law_draws(early), score_runs)
+    weights_array = stacking.stacking_weights(np.column_stack([lpd[n] for n in family.members]))
+    weights = dict(zip(family.members, weights_array))
+    for name in family.members:
+        if weights[name] >= MIN_STACK_WEIGHT:
+            full[name] = fit(grid, law=name, grid_name=grid_name, **settings)
+            member_diagnostics[name] = {"weight": float(weights[name]), **diagnostics(full[name])}
+    kept = {n: weights[n] / sum(weights[m] for m in full) for n in full}
+    idata = stacking.combine(full, kept, chains * draws, seed)
+    first = next(iter(full.values()))
+    idata.attrs.update({**first.attrs, "law": family.name, "method": "stack", "approximate": 0,
+                        **stacking.stack_attrs(weights, split, lpd, member_diagnostics)})
+    return idata
+
+
+#: Members whose stacking weight is below this are left out of the stacked posterior (and not refitted).
+MIN_STACK_WEIGHT = 0.005
 
 
 def to_datatree(family: LawFamily, samples: dict, stats: dict, data, coords: dict, model_kwargs: dict):

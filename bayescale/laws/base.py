@@ -60,6 +60,9 @@ class LawFamily(Protocol):
     #: budgets, allocate), and the law has a transfer matrix T (hubs and islands).
     amounts: bool
     transfer: bool
+    #: Families a stack mixes (empty for a family with a model of its own): ``fit`` then fits
+    #: each member and stacks them (:mod:`bayescale.inference.stacking`) instead of sampling.
+    members: tuple[str, ...]
 
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[Any, dict]:
         """The grid's ``fit`` runs as the model's arrays, and the coordinates that label them."""

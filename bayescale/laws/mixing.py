@@ -400,6 +400,7 @@ class MixingFamily:
     coords: tuple[str, ...] = ("source", "target", "contrast")
     init_samples: int = 15
     amounts: bool = False  # a law of proportions: no prediction at other budgets, no allocation
+    members: tuple[str, ...] = ()
     transfer: bool = False
 
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict]:

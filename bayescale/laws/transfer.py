@@ -381,6 +381,7 @@ class TransferFamily:
     coords: tuple[str, ...] = ("source", "target", "run")
     init_samples: int = 25
     amounts: bool = True
+    members: tuple[str, ...] = ()
 
     @property
     def transfer(self) -> bool:
@@ -476,4 +477,22 @@ class BendFamily(TransferFamily):
 TRANSFER = TransferFamily("transfer", "hierarchical power law in effective data with asymmetric transfer T and exponents beta")
 LINEAR = TransferFamily("linear", "the transfer law with beta = 1 (a linear exchange rate between domains)")
 INDEPENDENT = TransferFamily("independent", "each target sees only its own data (T = 0, transfer-unaware)")
+@dataclasses.dataclass(frozen=True)
+class StackFamily(BendFamily):
+    """Bayesian stacking of transfer-law families: draws of each member in proportion to its
+    leave-future-out weight (:mod:`bayescale.inference.stacking`); read like any transfer law."""
+
+    members: tuple[str, ...] = ("transfer", "linear", "independent", "bend")
+    methods: tuple[str, ...] = ("nuts",)
+    likelihoods: tuple[str, ...] = ("normal",)
+
+    def model(self, data: ModelData, **kwargs) -> None:
+        raise InputError(f"law: the {self.name} law has no model of its own; fit stacks its members "
+                         f"({', '.join(self.members)})", parameter="law")
+
+    def example_grid(self, seed: int = 0) -> xr.Dataset:
+        return TRANSFER.example_grid(seed)
+
+
 BEND = BendFamily("bend", "the transfer law whose curves may steepen past a smooth break (delta >= 0, centred on none)")
+STACK = StackFamily("stack", "transfer, linear, independent and bend mixed by Bayesian stacking on leave-future-out scores")
