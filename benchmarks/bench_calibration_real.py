@@ -40,8 +40,9 @@ from bayescale.data import grid as grids
 from bayescale.data import realgrids, simulate
 from bayescale.evaluate.calibration import point_scores, real_grid_scores
 from bayescale.evaluate.check import holdout_predictions
-from bayescale.inference.fit import fit
-from bayescale.inference.posterior import diagnostics, law_draws
+from bayescale import laws
+from bayescale.inference.fit import fit, fit_stack
+from bayescale.inference.posterior import diagnostics, law_draws, load_posterior, save_posterior
 from bayescale.inference.sampling import ensure_host_devices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,9 +119,16 @@ def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path
         if saved.get("settings") == settings:
             return saved, xr.load_dataset(pred_path)
     start = time.perf_counter()
+    family = laws.get(law)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        idata = fit(grid, law=law, grid_name=name, **settings)
+        if family.members:  # reuse the members' fits of this run (the same grid and settings)
+            fitted = {m: load_posterior(path) for m in family.members
+                      if (path := folder / f"{stem.rsplit('__', 1)[0]}__{m}.posterior.nc").is_file()
+                      and json.loads((folder / f"{stem.rsplit('__', 1)[0]}__{m}.json").read_text()).get("settings") == settings}
+            idata = fit_stack(grids.validate_grid(grid, name), family, grid_name=name, fitted=fitted, **settings)
+        else:
+            idata = fit(grid, law=law, grid_name=name, **settings)
     seconds = time.perf_counter() - start
     pred = holdout_predictions(law_draws(idata), grid, where=name)
     row = {"case": name, "law": law, "settings": settings, "seconds": seconds, "diagnostics": diagnostics(idata),
@@ -129,6 +137,8 @@ def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path
         if key in idata.attrs:
             row[key] = json.loads(idata.attrs[key])
     folder.mkdir(parents=True, exist_ok=True)
+    if not family.members:
+        save_posterior(idata, folder / f"{stem}.posterior.nc")  # for the stack of this case (not committed)
     pred.to_netcdf(pred_path)
     write_text_atomic(json_path, json.dumps(row, indent=1, default=float))
     return row, pred

@@ -107,9 +107,12 @@ def fit(
 
 
 def fit_stack(grid: xr.Dataset, family: LawFamily, *, chains: int, warmup: int, draws: int, seed: int, grid_name: str,
-              **nuts) -> xr.DataTree:
+              fitted: dict | None = None, **nuts) -> xr.DataTree:
     """Stack the family's members: weights from leave-future-out scores, then draws of each
-    member's fit to every fit run in proportion to its weight (:mod:`bayescale.inference.stacking`)."""
+    member's fit to every fit run in proportion to its weight (:mod:`bayescale.inference.stacking`).
+
+    ``fitted``: members' posteriors already fitted to this grid's fit runs with the same
+    settings (checked by the grid's fingerprint), reused instead of refitted."""
     where = grid_name or "grid"
     scored_grid, split = stacking.future_split(grid, seed)
     score_runs = grids.select_split(scored_grid, "holdout")
@@ -124,7 +127,10 @@ def fit_stack(grid: xr.Dataset, family: LawFamily, *, chains: int, warmup: int, 
     weights = dict(zip(family.members, weights_array))
     for name in family.members:
         if weights[name] >= MIN_STACK_WEIGHT:
-            full[name] = fit(grid, law=name, grid_name=grid_name, **settings)
+            reuse = (fitted or {}).get(name)
+            if reuse is not None and reuse.attrs.get("grid_fingerprint") != grid_fingerprint(grid):
+                raise InputError(f"fitted: the {name} posterior was fitted to another grid", parameter="fitted")
+            full[name] = reuse if reuse is not None else fit(grid, law=name, grid_name=grid_name, **settings)
             member_diagnostics[name] = {"weight": float(weights[name]), **diagnostics(full[name])}
     kept = {n: weights[n] / sum(weights[m] for m in full) for n in full}
     idata = stacking.combine(full, kept, chains * draws, seed)
@@ -179,6 +185,9 @@ def prior_predictive(grid: xr.Dataset, *, law: str = "transfer", likelihood: str
 
     family = laws.get(law)
     check_options(family, likelihood)
+    if family.members:
+        raise InputError(f"law: the {law} law has no prior of its own; check each member's ({', '.join(family.members)})",
+                         parameter="law")
     if draws < 1:
         raise InputError(f"draws must be >= 1, got {draws}", parameter="draws")
     where = grid_name or "grid"

@@ -97,6 +97,9 @@ def sbc_family(law: str) -> LawFamily:
     if not family.amounts:
         raise InputError(f"law: SBC simulates ladders and mixtures at several budgets; the {law} law ({family.summary}) "
                          "does not model budgets", parameter="law")
+    if family.members:
+        raise InputError(f"law: the {law} law has no prior to draw worlds from; calibrate its members "
+                         f"({', '.join(family.members)}) one by one", parameter="law")
     return family
 
 

@@ -4,6 +4,8 @@ plumbing and agreement between the model and the prediction code, not convergenc
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -68,6 +70,14 @@ def test_prediction_code_agrees_with_the_model(fitted):
     family, grid, idata = fitted
     draws = law_draws(idata)
     data, coords = family.model_data(grid, "example.nc")
+    if family.members:
+        # A stack samples no model of its own: its draws are its members' (each checked here).
+        with pytest.raises(InputError, match="no model of its own"):
+            family.model(data)
+        weights = json.loads(idata.attrs["stack_weights"])
+        assert set(weights) == set(family.members) and sum(weights.values()) == pytest.approx(1.0)
+        assert draws.n_draws == SHORT["chains"] * SHORT["draws"]
+        return
     runs = grid.isel(run=np.flatnonzero(grid["split"].values == "fit"))
     amounts = runs["data"].transpose("run", "source").values
     predicted = loss_draws(draws, amounts, log=True)  # (S, N, J)
@@ -114,8 +124,12 @@ def test_held_out_check_scores_every_family(fitted):
 
 def test_prior_predictive_and_loo_comparison(fitted):
     family, grid, idata = fitted
-    prior = prior_predictive(grid, law=family.name, draws=50)
-    assert set(prior["targets"]) == {str(t) for t in grid["target"].values}
+    if family.members:
+        with pytest.raises(InputError, match="has no prior of its own"):
+            prior_predictive(grid, law=family.name, draws=50)
+    else:
+        prior = prior_predictive(grid, law=family.name, draws=50)
+        assert set(prior["targets"]) == {str(t) for t in grid["target"].values}
     rows = compare_fits({"a.nc": idata, "b.nc": idata})
     assert [r["law"] for r in rows] == [family.name] * 2 and rows[1]["elpd_diff"] == pytest.approx(0.0)
 
