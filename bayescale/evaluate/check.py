@@ -172,7 +172,32 @@ def coverage_curve(pred: xr.Dataset, levels=None) -> CoverageCurve:
     return CoverageCurve(nominal=levels.tolist(), empirical=empirical.tolist(), lo=lo.tolist(), hi=hi.tolist(), n=int(n))
 
 
-def calibration_verdict(scores: Scores) -> Calibration:
+def cluster_coverage_p(pred: xr.Dataset, level: float) -> tuple[float, float]:
+    """One-sided p-values (too few inside, too many inside) of the held-out coverage at ``level``,
+    with the cells of one run as one cluster (they share its model and seed).
+
+    The coverage is a ratio of sums over runs; its variance under the nominal rate q is the
+    cluster-robust (sandwich) sum_r (k_r - q n_r)^2 / (sum_r n_r)^2, and
+    (coverage - q) / sd is referred to Student-t with (runs - 1) degrees of freedom. With one
+    cell per run this is the binomial variance q (1 - q) / n."""
+    tag = int(round(level * 100))
+    obs = pred["observed"].transpose("run", "target").values
+    inside = (pred[f"lo{tag}"].transpose("run", "target").values <= obs) & (obs <= pred[f"hi{tag}"].transpose("run", "target").values)
+    observed = np.isfinite(obs)
+    k = np.sum(inside & observed, axis=1)[observed.any(axis=1)]
+    n = np.sum(observed, axis=1)[observed.any(axis=1)]
+    if k.size < 2:
+        return float("nan"), float("nan")
+    total = n.sum()
+    sd = np.sqrt(np.sum((k - level * n) ** 2)) / total
+    if sd == 0:
+        return (1.0, 1.0)
+    t = (k.sum() / total - level) / sd
+    df = k.size - 1
+    return float(stats.t.cdf(t, df)), float(stats.t.sf(t, df))
+
+
+def calibration_verdict(scores: Scores, pred: xr.Dataset | None = None) -> Calibration:
     """Are the held-out intervals over- or under-confident? ``{"verdict", "message", "p_values"}``.
 
     ``over-confident`` when fewer cells fall inside the 50 % or 90 % intervals than the
@@ -180,20 +205,29 @@ def calibration_verdict(scores: Scores) -> Calibration:
     its intervals claim, typically because the truth is outside its family (a bend in
     the scaling curve past the fitted budgets) or the posterior is not converged.
     ``under-confident`` when more fall inside than plausible at both levels.
+
+    With ``pred`` (the held-out predictions over run x target) the test counts the cells of one
+    run as one cluster (:func:`cluster_coverage_p`); without, each cell is a Bernoulli trial
+    (an exact binomial test, quick to flag where cells are correlated).
     """
     n = scores["n"]
     p_low, p_high = {}, {}
+    clustered = pred is not None and pred.sizes.get("run", 0) >= 2
     for level in LEVELS:
+        if clustered:
+            p_low[level], p_high[level] = cluster_coverage_p(pred, level)
+            continue
         inside = int(round(scores[f"coverage_{int(level * 100)}"] * n))
         p_low[level] = float(stats.binomtest(inside, n, level, alternative="less").pvalue)
         p_high[level] = float(stats.binomtest(inside, n, level, alternative="greater").pvalue)
+    runs_note = f" of {pred.sizes['run']} runs, each run one cluster" if clustered else ""
     low = [level for level in LEVELS if p_low[level] < CALIBRATION_ALPHA]
     if low:
         worst = min(low, key=lambda level: p_low[level])
         verdict = "over-confident"
         message = (
             f"held-out intervals are over-confident: the {worst:.0%} intervals cover {scores[f'coverage_{int(worst * 100)}']:.0%} "
-            f"of {n} cells (p = {p_low[worst]:.1g}); the law does not extrapolate as its posterior claims "
+            f"of {n} cells{runs_note} (p = {p_low[worst]:.1g}); the law does not extrapolate as its posterior claims "
             "(truth outside the law's family, e.g. a bend in the scaling curve, or an unconverged fit) — widen or refit before trusting predictions"
         )
     elif all(p_high[level] < CALIBRATION_ALPHA for level in LEVELS):
@@ -207,7 +241,7 @@ def calibration_verdict(scores: Scores) -> Calibration:
 def checked(pred: xr.Dataset) -> CheckResult:
     """The scores of held-out predictions with the verdict on their intervals."""
     scores = score_predictions(pred)
-    return CheckResult(scores=scores, calibration=calibration_verdict(scores))
+    return CheckResult(scores=scores, calibration=calibration_verdict(scores, pred))
 
 
 def check_holdout(draws: Draws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> CheckResult:

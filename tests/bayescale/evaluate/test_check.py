@@ -51,6 +51,45 @@ def test_calibration_verdict_flags_intervals_that_cover_too_little():
     assert calibration_verdict({"n": 6, "coverage_50": 0.33, "coverage_90": 0.67})["verdict"] == "ok"
 
 
+def _cells(inside_by_run: list[list[bool]], level: int):
+    """Held-out predictions over (run, target) whose cells fall inside the level's interval as given."""
+    import xarray as xr
+
+    inside = np.array(inside_by_run, dtype=bool)
+    observed = np.where(inside, 1.0, 3.0)
+    ones = np.ones_like(observed)
+    data = {"observed": observed, "median": ones}
+    for tag in (50, 90):
+        data[f"lo{tag}"], data[f"hi{tag}"] = 0.5 * ones, 2.0 * ones
+    return xr.Dataset({k: (("run", "target"), v) for k, v in data.items()})
+
+
+def test_the_coverage_test_counts_a_run_as_one_cluster():
+    from scipy import stats
+
+    from bayescale.evaluate.check import calibration_verdict, cluster_coverage_p
+
+    # 10 runs x 5 targets, 7 runs wholly inside, 3 wholly outside: 70 % of 50 cells. As 50
+    # independent cells that is 35 of 50 against 90 % (binomial p ~ 2e-5: flagged); as 10 runs
+    # it is 7 of 10, which chance explains far more easily.
+    pred = _cells([[True] * 5] * 7 + [[False] * 5] * 3, 90)
+    p_low, _ = cluster_coverage_p(pred, 0.9)
+    binomial = stats.binomtest(35, 50, 0.9, alternative="less").pvalue
+    assert binomial < 1e-3 and p_low > 10 * binomial
+    # by hand: k = 5 or 0 per run, n = 5; sd = sqrt(7 (5 - 4.5)^2 + 3 (0 - 4.5)^2) / 50; t = (0.7 - 0.9) / sd, df 9
+    sd = np.sqrt(7 * 0.5**2 + 3 * 4.5**2) / 50
+    assert p_low == pytest.approx(stats.t.cdf((0.7 - 0.9) / sd, 9))
+    scores = {"n": 50, "coverage_50": 0.7, "coverage_90": 0.7}
+    assert calibration_verdict(scores)["verdict"] == "over-confident"  # cells as trials
+    clustered = calibration_verdict(scores, pred)
+    assert clustered["p_values"]["0.9"] == pytest.approx(p_low)
+    # one cell per run: the cluster variance is the binomial one (normal approximation)
+    single = _cells([[True]] * 30 + [[False]] * 10, 90)
+    p_single, _ = cluster_coverage_p(single, 0.9)
+    z = (30 / 40 - 0.9) / np.sqrt(30 * 0.1**2 + 10 * 0.9**2) * 40
+    assert p_single == pytest.approx(stats.t.cdf(z, 39))
+
+
 def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident():
     """Misspecification: past effective data 4 (inside the held-out budgets, beyond the fit
     ones) every loss curve bends to 40 % of its slope. The fitted law cannot see the bend,
