@@ -79,7 +79,6 @@ def closed_loop_grid() -> xr.Dataset:
         baseline_loss=shipped["baseline_loss"].values,
         attrs=dict(shipped.attrs),
     )
-    combined["loss_se"].attrs = dict(shipped["loss_se"].attrs)  # the same fixed validation crops
     return grids.validate_grid(combined, "closed-loop grid")
 
 

@@ -158,7 +158,7 @@ def records_to_grid(records: list[dict], *, description: str = "", attrs: dict |
     )
     # Every run is scored on the same fixed validation crops with the same mask seed: the
     # standard error is the evaluation set's, one offset per target shared by all runs.
-    ds["loss_se"].attrs["kind"] = "evaluation"
+    ds.attrs["loss_se_kind"] = "shared"
     ds = ds.assign_coords(kind=("run", np.array([str(r["run"].get("kind", "")) for r in records], dtype=object)))
     ds["steps"] = ("run", steps)
     ds["train_seconds"] = ("run", seconds)

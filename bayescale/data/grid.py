@@ -8,12 +8,12 @@ A loss grid is an :class:`xarray.Dataset` with
 - ``data`` (run, source): amount of training data from each source, finite and >= 0,
   in units ``attrs["data_unit"]``;
 - ``loss`` (run, target): validation loss, finite and > 0, NaN where not evaluated;
-- optional ``loss_se`` (run, target): standard error of the loss, >= 0 or NaN; its attr
-  ``kind`` says what error it is (:data:`SE_KINDS`): ``"evaluation"`` when it is the error of
-  a fixed validation set (the same crops, tokens or masks for every run, so the error is one
-  offset per target shared by all runs, and by every new run evaluated on that set), or
-  ``"independent"`` (the default) when each cell's error is fresh noise (e.g. a run evaluated
-  on its own random validation sample);
+- optional ``loss_se`` (run, target): standard error of the loss, >= 0 or NaN; the grid attr
+  ``loss_se_kind`` says what error it is (:data:`SE_KINDS`): ``"shared"`` when every run is
+  scored on the same validation set (the same crops, tokens or masks), so the error is one
+  offset per target common to all runs (and to every new run scored on that set), or
+  ``"per_run"`` (the default) when each run has its own evaluation sample, so the errors are
+  independent;
 - optional ``baseline_loss`` (target): loss of a trivial predictor, > 0 or NaN;
 - attrs ``loss_name`` (default ``"loss"``), ``data_unit`` (default ``"units"``) and
   ``description`` (default ``""``); other attrs and variables are kept as they are.
@@ -61,26 +61,26 @@ _NETCDF3_SIGNATURES = (b"CDF\x01", b"CDF\x02", b"CDF\x05")
 # building and validating
 
 
-#: What a grid's ``loss_se`` can be: the error of a fixed validation set shared by every run
-#: ("evaluation"), or fresh noise in every cell ("independent").
-SE_KINDS = ("independent", "evaluation")
+#: What a grid's ``loss_se`` can be (its attr ``loss_se_kind``): fresh noise of each run's own
+#: evaluation sample ("per_run"), or the error of one validation set every run is scored on ("shared").
+SE_KINDS = ("per_run", "shared")
 
 
 def loss_se_kind(ds: xr.Dataset) -> str | None:
     """The kind of the grid's ``loss_se`` (:data:`SE_KINDS`), or None where it has none."""
     if "loss_se" not in ds.variables:
         return None
-    return str(ds["loss_se"].attrs.get("kind", "independent"))
+    return str(ds.attrs.get("loss_se_kind", "per_run"))
 
 
 def cell_noise_se(ds: xr.Dataset) -> np.ndarray | None:
     """(run, target) standard errors that are fresh noise in each cell, or None.
 
-    An ``evaluation`` error is one offset per target shared by every run evaluated on the same
+    A ``shared`` error is one offset per target common to every run scored on the same
     validation set: it shifts a target's whole curve, which the law's own per-target
-    parameters absorb, and it recurs in every new run on that set, so it is neither
+    parameters absorb, and it recurs in every new run scored on that set, so it is neither
     independent evidence in a fit nor extra spread in a prediction (None here)."""
-    if loss_se_kind(ds) != "independent":
+    if loss_se_kind(ds) != "per_run":
         return None
     return ds["loss_se"].transpose("run", "target").values
 
@@ -185,9 +185,9 @@ def validate_grid(ds, source: str = "grid") -> xr.Dataset:
             bad_se = np.isinf(se_values) | (se_values < 0)
         _reject_cells(se_values, bad_se, source, "loss_se", runs, "target", targets,
                       "standard errors must be finite and >= 0 (or NaN)")
-        kind = se.attrs.get("kind", "independent")
+        kind = ds.attrs.get("loss_se_kind", "per_run")
         if kind not in SE_KINDS:
-            raise InputError(f"{source}: loss_se attr 'kind' must be one of {', '.join(SE_KINDS)}, got {_show(kind)}")
+            raise InputError(f"{source}: attr loss_se_kind must be one of {', '.join(SE_KINDS)}, got {_show(kind)}")
         data_vars["loss_se"] = xr.Variable(("run", "target"), se_values, attrs=dict(se.attrs))
     if "baseline_loss" in ds.variables:
         base = _contract_var(ds, "baseline_loss", ("target",), source)

@@ -241,7 +241,7 @@ def openlm_grid(
     )
     # The published intervals are over each validation set's fixed tokens: every run is scored
     # on the same tokens, so the error is the evaluation set's, shared by all runs.
-    ds["loss_se"].attrs["kind"] = "evaluation"
+    ds.attrs["loss_se_kind"] = "shared"
     return ds.assign_coords(
         corpus=("run", np.array([r.corpus for r in chosen], dtype=object)),
         model=("run", np.array([r.model for r in chosen], dtype=object)),

@@ -78,7 +78,7 @@ def predictive_bands(runs: xr.Dataset, targets, draw_targets, log_pred, predicti
     draws_targets = list(draw_targets)
     if grids.cell_noise_se(runs) is not None:
         # A held-out loss measured with fresh noise of a known standard error is that much
-        # noisier (an evaluation-set error is shared with the fit runs: nothing to add).
+        # noisier (a shared validation-set error is common to the fit runs: nothing to add).
         observed_loss = runs["loss"].reindex(target=draws_targets).transpose("run", "target").values
         se = runs["loss_se"].reindex(target=draws_targets).transpose("run", "target").values
         log_se = np.where(np.isfinite(se) & np.isfinite(observed_loss), se / observed_loss, 0.0)

@@ -9,7 +9,8 @@ with the run effect (``sigma_run``) as the covariance it induces (:func:`run_log
 The weights maximise the log score of the mixture of the members' predictive
 distributions (:func:`stacking_weights`). The stacked posterior holds, of each member's
 posterior on *all* fit runs, a share of draws equal to its weight, in the variables every
-transfer-law family shares (a member without a bend has ``delta = 0``), so ``predict``,
+transfer-law family shares (a member without a bend has ``delta = 0``, ``independent`` has T = 0
+off a target's own source) and a ``law`` variable naming each draw's family, so ``predict``,
 ``allocate`` (each draw's loss is still convex), ``check``, ``hubs`` and ``report`` read it as
 any other posterior of data amounts.
 
@@ -138,6 +139,7 @@ def combine(members: dict, weights: dict, total: int, seed: int = 0):
         keep["log_xb"] = post["log_xb"] if "log_xb" in post else zeros
         keep["sigma_run"] = post["sigma_run"] if "sigma_run" in post else xr.zeros_like(post["E"].isel(target=0, drop=True))
         part = xr.Dataset(keep).isel(sample=index).drop_vars(["sample", "chain", "draw"])
+        part["law"] = ("sample", np.full(count, name, dtype=object))  # each draw carries its family (contract 2)
         post_parts.append(part.rename(sample="draw"))
         loglik_parts.append(loglik.isel(sample=index).drop_vars(["sample", "chain", "draw"]).rename(sample="draw"))
     post = xr.concat(post_parts, dim="draw").expand_dims("chain").transpose("chain", "draw", ...)

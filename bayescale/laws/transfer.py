@@ -24,7 +24,7 @@ Parameterisation (chosen so NUTS sees a well-conditioned posterior):
 The likelihood is on log loss: Normal or Student-t around the law plus a run effect
 ``sigma_run * z_run`` shared by every target of one run (one model, one seed: its errors on
 all targets move together), with scale ``sqrt(sigma_j^2 + (se / loss)^2)`` where the grid
-gives a per-cell standard error (an ``evaluation`` ``loss_se`` is one offset per target that
+gives a per-run standard error (a ``shared`` ``loss_se`` is one offset per target that
 the law absorbs; see :func:`bayescale.data.grid.cell_noise_se`).
 """
 

@@ -77,6 +77,14 @@ def test_prediction_code_agrees_with_the_model(fitted):
         weights = json.loads(idata.attrs["stack_weights"])
         assert set(weights) == set(family.members) and sum(weights.values()) == pytest.approx(1.0)
         assert draws.n_draws == SHORT["chains"] * SHORT["draws"]
+        # each draw names its family; a member's share of the draws is its weight (among those kept)
+        from bayescale.inference.fit import MIN_STACK_WEIGHT
+
+        kept = {m: w for m, w in weights.items() if w >= MIN_STACK_WEIGHT}
+        names, counts = np.unique(idata["posterior"]["law"].values.astype(str), return_counts=True)
+        assert set(names) <= set(kept)
+        for name, count in zip(names, counts):
+            assert abs(count - kept[name] / sum(kept.values()) * draws.n_draws) <= 1
         return
     runs = grid.isel(run=np.flatnonzero(grid["split"].values == "fit"))
     amounts = runs["data"].transpose("run", "source").values

@@ -101,9 +101,8 @@ def test_model_data_turns_a_hand_made_grid_into_the_arrays_worked_out_by_hand(ha
     assert list(coords["obs_target"][1]) == [TARGETS[t] for _, t in cells]
 
 
-def test_an_evaluation_set_error_is_not_cell_noise_and_the_bend_prior_sits_at_the_largest_fit_budget(hand_grid):
-    shared = hand_grid.copy()
-    shared["loss_se"] = shared["loss_se"].assign_attrs(kind="evaluation")
+def test_a_shared_validation_error_is_not_cell_noise_and_the_bend_prior_sits_at_the_largest_fit_budget(hand_grid):
+    shared = hand_grid.assign_attrs(loss_se_kind="shared")
     data, _ = model_data(shared, "hand.nc")
     # one offset per target shared by every run on the same validation set: no cell noise
     assert np.all(data.log_se == 0.0)
@@ -116,9 +115,8 @@ def test_an_evaluation_set_error_is_not_cell_noise_and_the_bend_prior_sits_at_th
 def test_a_loss_se_of_unknown_kind_is_a_one_line_error(hand_grid):
     from bayescale.errors import InputError
 
-    bad = hand_grid.copy()
-    bad["loss_se"] = bad["loss_se"].assign_attrs(kind="bootstrap")
-    with pytest.raises(InputError, match=r"^hand.nc: loss_se attr 'kind' must be one of independent, evaluation, got 'bootstrap'$"):
+    bad = hand_grid.assign_attrs(loss_se_kind="bootstrap")
+    with pytest.raises(InputError, match=r"^hand.nc: attr loss_se_kind must be one of per_run, shared, got 'bootstrap'$"):
         model_data(bad, "hand.nc")
 
 
