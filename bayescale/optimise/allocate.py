@@ -12,7 +12,9 @@ the uniform split, ``normalise=True``, so domains with different loss scales com
   ``minimax:worst`` (the worst target's CVaR / max over draws);
 - constraints: budget ``sum_i c_i D_i <= B`` with per-domain costs, caps, minimums, fixed
   domains, group shares (:mod:`bayescale.optimise.constraints`) and chance constraints
-  ``P(L_j(D) <= tau) >= p`` through their convex CVaR approximation, checked on held-out draws;
+  ``P(L_j(D) <= tau) >= p`` through their convex CVaR approximation, checked on held-out draws,
+  by default over the loss one run will observe (the law's noise included,
+  :mod:`bayescale.optimise.predictive`), with ``chance_on="expected"`` over the law's loss;
 - ``min_budget=True``: the least (cost-weighted) budget that meets every chance constraint.
 
 The programs are solved exactly by :class:`bayescale.optimise.riskprog.RiskProgram` (SQP whose
@@ -50,6 +52,7 @@ from bayescale.optimise.evaluation import (
     parse_objective,
     weights_vector,
 )
+from bayescale.optimise.predictive import chance_log_noise
 from bayescale.optimise.problem import CHANCE_MARGIN, AllocationProblem, polish, solve_checked
 from bayescale.optimise.results import AllocationResult
 from bayescale.optimise.riskprog import LawEval
@@ -78,6 +81,7 @@ def allocate(
     fixed: dict | None = None,
     groups=None,
     chance=None,
+    chance_on: str = "predictive",
     min_budget: bool = False,
     budgets=None,
     temperature: float = TEMPERATURE,
@@ -95,6 +99,8 @@ def allocate(
     posterior-mean loss at the uniform split; ``costs`` {source: cost per unit > 0};
     ``upper`` {source: cap}; ``lower`` {source: minimum}; ``fixed`` {source: amount};
     ``groups`` ["ct_*>=0.3", ...] (share of the spend); ``chance`` ["target<=tau@p", ...];
+    ``chance_on``: ``"predictive"`` (P over the loss one run will observe: the law's loss and one
+    run's noise, drawn per draw with ``seed``) or ``"expected"`` (P over the law's expected loss);
     ``min_budget``: find the least spend meeting every chance constraint (``budget`` not given);
     ``budgets``: also solve this sequence (the allocation path); ``temperature``: of the
     temperature-sampling baseline; ``baselines``: compare with the mixing rules and the
@@ -115,17 +121,19 @@ def allocate(
                                      max_draws=max_draws, holdout=holdout, temperature=temperature,
                                      uncertainty=uncertainty)
     spec = build_spec(draws, objective=objective, weights=weights, costs=costs, upper=upper, lower=lower,
-                      fixed=fixed, groups=groups, chance=chance, normalise=normalise)
-    check_problem(draws, spec, B, min_budget=min_budget)
+                      fixed=fixed, groups=groups, chance=chance, normalise=normalise, chance_on=chance_on)
+    noise = chance_log_noise(draws, spec, seed)  # one run's noise per draw (predictive chance constraints)
+    check_problem(draws, spec, B, min_budget=min_budget, chance_noise=noise)
 
     opt_idx, held_idx = split_draws(draws.n_draws, max_draws, holdout if spec.chance else 0.0, seed)
     sub = draws if opt_idx.size == draws.n_draws else draws.subset(opt_idx)
+    sub_noise = None if noise is None else noise[opt_idx]
     law_all = LawEval(draws)
 
     # Normalisation: each target's posterior-mean loss at the uniform split of the (reference) budget.
     ref_budget = B
     if min_budget:
-        probe = AllocationProblem(sub, spec, reference_budget=1.0, min_budget=True)
+        probe = AllocationProblem(sub, spec, reference_budget=1.0, min_budget=True, chance_noise=sub_noise)
         ref_budget = probe.spend_guess()
     uniform_ref = bl.fill(ref_budget, spec.lower, spec.upper, None, spec.costs)
     target_scale = None
@@ -133,7 +141,7 @@ def allocate(
         mean_loss = LawEval(sub).values(uniform_ref).mean(axis=0)
         target_scale = 1.0 / np.maximum(mean_loss, 1e-300)
     problem = AllocationProblem(sub, spec, reference_budget=ref_budget, min_budget=min_budget,
-                                target_scale=target_scale)
+                                target_scale=target_scale, chance_noise=sub_noise)
     v = problem.effective_weights()
 
     sol, status, notes = polish(problem, solve_checked(problem, B), B)
@@ -157,7 +165,8 @@ def allocate(
         shadow_price=None if budget_dual is None or min_budget else float(0.0 - max(budget_dual, 0.0)),
         binding=assemble.binding(spec, D, B, sol),
         groups={g.text: assemble.group_share(spec, g, D, B) for g in spec.groups},
-        chance=assemble.chance_report(spec, law_all, opt_idx, held_idx, D),
+        chance=assemble.chance_report(problem, law_all, opt_idx, held_idx, D, seed),
+        chance_on=spec.chance_on if spec.chance else None,
         certificate=assemble.certificate(sol, spec),
         draws_used=int(opt_idx.size),
         draws_held_out=int(held_idx.size),

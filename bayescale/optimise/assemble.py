@@ -20,6 +20,7 @@ from bayescale.optimise import baselines as bl
 from bayescale.optimise import decisions as dec
 from bayescale.optimise.constraints import InfeasibleError, Spec, check_linear
 from bayescale.optimise.evaluation import empirical_cvar, objective_values
+from bayescale.optimise.predictive import CHECK_STREAM, chance_log_noise, chance_losses, monte_carlo_probability
 from bayescale.optimise.problem import CHANCE_MARGIN, AllocationProblem, solve_checked
 from bayescale.optimise.results import (
     BaselineResult,
@@ -97,24 +98,35 @@ def binding(spec: Spec, D, B, sol: Solution) -> list[str]:
     return out
 
 
-def chance_report(spec: Spec, law_all: LawEval, opt_idx, held_idx, D) -> list[ChanceReport]:
+def chance_report(problem: AllocationProblem, law_all: LawEval, opt_idx, held_idx, D, seed: int = 0) -> list[ChanceReport]:
+    """Each chance constraint at ``D``: on the optimisation draws (with the noise the program was solved
+    with, when predictive), and on the held-out draws with fresh noise (an independent Monte Carlo check)."""
+    spec = problem.spec
     if not spec.chance:
         return []
-    L = law_all.values(D)
+    L_opt = problem.law.values(D)
+    opt_all = np.stack([L_opt[:, problem.chance_column(k)] for k in range(len(spec.chance))], axis=1)
+    held_all = np.zeros((0, len(spec.chance)))
+    if held_idx.size:
+        held_draws = law_all.draws.subset(held_idx)
+        fresh = chance_log_noise(held_draws, spec, seed, CHECK_STREAM)
+        held_all = chance_losses(law_all.values(D)[held_idx], spec, fresh)
     out = []
-    for ch in spec.chance:
-        lj = L[:, ch.target]
-        opt, held = lj[opt_idx], lj[held_idx] if held_idx.size else np.zeros(0)
+    for k, ch in enumerate(spec.chance):
+        opt, held = opt_all[:, k], held_all[:, k]
+        p_held, se_held = monte_carlo_probability(held <= ch.tau) if held.size else (None, None)
         out.append(ChanceReport(
             constraint=ch.text,
             target=spec.targets[ch.target],
+            loss=spec.chance_on,
             threshold=ch.tau,
             probability=ch.prob,
             cvar_optimisation_draws=empirical_cvar(opt, ch.prob),
             achieved_optimisation_draws=float(np.mean(opt <= ch.tau)),
-            achieved_held_out=float(np.mean(held <= ch.tau)) if held.size else None,
+            achieved_held_out=p_held,
+            held_out_se=se_held,
             held_out_draws=int(held.size),
-            met_held_out=bool(np.mean(held <= ch.tau) >= ch.prob) if held.size else None,
+            met_held_out=bool(p_held >= ch.prob) if held.size else None,
         ))
     return out
 
@@ -122,17 +134,20 @@ def chance_report(spec: Spec, law_all: LawEval, opt_idx, held_idx, D) -> list[Ch
 # ------------------------------------------------------------------------------------ baselines
 
 
-def violations(spec: Spec, D, B, L_opt) -> list[str]:
-    """Constraints a (baseline) allocation breaks: groups and chance constraints (CVaR on the optimisation draws)."""
+def violations(problem: AllocationProblem, D, B, L_opt) -> list[str]:
+    """Constraints a (baseline) allocation breaks: groups and chance constraints (CVaR on the optimisation
+    draws; ``L_opt`` over the columns of ``problem.law``)."""
+    spec = problem.spec
     out = []
     for g in spec.groups:
         share = group_share(spec, g, D, B)
         if (g.op in (">=", "=") and share < g.share - 1e-9) or (g.op in ("<=", "=") and share > g.share + 1e-9):
             out.append(f"group:{g.text} (share {share:.3f})")
-    for ch in spec.chance:
-        cv = empirical_cvar(L_opt[:, ch.target], ch.prob)
+    for k, ch in enumerate(spec.chance):
+        lk = L_opt[:, problem.chance_column(k)]
+        cv = empirical_cvar(lk, ch.prob)
         if cv > ch.tau * (1 + 1e-9):
-            out.append(f"chance:{ch.text} (CVaR {cv:.4g} > {ch.tau:g}; P = {np.mean(L_opt[:, ch.target] <= ch.tau):.2f})")
+            out.append(f"chance:{ch.text} (CVaR {cv:.4g} > {ch.tau:g}; P = {np.mean(lk <= ch.tau):.2f})")
     return out
 
 
@@ -140,20 +155,19 @@ def baselines(problem: AllocationProblem, law_all: LawEval, D, B, temperature, i
     """Each baseline (name -> :class:`BaselineResult`: allocation, objective on the same draws, predictions,
     feasibility, reduction against it) and the :class:`ValueOfTransfer` headline."""
     spec, sub, v = problem.spec, problem.draws, problem.effective_weights()
-    law_sub = problem.law
     R_rec = bl.reducible(law_all.values(D), law_all.E, v)
     out: dict[str, BaselineResult] = {}
     shapes = bl.rule_shapes(spec.lower, spec.upper, spec.fixed, temperature)
     for name, shape in shapes.items():
         if min_budget:  # the least spend at which the rule meets every chance constraint (bisection on the spend)
             D_b = rule_min_spend(problem, shape)
-            entry = baseline_entry(spec, law_sub, law_all, D_b, None, v, interval, min_budget, R_rec)
+            entry = baseline_entry(problem, law_all, D_b, None, v, interval, min_budget, R_rec)
             if D_b is None:
                 entry = BaselineResult(allocation=None, feasible=False,
                                        note="never meets the chance constraints under the caps")
         else:
             D_b = bl.fill(B, spec.lower, spec.upper, shape, spec.costs)
-            entry = baseline_entry(spec, law_sub, law_all, D_b, B, v, interval, min_budget, R_rec)
+            entry = baseline_entry(problem, law_all, D_b, B, v, interval, min_budget, R_rec)
         if name == "temperature":
             entry = _replace(entry, temperature=float(temperature))
         out[name] = entry
@@ -161,9 +175,10 @@ def baselines(problem: AllocationProblem, law_all: LawEval, D, B, temperature, i
     t0 = time.perf_counter()
     try:
         blind = AllocationProblem(bl.transfer_unaware(sub), spec, reference_budget=problem.reference_budget,
-                                  min_budget=min_budget, target_scale=problem.target_scale)
+                                  min_budget=min_budget, target_scale=problem.target_scale,
+                                  chance_noise=problem.chance_noise)
         D_u = solve_checked(blind, B).D
-        entry = baseline_entry(spec, law_sub, law_all, D_u, B, v, interval, min_budget, R_rec)
+        entry = baseline_entry(problem, law_all, D_u, B, v, interval, min_budget, R_rec)
         entry = _replace(entry, objective_value_assumed=(float(spec.costs @ D_u) if min_budget
                                                          else objective_values(blind.draws, D_u, spec.objective, v)),
                          seconds=time.perf_counter() - t0)
@@ -219,11 +234,12 @@ def rule_min_spend(problem: AllocationProblem, shape):
     return at(hi)
 
 
-def baseline_entry(spec, law_sub, law_all, D_b, B, v, interval, min_budget, R_rec) -> BaselineResult:
+def baseline_entry(problem: AllocationProblem, law_all, D_b, B, v, interval, min_budget, R_rec) -> BaselineResult:
     if D_b is None:
         return BaselineResult(allocation=None, feasible=False)
+    spec, law_sub = problem.spec, problem.law
     L_opt = law_sub.values(D_b)
-    viol = violations(spec, D_b, B, L_opt)
+    viol = violations(problem, D_b, B, L_opt)
     R_b = bl.reducible(law_all.values(D_b), law_all.E, v)
     return BaselineResult(
         allocation=named(spec.sources, D_b),
@@ -247,11 +263,11 @@ def uncertainty(problem: AllocationProblem, D, B, n, interval, seed) -> Decision
     obj = spec.objective
     if problem.min_budget:
         mode, obj_v = "spend", []
-        con = [(ch.target, ch.tau) for ch in spec.chance]
+        con = [(problem.chance_column(k), ch.tau) for k, ch in enumerate(spec.chance)]
     elif obj.minimax:
-        mode, obj_v, con = "max", [np.eye(len(v))[j] * v[j] for j in np.flatnonzero(v > 0)], []
+        mode, obj_v, con = "max", [problem.pad(np.eye(len(v))[j] * v[j]) for j in np.flatnonzero(v > 0)], []
     else:
-        mode, obj_v, con = "sum", [np.where(v > 0, v, 0.0)], []
+        mode, obj_v, con = "sum", [problem.pad(np.where(v > 0, v, 0.0))], []
     spend_cap = 1e3 * float(spec.costs @ D) + 1.0
     b = problem.rhs(B)
     try:
@@ -261,7 +277,9 @@ def uncertainty(problem: AllocationProblem, D, B, n, interval, seed) -> Decision
     except Exception as exc:  # noqa: BLE001 - a summary that failed must not sink the recommendation
         return DecisionUncertainty(draws=int(idx.size), error=f"{type(exc).__name__}: {exc}")
     summary = dec.summarise_decisions(out["D"], out["ok"], spec.sources, spec.costs, interval, D)
-    what = ("least spend meeting every chance target in each draw" if mode == "spend" else
+    what = ("least spend meeting every chance target in each draw"
+            + (" (the loss one run observes, with that draw's noise)" if problem.chance_noise is not None else "")
+            if mode == "spend" else
             "optimal allocation under each draw's own loss (same linear constraints; "
             "chance constraints are not per-draw)")
     return DecisionUncertainty.from_summary(summary, seconds=out["seconds"], what=what)

@@ -20,7 +20,9 @@ The linear part is a polytope ``P = {D : A D <= b}`` over raw data amounts ``D``
 
 Chance constraints ``TARGET<=TAU@P`` ask ``P(L_target(D) <= TAU) >= P`` over the posterior;
 the programs use their convex CVaR approximation ``CVaR_P(L_target(D)) <= TAU``, which
-implies the chance constraint on the draws it is solved on.
+implies the chance constraint on the draws it is solved on. ``chance_on`` says which loss:
+``"predictive"`` (the default) the loss one more run will observe, the law's noise included
+(:mod:`bayescale.optimise.predictive`), ``"expected"`` the law's expected loss.
 """
 
 from __future__ import annotations
@@ -227,6 +229,17 @@ def parse_chance(draws: LawDraws, text, parameter: str = "chance") -> Chance:
     return Chance(f"{name}<={tau:g}@{prob:g}", target, tau, prob)
 
 
+CHANCE_ON = ("predictive", "expected")
+
+
+def parse_chance_on(value, parameter: str = "chance_on") -> str:
+    """``"predictive"`` (the loss one run will observe, noise included) or ``"expected"`` (the law's loss)."""
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text not in CHANCE_ON:
+        raise ParameterError(Name(parameter), f": must be predictive or expected, got {value!r}")
+    return text
+
+
 def split_specs(values) -> list[str]:
     """A flag given several times, or one string with comma-separated items -> list of items."""
     if values is None:
@@ -261,6 +274,7 @@ class Spec:
     chance: list[Chance]
     named_lower: frozenset = frozenset()  # sources given a minimum (``lower``)
     normalise: bool = False
+    chance_on: str = "predictive"  # the loss chance constraints are about: "predictive" or "expected"
 
     @property
     def n_sources(self) -> int:
@@ -318,9 +332,11 @@ def build_spec(
     groups=None,
     chance=None,
     normalise: bool = False,
+    chance_on: str = "predictive",
 ) -> Spec:
     """Parse and check everything but the budget; :func:`check_linear` checks them together."""
     obj = parse_objective(objective)
+    on = parse_chance_on(chance_on)
     I = len(draws.sources)
     w = np.ones(len(draws.targets))
     for name, value in (weights or {}).items():
@@ -365,7 +381,7 @@ def build_spec(
     return Spec(
         sources=tuple(draws.sources), targets=tuple(draws.targets), objective=obj, weights=w, costs=c,
         lower=L, upper=U, fixed=fix, groups=group_list, chance=chance_list,
-        named_lower=frozenset(lower or {}), normalise=bool(normalise),
+        named_lower=frozenset(lower or {}), normalise=bool(normalise), chance_on=on,
     )
 
 
@@ -451,13 +467,18 @@ def _explain(spec: Spec, budget, conflict: list[str]) -> str:
 # ------------------------------------------------------------------------------------ chance checks
 
 
-def irreducible_check(draws: LawDraws, chance: list[Chance]) -> None:
-    """A target below its irreducible loss E in too many draws can never be met, whatever the data."""
-    for ch in chance:
-        below = float(np.mean(draws.E[:, ch.target] >= ch.tau))
+def irreducible_check(draws: LawDraws, chance: list[Chance], log_noise=None) -> None:
+    """A target below its irreducible loss E in too many draws can never be met, whatever the data.
+
+    ``log_noise`` (S, K): one run's noise on log loss per draw and chance constraint (the
+    predictive loss); then a draw is out of reach where ``E * exp(noise) >= tau``."""
+    for k, ch in enumerate(chance):
+        floor = draws.E[:, ch.target] * (1.0 if log_noise is None else np.exp(np.asarray(log_noise)[:, k]))
+        below = float(np.mean(floor >= ch.tau))
         if 1.0 - below < ch.prob:
+            what = "irreducible loss" if log_noise is None else "irreducible loss plus one run's noise"
             raise InfeasibleError(
-                (Name("chance"), f": target {ch.tau:g} on {draws.targets[ch.target]} is below its irreducible loss "
+                (Name("chance"), f": target {ch.tau:g} on {draws.targets[ch.target]} is below its {what} "
                  f"in {below:.0%} of draws; no amount of data meets it with probability {ch.prob:g} "
                  f"(at most {1.0 - below:.0%})"),
                 [f"chance:{ch.text}"],

@@ -18,6 +18,7 @@ from bayescale.errors import InputError
 from bayescale.inference.posterior import LawDraws
 from bayescale.optimise import baselines as bl
 from bayescale.optimise.constraints import InfeasibleError, Name, Spec, build_spec, check_budget
+from bayescale.optimise.predictive import chance_log_noise
 from bayescale.optimise.riskprog import FEAS_TOL, GAP_TOL, LawEval, Projector, RiskProgram, Solution, Term, tail_mean
 
 CHANCE_MARGIN = 1e-9  # chance thresholds are tightened by this share inside the program
@@ -34,10 +35,17 @@ class AllocationProblem:
     """
 
     def __init__(self, draws: LawDraws, spec: Spec, *, reference_budget: float, min_budget: bool = False,
-                 target_scale=None):
+                 target_scale=None, chance_noise=None, seed: int = 0):
         self.draws = draws
         self.spec = spec
-        self.law = LawEval(draws)
+        # Predictive chance constraints: one run's noise per draw (given, or drawn here with ``seed``),
+        # carried as one extra law column per constraint (bayescale.optimise.predictive).
+        self.chance_noise = None
+        if spec.chance and spec.chance_on == "predictive":
+            self.chance_noise = (chance_log_noise(draws, spec, seed) if chance_noise is None
+                                 else np.asarray(chance_noise, dtype=np.float64).reshape(draws.n_draws, -1))
+        noisy = None if self.chance_noise is None else ([ch.target for ch in spec.chance], self.chance_noise)
+        self.law = LawEval(draws, noisy)
         self.min_budget = bool(min_budget)
         I = spec.n_sources
         A, b, names = spec.polytope(None if self.min_budget else reference_budget)
@@ -55,19 +63,29 @@ class AllocationProblem:
         w = self.spec.weights if weights is None else np.asarray(weights, dtype=np.float64)
         return w * self.target_scale
 
+    def pad(self, v) -> np.ndarray:
+        """Target weights (J,) as weights over the law's columns (the chance columns get 0)."""
+        v = np.asarray(v, dtype=np.float64)
+        return np.concatenate([v, np.zeros(self.law.J - v.size)])
+
+    def chance_column(self, k: int) -> int:
+        """The law column chance constraint ``k`` is about: its target's, or its noisy copy when predictive."""
+        return len(self.spec.targets) + k if self.chance_noise is not None else self.spec.chance[k].target
+
     def objective_terms(self, v) -> list[Term]:
         obj = self.spec.objective
         if self.min_budget:
             return []
+        v = self.pad(v)
         if obj.minimax:
             return [Term(np.eye(len(v))[j] * v[j], obj.risk, obj.gamma, f"objective:{self.spec.targets[j]}")
                     for j in np.flatnonzero(v > 0)]
         return [Term(np.where(v > 0, v, 0.0), obj.risk, obj.gamma, "objective")]
 
     def chance_terms(self) -> list[Term]:
-        J = len(self.spec.targets)
-        return [Term(np.eye(J)[ch.target] / (ch.tau * (1.0 - CHANCE_MARGIN)), "cvar", ch.prob, f"chance:{ch.text}")
-                for ch in self.spec.chance]
+        eye = np.eye(self.law.J)
+        return [Term(eye[self.chance_column(k)] / (ch.tau * (1.0 - CHANCE_MARGIN)), "cvar", ch.prob, f"chance:{ch.text}")
+                for k, ch in enumerate(self.spec.chance)]
 
     def mode(self) -> str:
         if self.min_budget:
@@ -192,23 +210,27 @@ def solve_checked(problem: AllocationProblem, B):
                                "closest to meeting them (phase 1)")
             return again
     L = problem.law.values(best.D)
+    cols = [problem.chance_column(k) for k in range(len(spec.chance))]
     pieces, conflict = [], []
-    for ch, term in zip(spec.chance, terms):
-        cv = tail_mean(L[:, ch.target], term.tail(problem.law.S))
+    for ch, term, col in zip(spec.chance, terms, cols):
+        cv = tail_mean(L[:, col], term.tail(problem.law.S))
         if cv > ch.tau * (1 + 1e-6):
-            prob = float(np.mean(L[:, ch.target] <= ch.tau))
+            prob = float(np.mean(L[:, col] <= ch.tau))
             pieces.append(f"{ch.text} (its CVaR at best {cv:.5g} > {ch.tau:g}; P(loss <= {ch.tau:g}) = {prob:.2f})")
             conflict.append(f"chance:{ch.text}")
     if not pieces:  # only marginally out: name the worst
-        k = int(np.argmax([tail_mean(L[:, ch.target], t.tail(problem.law.S)) / ch.tau for ch, t in zip(spec.chance, terms)]))
+        k = int(np.argmax([tail_mean(L[:, c], t.tail(problem.law.S)) / ch.tau for ch, t, c in zip(spec.chance, terms, cols)]))
         ch = spec.chance[k]
         pieces.append(f"{ch.text} (its CVaR at best exceeds {ch.tau:g} by {best.objective - 1:.1e} relative)")
         conflict.append(f"chance:{ch.text}")
     where = f"within budget {B:g}" if B is not None else "with any budget under the caps"
+    if problem.chance_noise is not None:
+        where = f"{where} for the loss one run will observe (predictive)"
     hint = ()
     if B is not None:
         try:
-            need = AllocationProblem(problem.draws, spec, reference_budget=B, min_budget=True).solve()
+            need = AllocationProblem(problem.draws, spec, reference_budget=B, min_budget=True,
+                                     chance_noise=problem.chance_noise).solve()
             if need.violation <= FEAS_TOL:
                 hint = (f"; the least budget that meets them is {float(spec.costs @ need.D):.4g} (", Name("min_budget"), ")")
         except InputError:

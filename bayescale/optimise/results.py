@@ -106,21 +106,28 @@ class ValueOfTransfer(Record):
 
 @dataclasses.dataclass(frozen=True, eq=True)
 class ChanceReport(Record):
-    """How the recommendation meets one chance constraint ``P(L_target <= threshold) >= probability``."""
+    """How the recommendation meets one chance constraint ``P(L_target <= threshold) >= probability``.
+
+    ``loss`` says which loss: ``"predictive"``, the loss one run will observe (the law's loss times
+    one run's noise, drawn once per draw; on the held-out draws fresh noise), or ``"expected"``,
+    the law's loss."""
 
     constraint: str  #: as normalised, e.g. "ct<=0.12@0.95"
     target: str  #: the target domain
+    loss: str  #: "predictive" (one run's observed loss, noise included) or "expected" (the law's loss)
     threshold: float  #: loss threshold tau (loss units)
     probability: float  #: required probability p
-    cvar_optimisation_draws: float  #: CVaR_p of the target's loss on the optimisation draws (<= tau: met)
-    achieved_optimisation_draws: float  #: share of optimisation draws with loss <= tau
-    achieved_held_out: float | None  #: share of held-out draws with loss <= tau (None: none held out)
+    cvar_optimisation_draws: float  #: CVaR_p of that loss on the optimisation draws (<= tau: met)
+    achieved_optimisation_draws: float  #: share of optimisation draws with that loss <= tau
+    achieved_held_out: float | None  #: share of held-out draws (fresh noise) with that loss <= tau (None: none held out)
+    held_out_se: float | None  #: binomial standard error of achieved_held_out, sqrt(p (1 - p) / n)
     held_out_draws: int  #: number of held-out draws
     met_held_out: bool | None  #: achieved_held_out >= probability (None: none held out)
 
     def to_dict(self):
-        return self._ordered(("constraint", "target", "threshold", "probability", "cvar_optimisation_draws",
-                              "achieved_optimisation_draws", "achieved_held_out", "held_out_draws", "met_held_out"))
+        return self._ordered(("constraint", "target", "loss", "threshold", "probability", "cvar_optimisation_draws",
+                              "achieved_optimisation_draws", "achieved_held_out", "held_out_se", "held_out_draws",
+                              "met_held_out"))
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -261,6 +268,7 @@ class AllocationResult(Record):
     solver_notes: list[str]  #: what happened on the way (fallbacks, polishing, warnings)
     seconds: float  #: wall-clock time of the whole call
     objective_value_all_draws: float | None = None  #: budget mode: the objective over all posterior draws
+    chance_on: str | None = None  #: with chance constraints: "predictive" (one run's observed loss) or "expected"
     costs: dict[str, float] | None = None  #: cost per raw unit per source; absent when every cost is 1
     baselines: dict[str, BaselineResult] | None = None  #: the mixing rules "uniform" and (with caps) "proportional"
     temperature_sampling: BaselineResult | None = None  #: the temperature-sampling rule (with caps on every free source)
@@ -272,9 +280,9 @@ class AllocationResult(Record):
 
     KEYS = ("status", "mode", "objective", "objective_value", "allocation", "fractions", "predicted", "budget", "spend",
             "weights", "normalised", "objective_value_all_draws", "costs", "shadow_price", "binding", "groups", "chance",
-            "certificate", "draws_used", "draws_held_out", "solver", "solver_notes", "baselines", "temperature_sampling",
+            "chance_on", "certificate", "draws_used", "draws_held_out", "solver", "solver_notes", "baselines", "temperature_sampling",
             "transfer_unaware", "value_of_transfer", "decision_uncertainty", "path", "integer", "seconds")
-    OPTIONAL = ("objective_value_all_draws", "costs", "baselines", "temperature_sampling", "transfer_unaware",
+    OPTIONAL = ("objective_value_all_draws", "chance_on", "costs", "baselines", "temperature_sampling", "transfer_unaware",
                 "value_of_transfer", "decision_uncertainty", "path", "integer")
 
     def to_dict(self) -> dict[str, Any]:

@@ -82,21 +82,37 @@ PAD = -1e3  # value of unused candidate rows (never in the tail)
 
 
 class LawEval:
-    """Law losses of every draw, their gradients and Hessians in the raw data amounts (float64)."""
+    """Law losses of every draw, their gradients and Hessians in the raw data amounts (float64).
 
-    def __init__(self, draws: LawDraws):
+    ``noisy = (targets, log_noise)`` adds one column per entry of ``targets`` after the J
+    targets: column ``J + k`` is target ``targets[k]``'s loss times ``exp(log_noise[:, k])``,
+    the loss one run observes under each draw (:mod:`bayescale.optimise.predictive`). It is
+    the same law with ``E`` and ``A`` scaled per draw, so it stays convex in the amounts."""
+
+    def __init__(self, draws: LawDraws, noisy=None):
         f = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
         self.draws = draws
+        self.noisy = noisy
         self.D0 = float(draws.data_scale)
         self.mask = f(draws.self_mask)
         self.E, self.A, self.alpha, self.x0 = f(draws.E), f(draws.A), f(draws.alpha), f(draws.x0)
         self.T = f(draws.T) * (1.0 - self.mask)[None]
         self.beta = np.where(self.T > 0, f(draws.beta), 1.0)
+        if noisy is not None:
+            cols, factor = list(noisy[0]), np.exp(f(noisy[1]).reshape(self.E.shape[0], -1))
+            self.E = np.concatenate([self.E, self.E[:, cols] * factor], axis=1)
+            self.A = np.concatenate([self.A, self.A[:, cols] * factor], axis=1)
+            self.alpha = np.concatenate([self.alpha, self.alpha[:, cols]], axis=1)
+            self.x0 = np.concatenate([self.x0, self.x0[:, cols]], axis=1)
+            self.mask = np.concatenate([self.mask, self.mask[:, cols]], axis=1)
+            self.T = np.concatenate([self.T, self.T[:, :, cols]], axis=2)
+            self.beta = np.concatenate([self.beta, self.beta[:, :, cols]], axis=2)
         self.S, self.I, self.J = self.T.shape[0], self.T.shape[1], self.T.shape[2]
         self._Tb = self._Tbb = None
 
     def subset(self, index) -> LawEval:
-        return LawEval(self.draws.subset(index))
+        noisy = None if self.noisy is None else (self.noisy[0], np.asarray(self.noisy[1])[index])
+        return LawEval(self.draws.subset(index), noisy)
 
     def concave_sources(self, targets_used) -> np.ndarray:
         """(I,) True where some used target gets transfer ``T d ** beta`` with ``beta < 1`` (infinite slope at 0)."""

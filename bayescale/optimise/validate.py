@@ -57,9 +57,9 @@ def check_settings(budget, *, min_budget: bool, budgets, interval, max_draws, ho
     return (None if min_budget else check_budget(budget)), path_budgets
 
 
-def check_problem(draws: LawDraws, spec: Spec, budget: float | None, *, min_budget: bool) -> None:
+def check_problem(draws: LawDraws, spec: Spec, budget: float | None, *, min_budget: bool, chance_noise=None) -> None:
     """The spec as a whole: something to allocate, a convex law, linear constraints some allocation meets,
-    chance targets above the irreducible loss."""
+    chance targets above the irreducible loss (times one run's noise ``chance_noise`` (S, K) when predictive)."""
     if min_budget and not spec.chance:
         raise ParameterError(Name("min_budget"), " needs at least one ", Name("chance"),
                              " constraint (what the budget must achieve)")
@@ -68,7 +68,7 @@ def check_problem(draws: LawDraws, spec: Spec, budget: float | None, *, min_budg
                              " leave no source free (every amount is fixed, e.g. every cap is 0): nothing to allocate")
     check_law_domain(draws)
     check_linear(spec, budget)
-    irreducible_check(draws, spec.chance)
+    irreducible_check(draws, spec.chance, chance_noise)
 
 
 def check_law_domain(draws: LawDraws) -> None:

@@ -86,10 +86,16 @@ def format_allocation(result: Mapping) -> str:
                          f"{100 * red['hi']:.1f}%, P(better) {red['probability_better']:.2f}){extra}")
         elif b.get("note"):
             lines.append(f"vs {k:<17} {b['note']}")
+    if result.get("chance"):
+        on = result.get("chance_on") or "expected"
+        lines.append("chance constraints on " + (
+            "the loss one run will observe (the law's loss and one run's noise; held-out draws with fresh noise)"
+            if on == "predictive" else "the law's expected loss (run noise ignored)"))
     for ch in result.get("chance") or []:
-        held = ch["achieved_held_out"]
+        held, se = ch["achieved_held_out"], ch.get("held_out_se")
+        shown = "-" if held is None else f"{held:.3f}" + ("" if se is None else f" ± {se:.3f}")
         lines.append(f"chance {ch['constraint']}: P on optimisation draws {ch['achieved_optimisation_draws']:.3f}, "
-                     f"on {ch['held_out_draws']} held-out draws {'-' if held is None else f'{held:.3f}'}"
+                     f"on {ch['held_out_draws']} held-out draws {shown}"
                      + ("" if ch["met_held_out"] is None else (" (met)" if ch["met_held_out"] else " (NOT met)")))
     for entry in result.get("path") or []:
         if entry.get("status") == "infeasible":

@@ -247,6 +247,7 @@ CASES = [
     ("allocate chance prob 1.5", ["allocate", "{fit}", "--budget", "100", "--chance", "d1<=0.1@1.5", "--json", "{out}/a.json"], ["--chance", "probability", "1.5"], ["a.json"]),
     ("allocate chance bad loss", ["allocate", "{fit}", "--budget", "100", "--chance", "d1<=low@0.9", "--json", "{out}/a.json"], ["--chance", "loss threshold", "not a number"], ["a.json"]),
     ("allocate chance unknown target", ["allocate", "{fit}", "--budget", "100", "--chance", "zz<=0.1@0.9", "--json", "{out}/a.json"], ["--chance", "unknown target domain 'zz'"], ["a.json"]),
+    ("allocate chance-on unknown", ["allocate", "{fit}", "--budget", "100", "--chance-on", "typical", "--json", "{out}/a.json"], ["--chance-on", "predictive or expected", "'typical'"], ["a.json"]),
     ("allocate max empty value", ["allocate", "{fit}", "--budget", "100", "--max", "d1=", "--json", "{out}/a.json"], ["--max", "'d1'", "not a number"], ["a.json"]),
     ("allocate max negative", ["allocate", "{fit}", "--budget", "100", "--max", "d1=-4", "--json", "{out}/a.json"], ["--max", "cap for 'd1'"], ["a.json"]),
     ("allocate fixed negative", ["allocate", "{fit}", "--budget", "100", "--fixed", "d1=-3", "--json", "{out}/a.json"], ["--fixed", "'d1'", "-3"], ["a.json"]),

@@ -78,18 +78,23 @@ def test_target_below_irreducible_loss_is_refused():
     E = draws.E[:, NAMES.index("mri")]
     tau = float(np.quantile(E, 0.99))  # below E in 1 % of draws
     with pytest.raises(cons.InfeasibleError) as info:
-        al.allocate(draws, 300, chance=[f"mri<={tau}@0.995"], **FAST)
+        al.allocate(draws, 300, chance=[f"mri<={tau}@0.995"], chance_on="expected", **FAST)
     message = str(info.value)
     assert "below its irreducible loss in 1% of draws" in message and "mri" in message
     tau = float(np.quantile(E, 0.2))
     with pytest.raises(cons.InfeasibleError, match="below its irreducible loss in 80% of draws"):
-        al.allocate(draws, 300, chance=[f"mri<={tau:.6f}@0.5"], **FAST)
+        al.allocate(draws, 300, chance=[f"mri<={tau:.6f}@0.5"], chance_on="expected", **FAST)
+    # The loss a run will observe has the run's noise on top: out of reach in at least as many draws.
+    tau = float(np.quantile(E, 0.99))
+    with pytest.raises(cons.InfeasibleError, match="below its irreducible loss plus one run's noise in") as info:
+        al.allocate(draws, 300, chance=[f"mri<={tau}@0.995"], **FAST)
+    assert int(str(info.value).split(" noise in ")[1].split("%")[0]) >= 1
 
 
 def test_chance_out_of_reach_says_by_how_much_and_the_budget_needed():
     draws = draws300()
     with pytest.raises(cons.InfeasibleError) as info:
-        al.allocate(draws, 300, chance=["mri<=1.3@0.9"], **FAST)
+        al.allocate(draws, 300, chance=["mri<=1.3@0.9"], chance_on="expected", **FAST)
     message = str(info.value)
     assert "mri<=1.3@0.9" in message and "CVaR" in message and "within budget 300" in message
     assert "the least budget that meets them is" in message
@@ -97,7 +102,7 @@ def test_chance_out_of_reach_says_by_how_much_and_the_budget_needed():
     assert message.startswith("chance: ") and message.endswith("(min_budget)")  # Python names; the CLI's flags:
     assert info.value.naming(FLAGS).startswith("--chance: ") and info.value.naming(FLAGS).endswith("(--min-budget)")
     # at the budget it names, the constraint can be met
-    result = al.allocate(draws, need * 1.0001, chance=["mri<=1.3@0.9"], **FAST)
+    result = al.allocate(draws, need * 1.0001, chance=["mri<=1.3@0.9"], chance_on="expected", **FAST)
     assert result["chance"][0]["cvar_optimisation_draws"] <= 1.3 * (1 + 1e-9)
 
 
@@ -114,7 +119,7 @@ def test_chance_constraints_hold_and_are_checked_on_held_out_draws():
     tau_mri = float(0.5 * (ref_cvar(L_free[:, 4:5], 0.9)[0] + ref_cvar(L_mri[:, 4:5], 0.9)[0]))
     tau_ct = float(ref_cvar(L_free[:, 3:4], 0.8)[0]) * 1.05
     chance = [f"mri<={tau_mri}@0.9", f"ct<={tau_ct}@0.8"]
-    result = al.allocate(draws, 300, objective="cvar:0.9", chance=chance, holdout=0.3, **FAST)
+    result = al.allocate(draws, 300, objective="cvar:0.9", chance=chance, chance_on="expected", holdout=0.3, **FAST)
     assert result["status"] == "optimal", result["solver_notes"]
     assert result["draws_used"] == 210 and result["draws_held_out"] == 90
     assert np.intersect1d(opt_idx, held_idx).size == 0 and opt_idx.size + held_idx.size == 300
@@ -144,7 +149,8 @@ def test_least_budget_meets_every_target_and_nothing_cheaper_does():
     draws = draws300()
     chance = ["mri<=1.4@0.9", "ct<=1.2@0.8"]
     caps = {"code": 60, "mri": 600, "web": 600, "math": 300, "ct": 600}
-    result = al.allocate(draws, min_budget=True, chance=chance, upper=caps, costs={"web": 1.5}, uncertainty=0)
+    result = al.allocate(draws, min_budget=True, chance=chance, chance_on="expected", upper=caps, costs={"web": 1.5},
+                         uncertainty=0)
     assert result["status"] == "optimal" and result["mode"] == "min_budget", result["solver_notes"]
     c = np.array([1.5, 1, 1, 1, 1])
     D = vec(result)
