@@ -153,7 +153,7 @@ def fit(
     svi_steps: Annotated[int, typer.Option("--svi-steps", help="Optimisation steps for --method svi.")] = 5000,
     target_accept: Annotated[float, typer.Option("--target-accept", help="NUTS target acceptance; raise it if there are divergences.")] = 0.98,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 unless r-hat <= 1.01, no divergences and bulk ESS >= 400.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 unless the posterior passes its diagnostics. NUTS: r-hat <= 1.01, no divergences and bulk ESS >= 400 over the law's parameters and the hierarchy's mu_*, tau_* (and nu); SVI: Pareto k-hat of the guide <= 0.7.")] = False,
     prior_only: Annotated[bool, typer.Option("--prior-only", help="Prior predictive check only: do the priors cover the observed losses?")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ):
@@ -197,6 +197,15 @@ def fit(
     console.print("diagnostics: " + format_diagnostics(diag), highlight=False)
     if diag["approximate"]:
         err_console.print("[bold yellow]NOTE: SVI gives an approximate posterior[/]; its intervals are not NUTS intervals.", highlight=False)
+        if not diag["ok"]:
+            err_console.print(
+                f"[bold red]WARNING: the SVI guide fails its check[/] (PSIS k-hat "
+                f"{'not computed' if math.isnan(diag['psis_khat']) else format(diag['psis_khat'], '.2f')}, want <= "
+                f"{diag['khat_limit']:g}): importance sampling from it is unreliable, so are its intervals; refit with --method nuts.",
+                highlight=False,
+            )
+            if strict:
+                raise typer.Exit(1)
     elif not diag["ok"]:
         err_console.print(
             "[bold red]WARNING: the sampler did not converge cleanly[/] (want r-hat <= 1.01, no divergences, bulk ESS >= 400); "

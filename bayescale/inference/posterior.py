@@ -24,7 +24,8 @@ from bayescale.errors import InputError
 from bayescale.laws.base import Draws, self_mask_for
 from bayescale.laws.transfer import PAIR_PARAMS, TARGET_PARAMS, LawDraws
 
-__all__ = ["LawDraws", "PAIR_PARAMS", "TARGET_PARAMS", "diagnostics", "law_draws", "load_posterior", "require_amounts",
+__all__ = ["HYPER_NAMES", "HYPER_PREFIXES", "KHAT_LIMIT", "LawDraws", "PAIR_PARAMS", "TARGET_PARAMS", "diagnostic_variables",
+           "diagnostics", "law_draws", "load_posterior", "require_amounts",
            "sampler_diagnostics", "save_posterior", "self_mask_for", "validate_posterior"]
 
 REQUIRED_GROUPS = ("posterior", "constant_data")  # plus sample_stats for a sampler's (NUTS) posterior
@@ -90,23 +91,69 @@ def load_posterior(path: str | os.PathLike):
     return idata
 
 
+HYPER_PREFIXES = ("mu_", "tau_")  # the hierarchy's means and scales: where funnels show
+HYPER_NAMES = ("nu",)  # the Student-t degrees of freedom
+KHAT_LIMIT = 0.7  # Pareto k-hat above which an approximate (SVI) posterior fails the diagnostics
+
+
+def diagnostic_variables(idata) -> list[str]:
+    """The posterior variables the diagnostics cover: the family's law parameters, and every
+    hyperparameter of the hierarchy (``mu_*``, ``tau_*``, ``nu``) the posterior holds."""
+    present = list(idata["posterior"].data_vars)
+    names = [n for n in laws.of_posterior(idata).parameters if n in present]
+    names += [n for n in present if n not in names and (n.startswith(HYPER_PREFIXES) or n in HYPER_NAMES)]
+    return names
+
+
 def diagnostics(idata) -> dict:
-    """Convergence summary over the law's parameters: max r-hat, min bulk/tail ESS, divergences."""
-    names = laws.of_posterior(idata).parameters
-    return sampler_diagnostics(idata, [n for n in names if n in idata["posterior"].data_vars])
+    """Convergence summary over the law's parameters and the hierarchy's hyperparameters: max r-hat,
+    min bulk/tail ESS, divergences, and which variable is worst; for an SVI posterior, the Pareto
+    k-hat of its guide (``psis_khat`` in the attrs). ``ok``: the posterior passes (``--strict``)."""
+    return sampler_diagnostics(idata, diagnostic_variables(idata))
+
+
+def _label(da, index) -> str:
+    """``T[ct, mri]``: a variable's entry at ``index``, named by its coordinates."""
+    if not index:
+        return str(da.name)
+    parts = [str(da[dim].values[i]) if dim in da.coords else str(i) for dim, i in zip(da.dims, index)]
+    return f"{da.name}[{', '.join(parts)}]"
+
+
+def _extreme(ds, largest: bool) -> tuple[float, str | None, str | None]:
+    """(value, variable, entry) of the largest (smallest) finite value over every variable of ``ds``."""
+    best = (float("nan"), None, None)
+    for name in ds.data_vars:
+        da = ds[name]
+        values = np.asarray(da.values, dtype=np.float64)
+        finite = np.isfinite(values)
+        if not finite.any():
+            continue
+        flat = np.where(finite, values, -np.inf if largest else np.inf)
+        k = int(np.argmax(flat) if largest else np.argmin(flat))
+        value = float(flat.reshape(-1)[k])
+        if best[1] is None or (value > best[0] if largest else value < best[0]):
+            best = (value, str(name), _label(da, np.unravel_index(k, values.shape) if values.ndim else ()))
+    return best
 
 
 def sampler_diagnostics(idata, names) -> dict:
-    """Max r-hat, min bulk/tail ESS, divergences and min E-BFMI over the posterior variables ``names``."""
+    """Max r-hat, min bulk/tail ESS (each with the variable and entry where it is worst), divergences
+    and min E-BFMI over the posterior variables ``names``; an approximate (SVI) posterior is judged
+    by the Pareto k-hat of its guide instead."""
     import arviz as az
 
     post = idata["posterior"].to_dataset()[list(names)]
     n_draws = int(post.sizes["chain"] * post.sizes["draw"])
     if "sample_stats" not in idata.children:
-        # An approximate (SVI) posterior: independent draws, no sampler to diagnose.
-        return {"method": str(idata.attrs.get("method", "svi")), "approximate": True, "max_rhat": float("nan"),
-                "min_ess_bulk": float(n_draws), "min_ess_tail": float(n_draws), "divergences": 0,
-                "draws": n_draws, "chains": int(post.sizes["chain"]), "ok": True}
+        # An approximate (SVI) posterior: independent draws from the guide, no sampler to diagnose.
+        # Its check is the Pareto k-hat of p(theta, y) / q(theta) over the guide's draws (Yao et al. 2018).
+        khat = idata.attrs.get("psis_khat")
+        khat = float(khat) if khat is not None else float("nan")
+        return {"method": str(idata.attrs.get("method", "svi")), "approximate": True, "psis_khat": khat,
+                "khat_limit": KHAT_LIMIT, "max_rhat": float("nan"), "min_ess_bulk": float(n_draws),
+                "min_ess_tail": float(n_draws), "divergences": 0, "draws": n_draws, "chains": int(post.sizes["chain"]),
+                "variables": list(names), "ok": bool(khat <= KHAT_LIMIT)}
     # Fixed entries (T = 1 on a target's own source, beta = 1 in the linear law) have no
     # variance; their r-hat is NaN and says nothing, so they are dropped before the max.
     varying = post.std(("chain", "draw")) > 0
@@ -117,21 +164,22 @@ def sampler_diagnostics(idata, names) -> dict:
         ess_tail = az.ess(post, method="tail").where(varying)
     stats = idata["sample_stats"]
     divergences = int(stats["diverging"].sum()) if "diverging" in stats.data_vars else 0
-
-    def reduce(ds, fn):
-        values = np.concatenate([np.ravel(ds[v].values) for v in ds.data_vars])
-        values = values[np.isfinite(values)]
-        return float(fn(values)) if values.size else float("nan")
-
+    max_rhat, rhat_var, rhat_entry = _extreme(rhat, largest=True)
+    min_bulk, bulk_var, bulk_entry = _extreme(ess_bulk, largest=False)
     result = {
         "method": "nuts",
         "approximate": False,
-        "max_rhat": reduce(rhat, np.max),
-        "min_ess_bulk": reduce(ess_bulk, np.min),
-        "min_ess_tail": reduce(ess_tail, np.min),
+        "max_rhat": max_rhat,
+        "min_ess_bulk": min_bulk,
+        "min_ess_tail": _extreme(ess_tail, largest=False)[0],
         "divergences": divergences,
         "draws": n_draws,
         "chains": int(post.sizes["chain"]),
+        "worst_rhat_variable": rhat_var,
+        "worst_rhat_entry": rhat_entry,
+        "worst_ess_variable": bulk_var,
+        "worst_ess_entry": bulk_entry,
+        "variables": list(names),
     }
     if "energy" in stats.data_vars:
         result["min_bfmi"] = float(np.min(np.asarray(az.bfmi(idata).to_dataset()["energy"])))

@@ -1,5 +1,11 @@
 """Running the samplers: host devices for parallel chains, NUTS and SVI over any law
-family's model, in a worker thread so that Ctrl-C stops a long fit at once."""
+family's model, in a worker thread so that Ctrl-C stops a long fit at once.
+
+An SVI fit is checked the way Yao, Vehtari, Simpson and Gelman (2018, "Yes, but did it
+work?") propose: the Pareto k-hat of the importance ratios ``p(theta, y) / q(theta)`` over
+draws of the guide (:func:`guide_psis_khat`). k-hat <= 0.7 says the guide is close enough to
+the posterior for importance sampling from it to be reliable; above, its intervals cannot be
+trusted."""
 
 from __future__ import annotations
 
@@ -103,10 +109,63 @@ def sample_nuts(model, data, model_kwargs: dict, key, *, chains: int, warmup: in
     return interruptible(sample)
 
 
+PSIS_DRAWS = 1000  # at least this many guide draws for the Pareto k-hat of an SVI fit
+
+
+class SVIFit(tuple):
+    """What :func:`approximate_svi` returns: unpacks as ``(samples, final_loss)``; ``psis_khat`` (the
+    Pareto k-hat of the guide, :func:`guide_psis_khat`) rides along, for the posterior's attrs."""
+
+    def __new__(cls, samples: dict, final_loss: float, psis_khat: float):
+        fitted = super().__new__(cls, (samples, final_loss))
+        fitted.psis_khat = float(psis_khat)
+        return fitted
+
+    @property
+    def samples(self) -> dict:
+        return self[0]
+
+    @property
+    def final_loss(self) -> float:
+        return self[1]
+
+
+def guide_psis_khat(model, guide, params: dict, data, model_kwargs: dict, key, n_draws: int = PSIS_DRAWS) -> float:
+    """Pareto k-hat of ``log p(theta, y) - log q(theta)`` over ``n_draws`` draws ``theta ~ q`` of the guide.
+
+    Both log densities come from numpyro's ``log_density``: the guide's (its draws of the latent
+    sites, with the Jacobian of their constraining transforms) and the model's, replayed at the
+    guide's draws, observations included. The draws are independent (relative efficiency 1).
+    NaN where a log ratio is NaN."""
+    from arviz_stats.base import array_stats
+    from numpyro import handlers
+    from numpyro.infer.util import log_density
+
+    def log_ratio(k):
+        log_q, trace = log_density(handlers.seed(guide, k), (data,), model_kwargs, params)
+        log_p, _ = log_density(handlers.replay(model, trace), (data,), model_kwargs, params)
+        return log_p - log_q
+
+    ratios = np.asarray(jax.vmap(log_ratio)(jax.random.split(key, n_draws)), dtype=np.float64)
+    if np.isnan(ratios).any():
+        return float("nan")
+    # A draw outside the model's support has ratio 0: a very small log ratio stands in for -inf.
+    ratios = np.where(np.isneginf(ratios), np.min(ratios[np.isfinite(ratios)], initial=0.0) - 1e3, ratios)
+    if np.isposinf(ratios).any():
+        return float("inf")
+    if np.ptp(ratios) <= 1e-9 * max(1.0, float(np.max(np.abs(ratios)))):
+        return float("-inf")  # the guide is the posterior (up to a constant): no tail at all
+    # arviz-stats' psislw takes the log ratios negated (its LOO convention, -log_lik) and fits the
+    # generalized Pareto to the right tail of the ratios themselves.
+    _, khat = array_stats.psislw(-ratios, r_eff=1.0)
+    return float(khat)
+
+
 def approximate_svi(model, data, model_kwargs: dict, key, *, n_draws: int, steps: int, init_samples: int,
-                    progress: bool) -> tuple[dict, float]:
+                    progress: bool) -> SVIFit:
     """A full-rank Gaussian guide fitted by SVI, and ``n_draws`` draws of every latent and
-    deterministic site from it (shaped (1, draw, ...)); with the mean ELBO loss of the last 100 steps."""
+    deterministic site from it (shaped (1, draw, ...)); with the mean ELBO loss of the last 100 steps
+    and the guide's Pareto k-hat over ``max(n_draws, PSIS_DRAWS)`` further draws (:class:`SVIFit`)."""
     import numpyro.optim as optim
     from numpyro import handlers
     from numpyro.infer import SVI, Predictive, Trace_ELBO, init_to_median
@@ -115,6 +174,7 @@ def approximate_svi(model, data, model_kwargs: dict, key, *, n_draws: int, steps
     guide = AutoMultivariateNormal(model, init_loc_fn=init_to_median(num_samples=init_samples))
     svi = SVI(model, guide, optim.ClippedAdam(step_size=0.01), Trace_ELBO())
     fit_key, draw_key = jax.random.split(key)
+    psis_key = jax.random.fold_in(key, 1)  # a stream of its own: the draws above stay what they were
 
     def optimise():
         result = svi.run(fit_key, steps, data, progress_bar=progress, **model_kwargs)
@@ -130,4 +190,6 @@ def approximate_svi(model, data, model_kwargs: dict, key, *, n_draws: int, steps
     predictive = Predictive(model, guide=guide, params=result.params, num_samples=n_draws, return_sites=sites)
     draws = predictive(draw_key, data, **model_kwargs)
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "log_loss"}
-    return samples, float(np.mean(losses[-100:]))
+    khat = interruptible(guide_psis_khat, model, guide, result.params, data, model_kwargs, psis_key,
+                         max(n_draws, PSIS_DRAWS))
+    return SVIFit(samples, float(np.mean(losses[-100:])), khat)

@@ -168,13 +168,26 @@ def short_list(items: list[str], limit: int = 8) -> str:
 
 
 def format_diagnostics(diag: dict) -> str:
+    """The diagnostics of :func:`~bayescale.inference.posterior.diagnostics` in one line: for NUTS the
+    worst r-hat and bulk ESS with the variable entry where each is worst; for SVI the Pareto k-hat."""
     if diag.get("approximate"):
-        return f"approximate posterior ({diag['method']}): {diag['draws']} independent draws; no sampler diagnostics — check against NUTS before trusting intervals"
+        khat, limit = diag.get("psis_khat", float("nan")), diag.get("khat_limit", 0.7)
+        if khat is None or not khat == khat:  # NaN: a posterior written before k-hat was computed
+            verdict = "no PSIS k-hat stored, so nothing vouches for it"
+        elif khat <= limit:
+            verdict = f"PSIS k-hat {khat:.2f} <= {limit:g}: the guide is close enough to the posterior to use"
+        else:
+            verdict = f"PSIS k-hat {khat:.2f} > {limit:g}: the guide misses the posterior; refit with NUTS"
+        return (f"approximate posterior ({diag['method']}): {diag['draws']} independent draws; {verdict} "
+                "— check against NUTS before trusting intervals")
+    where = lambda key: f" ({diag[key]})" if diag.get(key) else ""  # noqa: E731
     return (
-        f"max r-hat {diag['max_rhat']:.3f} · min bulk ESS {diag['min_ess_bulk']:.0f} · "
-        f"min tail ESS {diag['min_ess_tail']:.0f} · divergences {diag['divergences']}"
+        f"max r-hat {diag['max_rhat']:.3f}{where('worst_rhat_entry')} · min bulk ESS {diag['min_ess_bulk']:.0f}"
+        f"{where('worst_ess_entry')} · min tail ESS {diag['min_ess_tail']:.0f} · divergences {diag['divergences']}"
         + (f" · min E-BFMI {diag['min_bfmi']:.2f}" if "min_bfmi" in diag else "")
-        + f" ({diag['chains']} chains, {diag['draws']} draws)"
+        + f" ({diag['chains']} chains, {diag['draws']} draws"
+        + (f", {len(diag['variables'])} variables incl. mu_*/tau_*" if diag.get("variables") else "")
+        + ")"
     )
 
 

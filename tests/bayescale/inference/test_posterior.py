@@ -14,14 +14,17 @@ import xarray as xr
 from bayescale.data.grid import data_scale, grid_fingerprint, select_split
 from bayescale.errors import InputError
 from bayescale.inference.posterior import (
+    KHAT_LIMIT,
     diagnostics,
     law_draws,
     load_posterior,
     require_amounts,
+    sampler_diagnostics,
     save_posterior,
     validate_posterior,
 )
 from bayescale.laws.mixing import MixingDraws
+from bayescale.render.text import format_diagnostics
 from bayescale.laws.transfer import LawDraws
 
 GROUPS = ("posterior", "sample_stats", "log_likelihood", "observed_data", "constant_data")
@@ -272,36 +275,97 @@ def test_law_draws_flattens_chain_then_draw(small_fit, small_draws):
     np.testing.assert_array_equal(small_draws.self_mask, np.eye(len(small_draws.sources)))
 
 
+def _hyperparameters(post) -> list[str]:
+    return sorted(n for n in post.data_vars if n.startswith(("mu_", "tau_")) or n == "nu")
+
+
 def _independent_diagnostics(idata):
-    """Max r-hat and min bulk ESS over every varying entry of the law's parameters, entry by entry
-    with ArviZ's array functions (entries fixed at 1 have no variance and no r-hat)."""
+    """Max r-hat and min bulk ESS over every varying entry of the law's parameters and the hierarchy's
+    hyperparameters, entry by entry with ArviZ's array functions (entries fixed at 1 have no variance
+    and no r-hat), with the entry where each is worst."""
     post = idata["posterior"].to_dataset()
     rhats, esses = [], []
-    for name in TARGET_VARS + PAIR_VARS:
+    for name in TARGET_VARS + PAIR_VARS + tuple(_hyperparameters(post)):
         values = np.asarray(post[name].values, dtype=np.float64)
         for index in np.ndindex(values.shape[2:]):
             chains = values[(slice(None), slice(None)) + index]  # (chain, draw)
             if np.std(chains) == 0:
                 continue
-            rhats.append(float(az.rhat(chains)))
-            esses.append(float(az.ess(chains, method="bulk")))
+            coords = [str(post[dim].values[i]) for dim, i in zip(post[name].dims[2:], index)]
+            label = f"{name}[{', '.join(coords)}]" if coords else name
+            rhats.append((float(az.rhat(chains)), label))
+            esses.append((float(az.ess(chains, method="bulk")), label))
     return max(rhats), min(esses), len(rhats)
 
 
 def test_diagnostics_agree_with_arviz_computed_here(small_fit):
     diag = diagnostics(small_fit)
-    max_rhat, min_ess, varying = _independent_diagnostics(small_fit)
+    (max_rhat, rhat_at), (min_ess, ess_at), varying = _independent_diagnostics(small_fit)
+    post = small_fit["posterior"].to_dataset()
+    hyper = _hyperparameters(post)
+    assert {"mu_alpha", "tau_alpha", "mu_T", "tau_h"} <= set(hyper)  # the hierarchy is there ...
+    assert set(hyper) <= set(diag["variables"])  # ... and every hyperparameter is diagnosed
     n_sources = small_fit["posterior"].sizes["source"]
-    assert varying == 5 * 4 + 2 * (n_sources * n_sources - n_sources)  # only the diagonal of T and beta is fixed
+    n_hyper = sum(int(np.prod(post[n].shape[2:])) for n in hyper)
+    assert varying == 5 * 4 + 2 * (n_sources * n_sources - n_sources) + n_hyper  # only T's and beta's diagonal are fixed
     # Same estimator on the same numbers (the library's goes through a Dataset, float32 values):
     # agreement to 1e-6 relative leaves room for float32 -> float64 conversion order only.
     assert diag["max_rhat"] == pytest.approx(max_rhat, rel=1e-6)
     assert diag["min_ess_bulk"] == pytest.approx(min_ess, rel=1e-6)
+    assert diag["worst_rhat_entry"] == rhat_at and diag["worst_ess_entry"] == ess_at
+    assert diag["worst_rhat_variable"] == rhat_at.split("[")[0] and diag["worst_ess_variable"] == ess_at.split("[")[0]
     assert diag["divergences"] == int(small_fit["sample_stats"]["diverging"].values.sum())
     assert diag["draws"] == 1000 and diag["chains"] == 2
     assert 1.0 <= diag["max_rhat"] < 1.1  # a real, if short, fit: near-converged
     assert np.isfinite(diag["min_ess_tail"]) and diag["min_ess_tail"] > 0
     assert diag["ok"] == (diag["max_rhat"] <= 1.01 and diag["divergences"] == 0 and diag["min_ess_bulk"] >= 400)
+    assert f"max r-hat {diag['max_rhat']:.3f} ({rhat_at})" in format_diagnostics(diag)
+
+
+@pytest.mark.parametrize("name", ["tau_alpha", "mu_T"])
+def test_diagnostics_find_a_hyperparameter_whose_chains_disagree(small_fit, name):
+    """A funnel shows in the hierarchy first: shift one chain of a hyperparameter and only it."""
+    def shift(ds):
+        values = ds[name].values.copy()
+        values[0] = values[0] + 5.0 * values.std()  # chain 0 sits elsewhere: r-hat far above 1
+        return ds.assign({name: (ds[name].dims, values)})
+
+    before = diagnostics(small_fit)
+    broken = mutated(small_fit, "posterior", shift)
+    diag = diagnostics(broken)
+    assert diag["worst_rhat_variable"] == name and diag["worst_rhat_entry"] == name
+    assert diag["max_rhat"] > 1.5 > before["max_rhat"]
+    assert diag["ok"] is False
+    assert f"({name})" in format_diagnostics(diag)
+    # The law's own parameters are untouched: a check over them alone (as before) would not see it.
+    law_only = sampler_diagnostics(broken, [v for v in TARGET_VARS + PAIR_VARS])
+    assert law_only["max_rhat"] < 1.5 and law_only["worst_rhat_variable"] in TARGET_VARS + PAIR_VARS
+
+
+def _svi_like(idata, **attrs):
+    """The layout fit(method="svi") writes: one chain of independent draws, no sample_stats."""
+    copy = without_group(idata, "sample_stats")
+    copy.attrs.update({"method": "svi", "approximate": 1, **attrs})
+    return copy
+
+
+@pytest.mark.parametrize("khat, ok", [(0.2, True), (KHAT_LIMIT, True), (0.71, False), (3.1, False),
+                                      (float("-inf"), True), (float("nan"), False)])
+def test_an_svi_posterior_passes_only_with_a_pareto_khat_at_most_0_7(small_fit, khat, ok):
+    diag = diagnostics(_svi_like(small_fit, psis_khat=khat))
+    assert diag["approximate"] and diag["method"] == "svi"
+    assert diag["psis_khat"] == khat or (np.isnan(khat) and np.isnan(diag["psis_khat"]))
+    assert diag["ok"] is ok
+    text = format_diagnostics(diag)
+    assert "approximate posterior (svi)" in text
+    if np.isfinite(khat):
+        assert f"PSIS k-hat {khat:.2f}" in text and (("misses the posterior" in text) != ok)
+
+
+def test_an_svi_posterior_without_a_khat_is_not_vouched_for(small_fit):
+    diag = diagnostics(_svi_like(small_fit))
+    assert np.isnan(diag["psis_khat"]) and diag["ok"] is False
+    assert "no PSIS k-hat stored" in format_diagnostics(diag)
 
 
 def test_diagnostics_count_every_divergence(small_fit):
