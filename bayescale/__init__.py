@@ -14,7 +14,7 @@ The flow is grid -> posterior -> decisions -> report::
 Packages, each importing only those below it:
 
 - :mod:`bayescale.data`       loss grids (load, validate, save), simulated worlds, real third-party grids
-- :mod:`bayescale.laws`       law families and their registry (transfer, linear, independent, bend, mixing)
+- :mod:`bayescale.laws`       law families and their registry (transfer, linear, independent, bend, interference, stack, mixing)
 - :mod:`bayescale.inference`  NUTS/SVI fit, the posterior contract, SBC, the bootstrap
 - :mod:`bayescale.evaluate`   prediction, held-out checks, hubs and islands, model comparison
 - :mod:`bayescale.optimise`   risk-aware allocation (cvxpy), constraints, baselines

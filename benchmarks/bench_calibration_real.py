@@ -1,7 +1,7 @@
 """Do the intervals hold where users live? Every law family and the stack on every real grid in reach.
 
     .venv/bin/python benchmarks/bench_calibration_real.py [--cases phantom closed-loop openlm sim regmix]
-        [--laws transfer linear independent bend stack] [--chains 2 --warmup 400 --draws 400] [--force]
+        [--laws transfer linear independent bend interference stack] [--chains 2 --warmup 400 --draws 400] [--force]
 
 Cases (each: fit on its fit runs, predict its held-out runs):
 
@@ -47,7 +47,7 @@ from bayescale.inference.sampling import ensure_host_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "calibration-real"
-LAWS = ("transfer", "linear", "independent", "bend", "stack")
+LAWS = ("transfer", "linear", "independent", "bend", "interference", "stack")
 CASES = ("phantom", "closed-loop", "openlm", "sim")
 
 
@@ -112,22 +112,25 @@ def cases(selected) -> dict[str, xr.Dataset]:
 
 def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path, force: bool) -> tuple[dict, xr.Dataset]:
     stem = name.replace(":", "__").replace("/", "_") + f"__{law}"
+    family = laws.get(law)
+    fit_settings = dict(settings)
+    if family.members:
+        settings = {**settings, "members": list(family.members)}  # a stack of other members is another result
     json_path, pred_path = folder / f"{stem}.json", folder / f"{stem}.nc"
     if not force and json_path.is_file() and pred_path.is_file():
         saved = json.loads(json_path.read_text())
         if saved.get("settings") == settings:
             return saved, xr.load_dataset(pred_path)
     start = time.perf_counter()
-    family = laws.get(law)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         if family.members:  # reuse the members' fits of this run (the same grid and settings)
             fitted = {m: load_posterior(path) for m in family.members
                       if (path := folder / f"{stem.rsplit('__', 1)[0]}__{m}.posterior.nc").is_file()
-                      and json.loads((folder / f"{stem.rsplit('__', 1)[0]}__{m}.json").read_text()).get("settings") == settings}
-            idata = fit_stack(grids.validate_grid(grid, name), family, grid_name=name, fitted=fitted, **settings)
+                      and json.loads((folder / f"{stem.rsplit('__', 1)[0]}__{m}.json").read_text()).get("settings") == fit_settings}
+            idata = fit_stack(grids.validate_grid(grid, name), family, grid_name=name, fitted=fitted, **fit_settings)
         else:
-            idata = fit(grid, law=law, grid_name=name, **settings)
+            idata = fit(grid, law=law, grid_name=name, **fit_settings)
     seconds = time.perf_counter() - start
     pred = holdout_predictions(law_draws(idata), grid, where=name)
     row = {"case": name, "law": law, "settings": settings, "seconds": seconds, "diagnostics": diagnostics(idata),

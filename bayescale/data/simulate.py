@@ -62,6 +62,8 @@ class World:
     broken: tuple[float, float] | None = None
     # Noise shared by all targets of one run (sd of log loss): one model and one seed per run.
     run_sigma: float = 0.0
+    # Other domains' data raising a target's loss (K, K source x target, loss per law unit of data).
+    interference: np.ndarray | None = None
 
     def loss(self, data: np.ndarray) -> np.ndarray:
         """Noise-free loss (N, K) of allocations (N, K) in raw data units."""
@@ -70,11 +72,12 @@ class World:
         with np.errstate(divide="ignore"):
             powered = np.where(d[:, :, None] > 0, d[:, :, None] ** self.beta[None], 0.0)
         x = self.x0 + d @ mask + np.einsum("ij,nij->nj", self.T * (1 - mask), powered)
+        extra = 0.0 if self.interference is None else d @ (self.interference * (1 - mask))
         if self.broken is None:
-            return self.E + self.A * x ** (-self.alpha)
+            return self.E + self.A * x ** (-self.alpha) + extra
         x_break, ratio = self.broken
         bent = x_break ** (-self.alpha) * (np.maximum(x, x_break) / x_break) ** (-self.alpha * ratio)
-        return self.E + self.A * np.where(x <= x_break, x ** (-self.alpha), bent)
+        return self.E + self.A * np.where(x <= x_break, x ** (-self.alpha), bent) + extra
 
     def to_json(self) -> str:
         names = list(self.domains)
@@ -87,6 +90,7 @@ class World:
                 "data_scale": self.data_scale, "hubs": list(self.hubs), "islands": list(self.islands),
                 **({"broken": list(self.broken)} if self.broken is not None else {}),
                 **({"run_sigma": self.run_sigma} if self.run_sigma else {}),
+                **({"interference": pair(self.interference)} if self.interference is not None else {}),
             }
         )
 

@@ -192,6 +192,19 @@ def run_world(design: SBCDesign, index: int, *, law: str = "transfer", chains: i
     }
 
 
+def model_hash(law: str) -> str:
+    """A short hash of the model's code and the law it evaluates: results of another model are refused."""
+    import hashlib
+    import inspect
+
+    from bayescale.laws import power, transfer
+
+    family = sbc_family(law)
+    parts = [inspect.getsource(type(family)), inspect.getsource(transfer.transfer_law_model), inspect.getsource(power.log_loss),
+             inspect.getsource(power.log_reducible), inspect.getsource(power.effective_data), repr(transfer.E_PRIOR)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def numpyro_rhat(x: np.ndarray) -> np.ndarray:
     """Split r-hat over the leading chain axis (NumPyro's implementation), NaN where constant."""
     from numpyro.diagnostics import split_gelman_rubin
@@ -212,7 +225,7 @@ def run_sbc(n_worlds: int, out_dir: str | os.PathLike, *, domains: int = 3, law:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     design = make_design(domains, seed=seed)
-    settings = {"domains": domains, "law": law, "seed": seed, **fit_kwargs}
+    settings = {"domains": domains, "law": law, "seed": seed, "model": model_hash(law), **fit_kwargs}
     settings_file = out / "settings.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         raise ValueError(f"{out}: holds SBC results for other settings ({settings_file.read_text().strip()}); use another folder")

@@ -9,7 +9,8 @@ with the run effect (``sigma_run``) as the covariance it induces (:func:`run_log
 The weights maximise the log score of the mixture of the members' predictive
 distributions (:func:`stacking_weights`). The stacked posterior holds, of each member's
 posterior on *all* fit runs, a share of draws equal to its weight, in the variables every
-transfer-law family shares (a member without a bend has ``delta = 0``, ``independent`` has T = 0
+transfer-law family shares (a member without a bend has ``delta = 0``, one without interference
+``kappa = 0``, ``independent`` has T = 0
 off a target's own source) and a ``law`` variable naming each draw's family, so ``predict``,
 ``allocate`` (each draw's loss is still convex), ``check``, ``hubs`` and ``report`` read it as
 any other posterior of data amounts.
@@ -137,6 +138,7 @@ def combine(members: dict, weights: dict, total: int, seed: int = 0):
         zeros = xr.zeros_like(post["E"])
         keep["delta"] = post["delta"] if "delta" in post else zeros
         keep["log_xb"] = post["log_xb"] if "log_xb" in post else zeros
+        keep["kappa"] = post["kappa"] if "kappa" in post else xr.zeros_like(post["T"])
         keep["sigma_run"] = post["sigma_run"] if "sigma_run" in post else xr.zeros_like(post["E"].isel(target=0, drop=True))
         part = xr.Dataset(keep).isel(sample=index).drop_vars(["sample", "chain", "draw"])
         part["law"] = ("sample", np.full(count, name, dtype=object))  # each draw carries its family (contract 2)

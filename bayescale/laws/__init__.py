@@ -13,7 +13,7 @@ from __future__ import annotations
 from bayescale.errors import InputError
 from bayescale.laws.base import Draws, LawFamily
 from bayescale.laws.mixing import MIXING
-from bayescale.laws.transfer import BEND, INDEPENDENT, LINEAR, STACK, TRANSFER
+from bayescale.laws.transfer import BEND, INDEPENDENT, INTERFERENCE, LINEAR, STACK, TRANSFER
 
 FAMILIES: dict[str, LawFamily] = {}
 
@@ -28,7 +28,7 @@ def register(family: LawFamily) -> LawFamily:
     return family
 
 
-for _family in (TRANSFER, LINEAR, INDEPENDENT, BEND, STACK, MIXING):
+for _family in (TRANSFER, LINEAR, INDEPENDENT, BEND, INTERFERENCE, STACK, MIXING):
     register(_family)
 
 

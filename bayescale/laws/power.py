@@ -6,6 +6,9 @@ and allocation d over the sources::
     L_j(d) = E_j + A_j * x_j(d) ** (-alpha_j) * (1 + x_j(d) / xb_j) ** (-delta_j)
     x_j(d) = x0_j + d_j + sum_{i != j} T_ij * d_i ** beta_ij
 
+(plus, in the ``interference`` law, ``sum_{i != j} kappa_ij * d_i``: other domains' data raising
+target j's loss, as in a capacity-limited model; linear in d, so convexity is kept.)
+
 The last factor is a smooth break (Caballero et al. 2022, with sharpness 1): past the
 break ``xb_j`` the reducible loss falls with exponent ``alpha_j + delta_j`` instead of
 ``alpha_j``. ``delta = 0`` is the plain power law. With ``delta >= 0`` the reducible loss is a
@@ -22,6 +25,7 @@ The families built on it (:mod:`bayescale.laws.transfer`):
 - ``linear``: beta_ij = 1 (a linear exchange rate between domains).
 - ``independent``: T_ij = 0 (transfer-unaware; each target sees only its own data).
 - ``bend``: the transfer law with a break (delta_j >= 0 free).
+- ``interference``: the transfer law with kappa_ij >= 0 free.
 """
 
 from __future__ import annotations
@@ -56,19 +60,23 @@ def log_reducible(log_x, log_A, alpha, delta=0.0, log_xb=0.0):
     return log_A - alpha * log_x - delta * jax.nn.softplus(log_x - log_xb)
 
 
-def loss(d, E, A, alpha, x0, T, beta, self_mask, delta=0.0, log_xb=0.0):
+def loss(d, E, A, alpha, x0, T, beta, self_mask, delta=0.0, log_xb=0.0, kappa=None):
     """Loss of every target under allocation(s) d: (N, I) -> (N, J)."""
-    return jnp.exp(log_loss(d, E, A, alpha, x0, T, beta, self_mask, delta, log_xb))
+    return jnp.exp(log_loss(d, E, A, alpha, x0, T, beta, self_mask, delta, log_xb, kappa))
 
 
-def log_loss(d, E, A, alpha, x0, T, beta, self_mask, delta=0.0, log_xb=0.0):
-    """log L computed stably: log(E + R) = logaddexp(log E, log R)."""
+def log_loss(d, E, A, alpha, x0, T, beta, self_mask, delta=0.0, log_xb=0.0, kappa=None):
+    """log L computed stably: log(E + R) = logaddexp(log E, log R), then + log1p(I / (E + R)) for
+    the interference I = d @ kappa (off a target's own source; finite gradients where I = 0)."""
     x = effective_data(d, T, beta, x0, self_mask)
-    return jnp.logaddexp(jnp.log(E), log_reducible(jnp.log(x), jnp.log(A), alpha, delta, log_xb))
+    base = jnp.logaddexp(jnp.log(E), log_reducible(jnp.log(x), jnp.log(A), alpha, delta, log_xb))
+    if kappa is None:
+        return base
+    return base + jnp.log1p((d @ (kappa * (1.0 - self_mask))) * jnp.exp(-base))
 
 
 @functools.partial(jax.jit, static_argnames=("log",))
-def loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, delta, log_xb, log=False):
+def loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, delta, log_xb, kappa, log=False):
     """(N, I) allocations x S draws -> (S, N, J) law loss (or its log).
 
     The same law as :func:`loss`, written for many draws at once: log d is
@@ -85,9 +93,11 @@ def loss_all_draws(d, E, A, alpha, x0, T, beta, self_mask, delta, log_xb, log=Fa
     # that runs 5x slower on CPU than the two loops apart (measured: 0.9 s vs 0.17 s).
     log_x = jnp.log(jax.lax.optimization_barrier(x))
     log_r = log_reducible(log_x, jnp.log(A)[:, None, :], alpha[:, None, :], delta[:, None, :], log_xb[:, None, :])
+    interference = jnp.einsum("ni,sij->snj", d, kappa * (1.0 - self_mask))  # 0 without interference
     if log:
-        return jnp.logaddexp(jnp.log(E)[:, None, :], log_r)
-    return E[:, None, :] + jnp.exp(log_r)
+        base = jnp.logaddexp(jnp.log(E)[:, None, :], log_r)
+        return base + jnp.log1p(interference * jnp.exp(-base))
+    return E[:, None, :] + jnp.exp(log_r) + interference
 
 
 def reducible_and_slopes(x, A, alpha, delta, xb):

@@ -49,7 +49,7 @@ LIKELIHOODS = ("normal", "student_t")
 TARGET_PARAMS = ("E", "A", "alpha", "x0", "sigma")
 PAIR_PARAMS = ("T", "beta")
 BEND_PARAMS = ("delta", "log_xb")  # (target,): zero delta (no bend) where a posterior lacks them
-OPTIONAL_PARAMS = ("nu", "sigma_run") + BEND_PARAMS  # present in some posteriors only
+OPTIONAL_PARAMS = ("nu", "sigma_run", "kappa") + BEND_PARAMS  # present in some posteriors only
 #: Prior of log(E_j / smallest observed loss on j): median a quarter, 90 % within (0.05, 1.3).
 E_PRIOR = (float(np.log(0.25)), 1.0)
 
@@ -100,6 +100,14 @@ def transfer_law_model(data: ModelData, law: str = "transfer", likelihood: str =
             log_xb = numpyro.sample("log_xb", dist.Normal(jnp.asarray(data.break_centre), 1.5))
     else:
         delta, log_xb = 0.0, 0.0
+    kappa = None
+    if law == "interference":
+        # kappa_ij: loss added to target j per law unit of source i's data, as a share rho_ij of
+        # the target's typical loss per largest fit budget; rho ~ HalfNormal(tau), centred on none.
+        tau_rho = numpyro.sample("tau_rho", dist.HalfNormal(0.05))
+        k = numpyro.sample("k", dist.HalfNormal(1.0).expand([n_sources, n_targets]).to_event(2))
+        per_unit = jnp.asarray(data.loss_scale)[None, :] * jnp.exp(-jnp.asarray(data.break_centre))
+        kappa = numpyro.deterministic("kappa", off_self * tau_rho * k * per_unit)
 
     if law == "independent":
         T = self_mask
@@ -128,7 +136,7 @@ def transfer_law_model(data: ModelData, law: str = "transfer", likelihood: str =
     T = numpyro.deterministic("T", T)
     beta = numpyro.deterministic("beta", beta)
 
-    log_mean = laws.log_loss(jnp.asarray(data.d), E, A, alpha, x0, T, beta, self_mask, delta, log_xb)
+    log_mean = laws.log_loss(jnp.asarray(data.d), E, A, alpha, x0, T, beta, self_mask, delta, log_xb, kappa)
     loc = log_mean[data.obs_run, data.obs_target]
     if n_targets > 1:
         # One run's losses on every target come from one model and one seed.
@@ -257,7 +265,7 @@ DIMS = {
     "E": ["target"], "A": ["target"], "alpha": ["target"], "x0": ["target"], "sigma": ["target"],
     "e": ["target"], "z_alpha": ["target"], "z_A": ["target"], "z_x0": ["target"], "z_sigma": ["target"],
     "r": ["target"], "receptivity": ["target"], "h": ["source"], "hubness": ["source"],
-    "delta": ["target"], "log_xb": ["target"], "z_run": ["run"],
+    "delta": ["target"], "log_xb": ["target"], "z_run": ["run"], "kappa": ["source", "target"], "k": ["source", "target"],
     "T": ["source", "target"], "beta": ["source", "target"], "u": ["source", "target"], "b": ["source", "target"],
     "log_loss": ["obs"],
 }
@@ -291,6 +299,7 @@ class LawDraws:
     delta: np.ndarray | None = None  # (S, J) extra exponent past the break (None: no bend)
     log_xb: np.ndarray | None = None  # (S, J) log of the break in effective data (law units)
     sigma_run: np.ndarray | None = None  # (S,) sd of the run effect shared by a run's targets (None: 0)
+    kappa: np.ndarray | None = None  # (S, I, J) loss added per law unit of another source's data (None: 0)
 
     @property
     def n_draws(self) -> int:
@@ -334,6 +343,7 @@ def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 
     mask = jnp.asarray(draws.self_mask, dtype=jnp.float32)
     zeros = np.zeros_like(draws.E)
     bend = [jnp.asarray(zeros if p is None else p, dtype=jnp.float32) for p in (draws.delta, draws.log_xb)]
+    bend.append(jnp.asarray(np.zeros_like(draws.T) if draws.kappa is None else draws.kappa, dtype=jnp.float32))
     n = d.shape[0]
     chunk = min(chunk, n)
     # Pad to whole chunks so every call has the same shape and XLA compiles once.
@@ -422,6 +432,8 @@ class TransferFamily:
         for name in BEND_PARAMS:
             if name in post.data_vars and set(post[name].dims) != {"chain", "draw", "target"}:
                 raise InputError(f"{source}: posterior variable {name!r} must have dims (chain, draw, target)")
+        if "kappa" in post.data_vars and (set(post["kappa"].dims) != {"chain", "draw", "source", "target"} or np.any(post["kappa"].values < 0)):
+            raise InputError(f"{source}: posterior variable 'kappa' must have dims (source, target) and draws >= 0")
         if "delta" in post.data_vars and np.any(post["delta"].values < 0):
             raise InputError(f"{source}: posterior variable 'delta' holds negative draws (a bend must steepen the law)")
         for name in TARGET_PARAMS + PAIR_PARAMS + tuple(n for n in OPTIONAL_PARAMS if n in post.data_vars):
@@ -445,6 +457,7 @@ class TransferFamily:
             sigma_run=flat_draws(post, "sigma_run", ()) if "sigma_run" in post else None,
             delta=flat_draws(post, "delta", ("target",)) if "delta" in post else None,
             log_xb=flat_draws(post, "log_xb", ("target",)) if "log_xb" in post else None,
+            kappa=flat_draws(post, "kappa", ("source", "target")) if "kappa" in post else None,
             **params,
         )
 
@@ -478,11 +491,25 @@ TRANSFER = TransferFamily("transfer", "hierarchical power law in effective data 
 LINEAR = TransferFamily("linear", "the transfer law with beta = 1 (a linear exchange rate between domains)")
 INDEPENDENT = TransferFamily("independent", "each target sees only its own data (T = 0, transfer-unaware)")
 @dataclasses.dataclass(frozen=True)
+class InterferenceFamily(TransferFamily):
+    """The transfer law in which other domains' data may also raise a target's loss (``kappa``)."""
+
+    parameters: tuple[str, ...] = TARGET_PARAMS + PAIR_PARAMS + ("kappa", "nu", "sigma_run")
+
+    def example_grid(self, seed: int = 0) -> xr.Dataset:
+        world = simulate.draw_world(3, seed=seed)
+        kappa = np.zeros((3, 3))
+        kappa[0, 2] = 0.01  # the hub's data crowd out the island
+        return simulate.simulate_grid(dataclasses.replace(world, interference=kappa), seed=seed)
+
+
+@dataclasses.dataclass(frozen=True)
 class StackFamily(BendFamily):
     """Bayesian stacking of transfer-law families: draws of each member in proportion to its
     leave-future-out weight (:mod:`bayescale.inference.stacking`); read like any transfer law."""
 
-    members: tuple[str, ...] = ("transfer", "linear", "independent", "bend")
+    members: tuple[str, ...] = ("transfer", "linear", "independent", "bend", "interference")
+    parameters: tuple[str, ...] = TARGET_PARAMS + PAIR_PARAMS + BEND_PARAMS + ("kappa", "sigma_run")
     methods: tuple[str, ...] = ("nuts",)
     likelihoods: tuple[str, ...] = ("normal",)
 
@@ -495,4 +522,6 @@ class StackFamily(BendFamily):
 
 
 BEND = BendFamily("bend", "the transfer law whose curves may steepen past a smooth break (delta >= 0, centred on none)")
+INTERFERENCE = InterferenceFamily("interference", "the transfer law in which other domains' data may also raise a target's loss "
+                                  "(kappa >= 0, linear in d, centred on none)")
 STACK = StackFamily("stack", "transfer, linear, independent and bend mixed by Bayesian stacking on leave-future-out scores")

@@ -70,6 +70,6 @@ def test_unknown_law_is_a_clear_error():
 
     from bayescale import laws as registry
 
-    with pytest.raises(InputError, match="law: unknown law 'quadratic'; choose one of transfer, linear, independent, bend, mixing") as caught:
+    with pytest.raises(InputError, match="law: unknown law 'quadratic'; choose one of transfer, linear, independent, bend, interference, stack, mixing") as caught:
         registry.get("quadratic")
     assert caught.value.parameter == "law"
