@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from bayescale.laws.power import reducible_and_slopes
 from bayescale.optimise.riskprog import KAPPA, QP_SETTINGS, QP_SOLVERS, LawEval
 
 
@@ -35,20 +36,18 @@ def _diag(law: LawEval, Dm, free, hessian_weights=None):
     logd = np.log(np.where(pos, d, 1.0))
     pw = np.where(pos[:, :, None], np.exp(law.beta * logd[:, :, None]), 0.0)  # (N, I, J)
     x = law.x0 + d @ law.mask + np.einsum("nij,nij->nj", law.T, pw)
-    xa = x ** (-law.alpha)
-    L = law.E + law.A * xa
+    R, c1, a = reducible_and_slopes(x, law.A, law.alpha, law.delta, law.xb)  # R, dL/dx, d2L/dx2
+    L = law.E + R + np.einsum("ni,nij->nj", d, law.kappa)  # interference: linear in d
     if free is None:
         return L
     ds = np.maximum(d[:, free], 1e-12)
     beta, T = law.beta[:, free, :], law.T[:, free, :]
     pwm1 = np.exp((beta - 1.0) * np.log(ds)[:, :, None])
     dx = law.mask[free][None] + T * beta * pwm1  # (N, n, J)
-    c1 = -law.alpha * law.A * xa / x
-    grad = np.transpose(c1[:, None, :] * dx, (0, 2, 1)) / law.D0  # (N, J, n)
+    grad = np.transpose(c1[:, None, :] * dx + law.kappa[:, free, :], (0, 2, 1)) / law.D0  # (N, J, n)
     if hessian_weights is None:
         return L, grad
     W = hessian_weights  # (N, J)
-    a = -c1 * (law.alpha + 1.0) / x
     H = np.einsum("nj,nij,nkj->nik", W * a, dx, dx)
     d2x = T * beta * (beta - 1.0) * pwm1 / ds[:, :, None]
     idx = np.arange(len(free))

@@ -57,6 +57,7 @@ import time
 import numpy as np
 
 from bayescale.inference.posterior import LawDraws
+from bayescale.laws.power import reducible_and_slopes
 from bayescale.optimise.qp import QP_SETTINGS, QP_SOLVERS, Projector, QPSubproblem
 
 __all__ = ["FEAS_TOL", "GAP_TOL", "KAPPA", "QP_SETTINGS", "QP_SOLVERS", "LawEval", "Projector", "QPSubproblem",
@@ -98,12 +99,22 @@ class LawEval:
         self.E, self.A, self.alpha, self.x0 = f(draws.E), f(draws.A), f(draws.alpha), f(draws.x0)
         self.T = f(draws.T) * (1.0 - self.mask)[None]
         self.beta = np.where(self.T > 0, f(draws.beta), 1.0)
+        # A bend (law "bend", or a stack holding it) steepens the reducible loss past xb; zero delta is none.
+        delta = getattr(draws, "delta", None)
+        self.delta = np.zeros_like(self.E) if delta is None else f(delta)
+        self.xb = np.ones_like(self.E) if delta is None else np.exp(f(draws.log_xb))
+        # Interference (law "interference"): other sources' data add kappa_ij per law unit, linearly.
+        kappa = getattr(draws, "kappa", None)
+        self.kappa = np.zeros_like(self.T) if kappa is None else f(kappa) * (1.0 - self.mask)[None]
         if noisy is not None:
             cols, factor = list(noisy[0]), np.exp(f(noisy[1]).reshape(self.E.shape[0], -1))
             self.E = np.concatenate([self.E, self.E[:, cols] * factor], axis=1)
             self.A = np.concatenate([self.A, self.A[:, cols] * factor], axis=1)
             self.alpha = np.concatenate([self.alpha, self.alpha[:, cols]], axis=1)
             self.x0 = np.concatenate([self.x0, self.x0[:, cols]], axis=1)
+            self.delta = np.concatenate([self.delta, self.delta[:, cols]], axis=1)
+            self.xb = np.concatenate([self.xb, self.xb[:, cols]], axis=1)
+            self.kappa = np.concatenate([self.kappa, self.kappa[:, :, cols] * factor[:, None, :]], axis=2)
             self.mask = np.concatenate([self.mask, self.mask[:, cols]], axis=1)
             self.T = np.concatenate([self.T, self.T[:, :, cols]], axis=2)
             self.beta = np.concatenate([self.beta, self.beta[:, :, cols]], axis=2)
@@ -131,7 +142,7 @@ class LawEval:
         """(S, J) losses at one raw allocation."""
         d = np.maximum(np.asarray(D, dtype=np.float64), 0.0) / self.D0
         with np.errstate(divide="ignore"):
-            return self.E + self.A * self._x(d)[0] ** (-self.alpha)
+            return self.E + reducible_and_slopes(self._x(d)[0], self.A, self.alpha, self.delta, self.xb)[0] + np.einsum("i,sij->sj", d, self.kappa)
 
     def many(self, allocations) -> np.ndarray:
         """(S, N, J) losses at N raw allocations."""
@@ -146,8 +157,8 @@ class LawEval:
         d = np.maximum(np.asarray(D, dtype=np.float64), 0.0) / self.D0
         free = np.asarray(free)
         x, pw = self._x(d)
-        xa = x ** (-self.alpha)
-        L = self.E + self.A * xa
+        R, c1, a = reducible_and_slopes(x, self.A, self.alpha, self.delta, self.xb)  # R, dL/dx, d2L/dx2 >= 0
+        L = self.E + R + np.einsum("i,sij->sj", d, self.kappa)
         ds = np.maximum(d[free], 1e-12)  # the slope of d ** beta is infinite at 0: evaluate just inside
         if self._Tb is None:
             self._Tb = self.T * self.beta
@@ -158,13 +169,12 @@ class LawEval:
             pwm1 = np.exp((self.beta[:, free, :] - 1.0) * np.log(ds)[None, :, None])
         dx = self.mask[free][None] + self._Tb[:, free, :] * pwm1  # (S, n, J)
         d2x = self._Tbb[:, free, :] * (pwm1 / ds[None, :, None])  # (S, n, J), <= 0
-        c1 = -self.alpha * self.A * xa / x  # dL/dx
-        a = -c1 * (self.alpha + 1.0) / x  # d2L/dx2 >= 0
-        return {"L": L, "dx": dx, "d2x": d2x, "c1": c1, "a": a}
+        return {"L": L, "dx": dx, "d2x": d2x, "c1": c1, "a": a, "kappa": self.kappa[:, free, :]}
 
     def term_grad(self, pt, v) -> np.ndarray:
         """(S, n_free) gradients of f_s = L_s . v in the free raw amounts."""
-        return np.einsum("snj,sj->sn", pt["dx"], pt["c1"] * np.asarray(v)[None, :]) / self.D0
+        v = np.asarray(v)
+        return (np.einsum("snj,sj->sn", pt["dx"], pt["c1"] * v[None, :]) + pt["kappa"] @ v) / self.D0
 
     def hessian(self, pt, W) -> np.ndarray:
         """sum_s sum_j W_sj * Hessian of L_sj in the free raw amounts (W >= 0, shape (S, J))."""

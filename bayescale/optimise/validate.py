@@ -72,7 +72,7 @@ def check_problem(draws: LawDraws, spec: Spec, budget: float | None, *, min_budg
 
 
 def check_law_domain(draws: LawDraws) -> None:
-    """The programs are convex only for T >= 0, 0 < beta <= 1, alpha > 0, x0 >= 0, A >= 0."""
+    """The programs are convex only for T >= 0, 0 < beta <= 1, alpha > 0, x0 >= 0, A >= 0 (and delta >= 0)."""
     off = np.broadcast_to(~(np.asarray(draws.self_mask) > 0)[None], draws.T.shape)
     checks = [
         ("T", np.all(draws.T[off] >= 0), "T >= 0"),
@@ -82,6 +82,12 @@ def check_law_domain(draws: LawDraws) -> None:
         ("A", np.all(draws.A >= 0), "A >= 0"),
         ("E", np.all(draws.E >= 0), "E >= 0"),
     ]
+    if getattr(draws, "delta", None) is not None:
+        # a steepening break keeps the reducible loss a product of positive, decreasing, convex factors
+        checks.append(("delta", np.all(draws.delta >= 0) and np.all(np.isfinite(draws.log_xb)), "delta >= 0 with a finite break"))
+    if getattr(draws, "kappa", None) is not None:
+        # interference is linear in d: convex only when it adds loss (kappa >= 0)
+        checks.append(("kappa", np.all(draws.kappa >= 0) and np.all(np.isfinite(draws.kappa)), "kappa >= 0"))
     for name, ok, rule in checks:
         if not ok:
             raise InputError(f"posterior: draws of {name!r} break {rule}; the allocation program needs a convex law")
