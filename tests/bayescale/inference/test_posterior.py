@@ -264,7 +264,8 @@ def test_law_draws_flattens_chain_then_draw(small_fit, small_draws):
             np.testing.assert_array_equal(flat[c * n + d], tree[c, d], err_msg=f"{name}[{c}, {d}]")
         np.testing.assert_array_equal(flat, tree.reshape(flat.shape))
     # The transposed storage order (target before source) reads the same draws.
-    transposed = mutated(small_fit, "posterior", lambda ds: ds.transpose("draw", "chain", "target", "source"))
+    # (``...``: the posterior may hold dims of its own beyond these, e.g. the run effect's ``run``.)
+    transposed = mutated(small_fit, "posterior", lambda ds: ds.transpose("draw", "chain", "target", "source", ...))
     again = law_draws(transposed)
     np.testing.assert_array_equal(again.T, small_draws.T)
     np.testing.assert_array_equal(again.E, small_draws.E)
