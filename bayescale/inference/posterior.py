@@ -11,6 +11,7 @@ is what ``predict``, ``allocate``, ``check`` and ``hubs`` work on.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -108,8 +109,38 @@ def diagnostic_variables(idata) -> list[str]:
 def diagnostics(idata) -> dict:
     """Convergence summary over the law's parameters and the hierarchy's hyperparameters: max r-hat,
     min bulk/tail ESS, divergences, and which variable is worst; for an SVI posterior, the Pareto
-    k-hat of its guide (``psis_khat`` in the attrs). ``ok``: the posterior passes (``--strict``)."""
+    k-hat of its guide (``psis_khat`` in the attrs). ``ok``: the posterior passes (``--strict``).
+
+    A stacked posterior has no sampler of its own: its diagnostics are its members' (kept in
+    its attrs when it was made), the worst of each figure over the members, each member's
+    under ``members``."""
+    if "stack_members" in idata.attrs:
+        return stack_diagnostics(json.loads(idata.attrs["stack_members"]))
     return sampler_diagnostics(idata, diagnostic_variables(idata))
+
+
+def stack_diagnostics(members: dict) -> dict:
+    """The worst of the members' diagnostics (r-hat, ESS, divergences, ok), each member's kept whole."""
+    rows = list(members.values())
+
+    def worst(key, fn):
+        values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+        return float(fn(values)) if values else float("nan")
+
+    worst_member = max(members, key=lambda m: members[m].get("max_rhat", float("nan")) if np.isfinite(members[m].get("max_rhat", np.nan)) else -1)
+    return {
+        "method": "stack",
+        "approximate": any(bool(r.get("approximate")) for r in rows),
+        "max_rhat": worst("max_rhat", np.max),
+        "min_ess_bulk": worst("min_ess_bulk", np.min),
+        "min_ess_tail": worst("min_ess_tail", np.min),
+        "divergences": int(sum(r.get("divergences", 0) for r in rows)),
+        "draws": int(rows[0]["draws"]) if rows else 0,
+        "chains": int(rows[0]["chains"]) if rows else 0,
+        "worst_rhat_variable": f"{worst_member}: {members[worst_member].get('worst_rhat_variable')}" if rows else None,
+        "members": members,
+        "ok": all(bool(r.get("ok")) for r in rows),
+    }
 
 
 def _label(da, index) -> str:
