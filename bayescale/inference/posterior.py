@@ -144,11 +144,12 @@ def stack_diagnostics(members: dict) -> dict:
 
 
 def _label(da, index) -> str:
-    """``T[ct, mri]``: a variable's entry at ``index``, named by its coordinates."""
+    """``T(ct, mri)``: a variable's entry at ``index``, named by its coordinates (round brackets: square
+    ones would be taken for markup by the terminal printer)."""
     if not index:
         return str(da.name)
     parts = [str(da[dim].values[i]) if dim in da.coords else str(i) for dim, i in zip(da.dims, index)]
-    return f"{da.name}[{', '.join(parts)}]"
+    return f"{da.name}({', '.join(parts)})"
 
 
 def _extreme(ds, largest: bool) -> tuple[float, str | None, str | None]:

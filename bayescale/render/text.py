@@ -180,7 +180,7 @@ def format_diagnostics(diag: dict) -> str:
             verdict = f"PSIS k-hat {khat:.2f} > {limit:g}: the guide misses the posterior; refit with NUTS"
         return (f"approximate posterior ({diag['method']}): {diag['draws']} independent draws; {verdict} "
                 "— check against NUTS before trusting intervals")
-    where = lambda key: f" ({diag[key]})" if diag.get(key) else ""  # noqa: E731
+    where = lambda key: f" at {diag[key]}" if diag.get(key) else ""  # noqa: E731
     return (
         f"max r-hat {diag['max_rhat']:.3f}{where('worst_rhat_entry')} · min bulk ESS {diag['min_ess_bulk']:.0f}"
         f"{where('worst_ess_entry')} · min tail ESS {diag['min_ess_tail']:.0f} · divergences {diag['divergences']}"

@@ -293,7 +293,7 @@ def _independent_diagnostics(idata):
             if np.std(chains) == 0:
                 continue
             coords = [str(post[dim].values[i]) for dim, i in zip(post[name].dims[2:], index)]
-            label = f"{name}[{', '.join(coords)}]" if coords else name
+            label = f"{name}({', '.join(coords)})" if coords else name
             rhats.append((float(az.rhat(chains)), label))
             esses.append((float(az.ess(chains, method="bulk")), label))
     return max(rhats), min(esses), len(rhats)
@@ -314,13 +314,15 @@ def test_diagnostics_agree_with_arviz_computed_here(small_fit):
     assert diag["max_rhat"] == pytest.approx(max_rhat, rel=1e-6)
     assert diag["min_ess_bulk"] == pytest.approx(min_ess, rel=1e-6)
     assert diag["worst_rhat_entry"] == rhat_at and diag["worst_ess_entry"] == ess_at
-    assert diag["worst_rhat_variable"] == rhat_at.split("[")[0] and diag["worst_ess_variable"] == ess_at.split("[")[0]
+    assert diag["worst_rhat_variable"] == rhat_at.split("(")[0] and diag["worst_ess_variable"] == ess_at.split("(")[0]
     assert diag["divergences"] == int(small_fit["sample_stats"]["diverging"].values.sum())
     assert diag["draws"] == 1000 and diag["chains"] == 2
     assert 1.0 <= diag["max_rhat"] < 1.1  # a real, if short, fit: near-converged
     assert np.isfinite(diag["min_ess_tail"]) and diag["min_ess_tail"] > 0
     assert diag["ok"] == (diag["max_rhat"] <= 1.01 and diag["divergences"] == 0 and diag["min_ess_bulk"] >= 400)
-    assert f"max r-hat {diag['max_rhat']:.3f} ({rhat_at})" in format_diagnostics(diag)
+    text = format_diagnostics(diag)
+    assert f"max r-hat {diag['max_rhat']:.3f} at {rhat_at}" in text and f" at {ess_at} " in text
+    assert "[" not in text  # nothing a terminal's markup would swallow
 
 
 @pytest.mark.parametrize("name", ["tau_alpha", "mu_T"])
@@ -337,7 +339,7 @@ def test_diagnostics_find_a_hyperparameter_whose_chains_disagree(small_fit, name
     assert diag["worst_rhat_variable"] == name and diag["worst_rhat_entry"] == name
     assert diag["max_rhat"] > 1.5 > before["max_rhat"]
     assert diag["ok"] is False
-    assert f"({name})" in format_diagnostics(diag)
+    assert f"max r-hat {diag['max_rhat']:.3f} at {name} " in format_diagnostics(diag)
     # The law's own parameters are untouched: a check over them alone (as before) would not see it.
     law_only = sampler_diagnostics(broken, [v for v in TARGET_VARS + PAIR_VARS])
     assert law_only["max_rhat"] < 1.5 and law_only["worst_rhat_variable"] in TARGET_VARS + PAIR_VARS
