@@ -13,8 +13,8 @@ Cases (each: fit on its fit runs, predict its held-out runs):
 - ``sim``: simulated worlds *outside* the family (K = 3): curves that steepen past a break,
   a saturating world (curves flatten past a break), and noise shared by a run's targets;
 - ``regmix``: RegMix's 512 fixed-budget runs, a seeded random fifth held out, against
-  RegMix's own predictor (LightGBM on the mixture weights) and the mixing law. Slow (17
-  sources x 13 targets): opt in.
+  RegMix's own predictor (LightGBM on the mixture weights) and the mixing law. Slow with NUTS
+  (17 sources x 13 targets): opt in, e.g. ``--cases regmix --method svi --laws transfer bend mixing``.
 
 Prints one table: case, law, held-out cells, median |relative error|, pooled r, median
 per-target r and Spearman rho, 50 % / 90 % coverage with 95 % cluster-bootstrap intervals
@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from bayescale import laws
 from bayescale._files import write_text_atomic
 from bayescale.data import grid as grids
 from bayescale.data import realgrids, simulate
 from bayescale.evaluate.calibration import point_scores, real_grid_scores
 from bayescale.evaluate.check import holdout_predictions
-from bayescale import laws
 from bayescale.inference.fit import fit, fit_stack
 from bayescale.inference.posterior import diagnostics, law_draws, load_posterior, save_posterior
 from bayescale.inference.sampling import ensure_host_devices
@@ -200,10 +200,14 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=400)
     parser.add_argument("--draws", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", default="nuts", choices=("nuts", "svi"),
+                        help="svi: the fast approximation (RegMix's 17 x 13 grid; issue 15 makes NUTS scale)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     settings = {"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "seed": args.seed}
+    if args.method != "nuts":
+        settings["method"] = args.method
     rows, by_law = [], {}
     for name, grid in cases(args.cases).items():
         for law in args.laws:

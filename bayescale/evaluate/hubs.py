@@ -57,8 +57,8 @@ import math
 import numpy as np
 import xarray as xr
 
-from bayescale.errors import InputError
 from bayescale import laws
+from bayescale.errors import InputError
 from bayescale.evaluate.results import HubsSummary
 from bayescale.inference.posterior import LawDraws, law_draws
 

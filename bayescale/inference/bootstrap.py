@@ -62,9 +62,9 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from bayescale import laws as registry
 from bayescale.data import grid as grids
 from bayescale.errors import InputError
-from bayescale import laws as registry
 from bayescale.laws import power as laws
 from bayescale.laws.transfer import LawDraws, TransferFamily, model_data
 

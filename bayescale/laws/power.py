@@ -34,7 +34,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def safe_power(d, beta):

@@ -25,13 +25,14 @@ import pytest
 from typer.testing import CliRunner
 
 from bayescale.cli import app
-from bayescale.errors import InputError
-from bayescale.inference.fit import fit
-from bayescale.laws.transfer import identification_warnings, model_data
 from bayescale.data.grid import make_grid, save_grid, validate_grid
-from bayescale.inference.posterior import law_draws
-from bayescale.evaluate.predict import loss_draws
 from bayescale.data.simulate import Design, draw_world, simulate_grid
+from bayescale.errors import InputError
+from bayescale.evaluate.predict import loss_draws
+from bayescale.inference.fit import fit
+from bayescale.inference.posterior import law_draws
+from bayescale.laws.identification import identification_warnings
+from bayescale.laws.transfer import model_data
 
 SHORT = {"chains": 1, "warmup": 100, "draws": 100, "seed": 0}
 
