@@ -83,10 +83,12 @@ def fit(
                                      progress=progress)
         extra_attrs = {}
     else:
-        samples, final_loss = approximate_svi(family.model, data, model_kwargs, key, n_draws=chains * draws, steps=svi_steps,
-                                              init_samples=family.init_samples, progress=progress)
+        fitted = approximate_svi(family.model, data, model_kwargs, key, n_draws=chains * draws, steps=svi_steps,
+                                 init_samples=family.init_samples, progress=progress)
+        samples, final_loss = fitted
         stats = {}
-        extra_attrs = {"approximate": 1, "svi_steps": svi_steps, "svi_final_loss": final_loss}
+        # The guide's Pareto k-hat: whether its draws can stand for the posterior (--strict reads it).
+        extra_attrs = {"approximate": 1, "svi_steps": svi_steps, "svi_final_loss": final_loss, "psis_khat": fitted.psis_khat}
     idata = to_datatree(family, samples, stats, data, coords, model_kwargs)
     idata.attrs.update(
         {
