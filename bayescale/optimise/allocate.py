@@ -20,7 +20,9 @@ the uniform split, ``normalise=True``, so domains with different loss scales com
 The programs are solved exactly by :class:`bayescale.optimise.riskprog.RiskProgram` (SQP whose
 quadratic subproblems cvxpy compiles once, with a certified duality gap); every reported
 objective is the NumPy evaluation :func:`objective_values`. Around the recommendation:
-baselines and the value of transfer (:mod:`bayescale.optimise.baselines`), the posterior distribution of
+baselines and the value of transfer (:mod:`bayescale.optimise.baselines`; the fair transfer-unaware
+baseline solves the same program under ``unaware``, the draws of the independent law fitted to
+the same grid, and judges its allocation under ``draws``), the posterior distribution of
 the optimal allocation, whole-unit rounding (:mod:`bayescale.optimise.decisions`) and an allocation path
 over budgets.
 
@@ -38,6 +40,7 @@ import time
 
 import numpy as np
 
+from bayescale.errors import InputError
 from bayescale.inference.posterior import LawDraws, require_amounts
 from bayescale.optimise import assemble
 from bayescale.optimise import baselines as bl
@@ -92,6 +95,7 @@ def allocate(
     max_draws: int | None = 2000,
     holdout: float = 0.25,
     seed: int = 0,
+    unaware: LawDraws | None = None,
 ) -> AllocationResult:
     """The allocation of ``budget`` raw data units over the sources that minimises ``objective``.
 
@@ -104,8 +108,12 @@ def allocate(
     ``min_budget``: find the least spend meeting every chance constraint (``budget`` not given);
     ``budgets``: also solve this sequence (the allocation path); ``temperature``: of the
     temperature-sampling baseline; ``baselines``: compare with the mixing rules and the
-    transfer-unaware optimum; ``uncertainty``: number of draws whose own optimum is computed
-    (0: skip); ``integer``: also round to whole units; ``interval``: probability of the central
+    transfer-unaware optimum; ``unaware``: draws of the ``independent`` law fitted to the same
+    grid (same sources and targets, data in the same raw units): the transfer-unaware optimum is
+    this very program solved under them (what :func:`allocate` recommends given ``unaware``),
+    judged under ``draws``; without it ignoring transfer is measured only by the ``transfer_zeroed``
+    ablation (T = 0 inside ``draws``), and ``value_of_transfer`` says so; ``uncertainty``: number
+    of draws whose own optimum is computed (0: skip); ``integer``: also round to whole units; ``interval``: probability of the central
     credible intervals. ``max_draws``: draws the program is solved on (None: all); with chance
     constraints a ``holdout`` share of the draws is kept out of the program to check them;
     ``seed``: of those draw subsets.
@@ -117,32 +125,28 @@ def allocate(
     """
     t_start = time.perf_counter()
     draws = require_amounts(draws, "allocate")  # a law of data amounts (not the fixed-budget mixing law)
+    if unaware is not None:
+        unaware = bl.check_unaware(draws, unaware)
     B, path_budgets = check_settings(budget, min_budget=min_budget, budgets=budgets, interval=interval,
                                      max_draws=max_draws, holdout=holdout, temperature=temperature,
                                      uncertainty=uncertainty)
-    spec = build_spec(draws, objective=objective, weights=weights, costs=costs, upper=upper, lower=lower,
-                      fixed=fixed, groups=groups, chance=chance, normalise=normalise, chance_on=chance_on)
-    noise = chance_log_noise(draws, spec, seed)  # one run's noise per draw (predictive chance constraints)
-    check_problem(draws, spec, B, min_budget=min_budget, chance_noise=noise)
-
-    opt_idx, held_idx = split_draws(draws.n_draws, max_draws, holdout if spec.chance else 0.0, seed)
-    sub = draws if opt_idx.size == draws.n_draws else draws.subset(opt_idx)
-    sub_noise = None if noise is None else noise[opt_idx]
+    options = dict(objective=objective, weights=weights, costs=costs, upper=upper, lower=lower, fixed=fixed,
+                   groups=groups, chance=chance, normalise=normalise, chance_on=chance_on)
+    spec = build_spec(draws, **options)
+    split = dict(min_budget=min_budget, max_draws=max_draws, holdout=holdout, seed=seed)
+    problem, opt_idx, held_idx = build_problem(draws, spec, B, **split)
+    sub = problem.draws
     law_all = LawEval(draws)
-
-    # Normalisation: each target's posterior-mean loss at the uniform split of the (reference) budget.
-    ref_budget = B
-    if min_budget:
-        probe = AllocationProblem(sub, spec, reference_budget=1.0, min_budget=True, chance_noise=sub_noise)
-        ref_budget = probe.spend_guess()
-    uniform_ref = bl.fill(ref_budget, spec.lower, spec.upper, None, spec.costs)
-    target_scale = None
-    if spec.normalise:
-        mean_loss = LawEval(sub).values(uniform_ref).mean(axis=0)
-        target_scale = 1.0 / np.maximum(mean_loss, 1e-300)
-    problem = AllocationProblem(sub, spec, reference_budget=ref_budget, min_budget=min_budget,
-                                target_scale=target_scale, chance_noise=sub_noise)
     v = problem.effective_weights()
+
+    # The fair transfer-unaware baseline: this very program (same options, draw split and seed)
+    # under the independent law's draws, as allocate(unaware, ...) would build it.
+    blind: AllocationProblem | str | None = None
+    if baselines and unaware is not None:
+        try:
+            blind = build_problem(unaware, build_spec(unaware, **options), B, **split)[0]
+        except InputError as exc:  # e.g. a chance target below the independent law's irreducible loss
+            blind = str(exc)
 
     sol, status, notes = polish(problem, solve_checked(problem, B), B)
     D = sol.D
@@ -175,14 +179,17 @@ def allocate(
     )
 
     if baselines:  # and the value of transfer
-        every, parts["value_of_transfer"] = assemble.baselines(problem, law_all, D, B, temperature, interval, min_budget)
-        # "baselines" keeps the mixing rules it always had (uniform, proportional); the other two
+        every, parts["value_of_transfer"] = assemble.baselines(problem, law_all, D, B, temperature, interval, min_budget,
+                                                               unaware=blind)
+        # "baselines" keeps the mixing rules it always had (uniform, proportional); the other
         # comparisons have keys of their own, with the same structure.
         parts["baselines"] = {k: every[k] for k in ("uniform", "proportional") if k in every}
         parts["temperature_sampling"] = every.get("temperature")
-        parts["transfer_unaware"] = every["transfer_unaware"]
+        parts["transfer_unaware"] = every.get("transfer_unaware")
+        parts["transfer_zeroed"] = every["transfer_zeroed"]
         for name, base in every.items():
-            if name != "transfer_unaware" and base.objective_value is not None and not min_budget:
+            # the optima of other programs are checked by the tests, the mixing rules here
+            if name not in assemble.TRANSFER_BASELINES and base.objective_value is not None and not min_budget:
                 if base.feasible and base.objective_value < obj_value - max(sol.gap, 1e-9 * abs(obj_value)):
                     status = "optimal_inaccurate"
                     notes.append(f"the {name} baseline beats the recommendation; the solution is not optimal")
@@ -193,3 +200,28 @@ def allocate(
     if integer:
         parts["integer"] = assemble.integer(problem, D, B, min_budget, law_all, interval)
     return AllocationResult(status=status, seconds=time.perf_counter() - t_start, **parts)
+
+
+def build_problem(draws: LawDraws, spec: Spec, B, *, min_budget: bool, max_draws, holdout: float, seed: int):
+    """The compiled program :func:`allocate` solves for ``draws``: checked, on its optimisation draws
+    (a fixed-seed split, with ``holdout`` kept out when there are chance constraints), normalised
+    when ``spec`` says so. Returns (problem, optimisation draw indices, held-out draw indices)."""
+    noise = chance_log_noise(draws, spec, seed)  # one run's noise per draw (predictive chance constraints)
+    check_problem(draws, spec, B, min_budget=min_budget, chance_noise=noise)
+    opt_idx, held_idx = split_draws(draws.n_draws, max_draws, holdout if spec.chance else 0.0, seed)
+    sub = draws if opt_idx.size == draws.n_draws else draws.subset(opt_idx)
+    sub_noise = None if noise is None else noise[opt_idx]
+
+    # Normalisation: each target's posterior-mean loss at the uniform split of the (reference) budget.
+    ref_budget = B
+    if min_budget:
+        probe = AllocationProblem(sub, spec, reference_budget=1.0, min_budget=True, chance_noise=sub_noise)
+        ref_budget = probe.spend_guess()
+    uniform_ref = bl.fill(ref_budget, spec.lower, spec.upper, None, spec.costs)
+    target_scale = None
+    if spec.normalise:
+        mean_loss = LawEval(sub).values(uniform_ref).mean(axis=0)
+        target_scale = 1.0 / np.maximum(mean_loss, 1e-300)
+    problem = AllocationProblem(sub, spec, reference_budget=ref_budget, min_budget=min_budget,
+                                target_scale=target_scale, chance_noise=sub_noise)
+    return problem, opt_idx, held_idx

@@ -21,7 +21,7 @@ from bayescale.optimise import decisions as dec
 from bayescale.optimise.constraints import InfeasibleError, Spec, check_linear
 from bayescale.optimise.evaluation import empirical_cvar, objective_values
 from bayescale.optimise.predictive import CHECK_STREAM, chance_log_noise, chance_losses, monte_carlo_probability
-from bayescale.optimise.problem import CHANCE_MARGIN, AllocationProblem, solve_checked
+from bayescale.optimise.problem import CHANCE_MARGIN, AllocationProblem, polish, solve_checked
 from bayescale.optimise.results import (
     BaselineResult,
     Certificate,
@@ -35,6 +35,8 @@ from bayescale.optimise.results import (
 )
 from bayescale.optimise.riskprog import FEAS_TOL, GAP_TOL, LawEval, Solution, tail_mean
 
+#: The comparisons that stand for ignoring transfer: the fair optimum under the independent law, and the ablation.
+TRANSFER_BASELINES = ("transfer_unaware", "transfer_zeroed")
 BINDING_TOL = 1e-5  # an allocation within this share of the budget of a bound counts as binding
 CERTIFICATE_METHOD = "SQP with cvxpy QP subproblems; Lagrangian lower bound (LP)"
 
@@ -151,9 +153,14 @@ def violations(problem: AllocationProblem, D, B, L_opt) -> list[str]:
     return out
 
 
-def baselines(problem: AllocationProblem, law_all: LawEval, D, B, temperature, interval, min_budget):
+def baselines(problem: AllocationProblem, law_all: LawEval, D, B, temperature, interval, min_budget, *,
+              unaware: AllocationProblem | str | None = None):
     """Each baseline (name -> :class:`BaselineResult`: allocation, objective on the same draws, predictions,
-    feasibility, reduction against it) and the :class:`ValueOfTransfer` headline."""
+    feasibility, reduction against it) and the :class:`ValueOfTransfer` headline.
+
+    ``unaware``: the same program built on the independent law's draws (the fair transfer-unaware
+    baseline), or why it could not be built (a message), or None (then the headline compares with
+    the ``transfer_zeroed`` ablation and says so)."""
     spec, sub, v = problem.spec, problem.draws, problem.effective_weights()
     R_rec = bl.reducible(law_all.values(D), law_all.E, v)
     out: dict[str, BaselineResult] = {}
@@ -171,23 +178,24 @@ def baselines(problem: AllocationProblem, law_all: LawEval, D, B, temperature, i
         if name == "temperature":
             entry = _replace(entry, temperature=float(temperature))
         out[name] = entry
-    # Transfer-unaware optimum: the same problem with transfer switched off, judged under the real posterior.
-    t0 = time.perf_counter()
-    try:
-        blind = AllocationProblem(bl.transfer_unaware(sub), spec, reference_budget=problem.reference_budget,
-                                  min_budget=min_budget, target_scale=problem.target_scale,
-                                  chance_noise=problem.chance_noise)
-        D_u = solve_checked(blind, B).D
-        entry = baseline_entry(problem, law_all, D_u, B, v, interval, min_budget, R_rec)
-        entry = _replace(entry, objective_value_assumed=(float(spec.costs @ D_u) if min_budget
-                                                         else objective_values(blind.draws, D_u, spec.objective, v)),
-                         seconds=time.perf_counter() - t0)
-    except InfeasibleError as exc:
-        entry = BaselineResult(allocation=None, feasible=False,
-                               note=f"infeasible when transfer is ignored ({str(exc).split(': ', 1)[-1]})")
-    out["transfer_unaware"] = entry
+    # Ignoring transfer, fairly: the optimum of the same program under the independent law fitted
+    # to the same grid (as allocate(unaware, ...) finds it), judged under the real posterior.
+    if isinstance(unaware, AllocationProblem):
+        out["transfer_unaware"] = optimum_elsewhere(problem, law_all, unaware, D, B, interval, min_budget, R_rec,
+                                                    bl.UNAWARE_DESCRIPTION, "infeasible under the independent law",
+                                                    polished=True)
+    elif isinstance(unaware, str):
+        out["transfer_unaware"] = BaselineResult(allocation=None, feasible=False, description=bl.UNAWARE_DESCRIPTION,
+                                                 note=f"the program cannot be set up under the independent law ({unaware})")
+    # The ablation: the same program with transfer switched off inside the transfer posterior.
+    zeroed = AllocationProblem(bl.transfer_zeroed(sub), spec, reference_budget=problem.reference_budget,
+                               min_budget=min_budget, target_scale=problem.target_scale,
+                               chance_noise=problem.chance_noise)
+    out["transfer_zeroed"] = optimum_elsewhere(problem, law_all, zeroed, D, B, interval, min_budget, R_rec,
+                                               bl.ZEROED_DESCRIPTION, "infeasible when transfer is ignored")
     ref = "proportional" if "proportional" in out else "uniform"
-    compared = (ref, "transfer_unaware")
+    transfer = "transfer_unaware" if "transfer_unaware" in out else "transfer_zeroed"
+    compared = (ref, transfer)
     savings = None
     if min_budget:
         savings = {}
@@ -195,8 +203,31 @@ def baselines(problem: AllocationProblem, law_all: LawEval, D, B, temperature, i
             spend_b = out[name].spend
             savings[name] = float(1.0 - float(spec.costs @ D) / spend_b) if spend_b else None
     headline = ValueOfTransfer(reference=ref, reductions={n: out[n].reducible_loss_reduction for n in compared},
-                               budget_savings=savings)
+                               budget_savings=savings, transfer_baseline=transfer,
+                               note=None if transfer == "transfer_unaware" else bl.ZEROED_NOTE)
     return out, headline
+
+
+def optimum_elsewhere(problem: AllocationProblem, law_all: LawEval, other: AllocationProblem, D, B, interval, min_budget,
+                      R_rec, description: str, infeasible: str, polished: bool = False) -> BaselineResult:
+    """The optimum of ``other`` (the same constraints under other draws), judged under ``problem``'s posterior;
+    ``objective_value_assumed`` is its objective under the draws it was solved with. ``polished``: as
+    :func:`~bayescale.optimise.allocate.allocate` polishes its own solution (so the two agree)."""
+    spec = problem.spec
+    t0 = time.perf_counter()
+    try:
+        sol = solve_checked(other, B)
+        if polished:
+            sol = polish(other, sol, B)[0]
+    except InfeasibleError as exc:
+        return BaselineResult(allocation=None, feasible=False, description=description,
+                              note=f"{infeasible} ({str(exc).split(': ', 1)[-1]})")
+    D_o = sol.D
+    entry = baseline_entry(problem, law_all, D_o, B, problem.effective_weights(),
+                           interval, min_budget, R_rec)
+    assumed = (float(spec.costs @ D_o) if min_budget
+               else objective_values(other.draws, D_o, spec.objective, other.effective_weights()))
+    return _replace(entry, objective_value_assumed=assumed, seconds=time.perf_counter() - t0, description=description)
 
 
 def _replace(entry: BaselineResult, **changes) -> BaselineResult:

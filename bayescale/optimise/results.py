@@ -55,10 +55,13 @@ class Reduction(Record):
 
 @dataclasses.dataclass(frozen=True, eq=True)
 class BaselineResult(Record):
-    """One comparison: a mixing rule (uniform, proportional, temperature) or the transfer-unaware optimum.
+    """One comparison: a mixing rule (uniform, proportional, temperature), the transfer-unaware
+    optimum (the program solved under the independent law fitted to the same grid) or the
+    ``transfer_zeroed`` ablation (solved with T = 0 inside the transfer posterior).
 
     ``allocation`` is None (and only ``feasible`` and ``note`` say more) where the rule never meets
     the chance constraints under the caps, or the program without transfer is infeasible.
+    Every comparison is judged under the real (transfer) posterior.
     """
 
     allocation: dict[str, float] | None  #: raw data units per source
@@ -70,37 +73,51 @@ class BaselineResult(Record):
     reducible_loss_reduction: Reduction | None = None  #: what the recommendation gains against it
     note: str | None = None  #: why there is no allocation
     temperature: float | None = None  #: the temperature tau of the temperature-sampling rule
-    objective_value_assumed: float | None = None  #: transfer-unaware: its objective under the posterior without transfer
-    seconds: float | None = None  #: transfer-unaware: wall-clock time of its solve
+    objective_value_assumed: float | None = None  #: transfer-unaware / zeroed: its objective under the law it was solved with
+    seconds: float | None = None  #: transfer-unaware / zeroed: wall-clock time of its solve
+    description: str | None = None  #: transfer-unaware / zeroed: what this comparison is (the law it was solved under)
 
     def to_dict(self):
         if self.allocation is None:
-            return self._ordered(("allocation", "feasible", "note", "temperature"), omit_none=("note", "temperature"))
+            return self._ordered(("allocation", "feasible", "note", "temperature", "description"),
+                                 omit_none=("note", "temperature", "description"))
         return self._ordered(
             ("allocation", "objective_value", "predicted", "spend", "feasible", "violations", "reducible_loss_reduction",
-             "note", "temperature", "objective_value_assumed", "seconds"),
-            omit_none=("note", "temperature", "objective_value_assumed", "seconds"),
+             "note", "temperature", "objective_value_assumed", "seconds", "description"),
+            omit_none=("note", "temperature", "objective_value_assumed", "seconds", "description"),
         )
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
 class ValueOfTransfer(Record):
-    """The headline comparisons: against the reference rule and against the transfer-unaware optimum.
+    """The headline comparisons: against the reference rule and against ignoring transfer.
+
+    Ignoring transfer is, when :func:`~bayescale.optimise.allocate.allocate` was given ``unaware``
+    (a posterior of the independent law fitted to the same grid), the fair ``transfer_unaware``
+    optimum; without it, the ``transfer_zeroed`` ablation, which is not what a planner without
+    transfer modelling would choose, and ``note`` says so.
 
     JSON keys: ``reference``, ``vs_<name>`` (a :class:`Reduction`, or None) per compared baseline
     and, for the least budget, ``budget_saving_vs_<name>``: ``1 - spend / spend of <name>``
-    (a share of that baseline's spend; None where it has none).
+    (a share of that baseline's spend; None where it has none); then ``transfer_baseline`` and
+    ``note`` (absent when None).
     """
 
     reference: str  #: the reference rule: "proportional" where every free source has a cap, else "uniform"
     reductions: dict[str, Reduction | None]  #: baseline name -> reducible-loss reduction against it
     budget_savings: dict[str, float | None] | None = None  #: least budget only: baseline name -> share of its spend saved
+    transfer_baseline: str | None = None  #: which comparison stands for ignoring transfer: "transfer_unaware" or "transfer_zeroed"
+    note: str | None = None  #: when the comparison is the ablation: why the figure is not the fair one
 
     def to_dict(self):
         out: dict[str, Any] = {"reference": self.reference}
         out.update({f"vs_{name}": plain(value) for name, value in self.reductions.items()})
         if self.budget_savings is not None:
             out.update({f"budget_saving_vs_{name}": value for name, value in self.budget_savings.items()})
+        if self.transfer_baseline is not None:
+            out["transfer_baseline"] = self.transfer_baseline
+        if self.note is not None:
+            out["note"] = self.note
         return out
 
 
@@ -272,7 +289,8 @@ class AllocationResult(Record):
     costs: dict[str, float] | None = None  #: cost per raw unit per source; absent when every cost is 1
     baselines: dict[str, BaselineResult] | None = None  #: the mixing rules "uniform" and (with caps) "proportional"
     temperature_sampling: BaselineResult | None = None  #: the temperature-sampling rule (with caps on every free source)
-    transfer_unaware: BaselineResult | None = None  #: the optimum when transfer is ignored, judged under the posterior
+    transfer_unaware: BaselineResult | None = None  #: the optimum under the independent law (``unaware``), judged under the posterior
+    transfer_zeroed: BaselineResult | None = None  #: ablation: the optimum with T = 0 inside the transfer posterior, judged under it
     value_of_transfer: ValueOfTransfer | None = None  #: the headline comparisons
     decision_uncertainty: DecisionUncertainty | None = None  #: the per-draw optima (``uncertainty`` > 0)
     path: list[PathEntry] | None = None  #: the allocation path (``budgets``)
@@ -281,9 +299,9 @@ class AllocationResult(Record):
     KEYS = ("status", "mode", "objective", "objective_value", "allocation", "fractions", "predicted", "budget", "spend",
             "weights", "normalised", "objective_value_all_draws", "costs", "shadow_price", "binding", "groups", "chance",
             "chance_on", "certificate", "draws_used", "draws_held_out", "solver", "solver_notes", "baselines", "temperature_sampling",
-            "transfer_unaware", "value_of_transfer", "decision_uncertainty", "path", "integer", "seconds")
+            "transfer_unaware", "transfer_zeroed", "value_of_transfer", "decision_uncertainty", "path", "integer", "seconds")
     OPTIONAL = ("objective_value_all_draws", "chance_on", "costs", "baselines", "temperature_sampling", "transfer_unaware",
-                "value_of_transfer", "decision_uncertainty", "path", "integer")
+                "transfer_zeroed", "value_of_transfer", "decision_uncertainty", "path", "integer")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``bayescale allocate --json``: plain dicts, lists, numbers, strings, None."""

@@ -81,7 +81,10 @@ COMPARISONS = (
     ("uniform", "the uniform mixture (equal amounts of every source)"),
     ("proportional", "the proportional mixture (amounts in proportion to the data available)"),
     ("temperature", "temperature sampling"),
-    ("transfer_unaware", "the optimum that ignores transfer between domains"),
+    ("transfer_unaware", "the optimum that ignores transfer between domains (independent per-domain scaling laws "
+                         "fitted to the same grid)"),
+    ("transfer_zeroed", "the ablation that switches transfer off inside this posterior (T = 0, the rest as fitted "
+                        "with transfer)"),
 )
 
 
@@ -195,18 +198,22 @@ def recommendation_view(allocation, unit: str) -> dict:
     headline, in_headline = [], set()
     value = allocation.get("value_of_transfer") or {}
     reference = value.get("reference")
-    for key in ([reference] if reference else []) + ["transfer_unaware"]:
+    # ignoring transfer: the fair optimum under the independent law, or (without one) the ablation, said as such
+    transfer = value.get("transfer_baseline") or "transfer_unaware"
+    suffix = {"transfer_unaware": " (the value of modelling transfer)",
+              "transfer_zeroed": " (an ablation, not the fair figure: no independent-law fit was given)"}
+    for key in ([reference] if reference else []) + [transfer]:
         red = value.get(f"vs_{key}") or {}
         if red.get("mean") is None:
             continue
         in_headline.add(key)
-        label = _strategy_label(key, allocation) + (" (the value of modelling transfer)" if key == "transfer_unaware" else "")
+        label = _strategy_label(key, allocation) + suffix.get(key, "")
         sign, word = (1, "lower") if red["mean"] >= 0 else (-1, "higher")
         lo, hi = sorted((sign * red["lo"], sign * red["hi"]))
         headline.append(fact(f"Against {label}: the weighted reducible loss is predicted", f"{short_percent(sign * red['mean'])} {word}",
                              f" [{short_percent(lo)}, {short_percent(hi)}]; the recommendation is better in "
                              f"{_pct(red.get('probability_better'), '.0f')} of posterior draws."))
-    for key in ([reference] if reference else []) + ["transfer_unaware"]:
+    for key in ([reference] if reference else []) + [transfer]:
         saving = value.get(f"budget_saving_vs_{key}")
         if saving is not None:
             headline.append(fact(f"Against {_strategy_label(key, allocation)}: needs", f"{short_percent(saving)} less data",

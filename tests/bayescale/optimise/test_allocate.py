@@ -242,7 +242,7 @@ def test_certified_gap_is_a_true_lower_bound():
         assert 0 <= cert["gap"] <= 1e-5 * abs(result["objective_value"])
         assert cert["lower_bound"] == pytest.approx(result["objective_value"] - cert["gap"], rel=1e-12)
         full = al.allocate(draws, 300.0, objective=objective, upper=dict(CAPS), uncertainty=0)
-        for baseline in list(full["baselines"].values()) + [full["transfer_unaware"]]:
+        for baseline in list(full["baselines"].values()) + [full["transfer_zeroed"]]:
             assert cert["lower_bound"] <= baseline["objective_value"] + 1e-12
 
 
@@ -307,7 +307,7 @@ def test_budget_and_bounds_respected(budget, caps, mins, costs, objective):
     for name in NAMES:
         if f"max:{name}" in result["binding"]:
             assert result["allocation"][name] == pytest.approx(upper[name], rel=1e-4, abs=1e-6)
-    for baseline in list(result["baselines"].values()) + [result["transfer_unaware"], result.get("temperature_sampling")]:
+    for baseline in list(result["baselines"].values()) + [result["transfer_zeroed"], result.get("temperature_sampling")]:
         if not baseline or baseline.get("allocation") is None:
             continue
         B = vec(baseline)
@@ -576,8 +576,9 @@ def test_result_format():
         "status", "mode", "objective", "objective_value", "allocation", "fractions", "predicted", "baselines",
         "budget", "spend", "shadow_price", "binding", "draws_used", "draws_held_out", "solver", "solver_notes",
         "certificate", "value_of_transfer", "decision_uncertainty", "path", "integer", "chance", "groups", "weights",
-        "transfer_unaware",
+        "transfer_zeroed",
     }  # fmt: skip
+    assert "transfer_unaware" not in result  # no independent-law posterior was given: only the ablation
     assert result["budget"] == 300.0 and result["draws_used"] == 200
     assert set(result["baselines"]) == {"uniform"}  # proportional (and temperature) need a cap on every source
     assert "temperature_sampling" not in result
@@ -589,7 +590,7 @@ def test_result_format():
     assert list(as_json) == list(result) and as_json["allocation"] == result.allocation
     assert format_allocation(as_json) == format_allocation(result)
     text = format_allocation(result)
-    assert "certified gap" in text and "vs transfer_unaware" in text and "budget        150" in text
+    assert "certified gap" in text and "vs transfer_zeroed" in text and "budget        150" in text
     caps = {"web": 500.0, "code": 100.0, "math": 100.0, "ct": 50.0, "mri": 50.0}
     with_caps = al.allocate(make_draws(S=30, seed=4), 400, upper=caps, uncertainty=0)
     proportional = vec(with_caps["baselines"]["proportional"])

@@ -49,9 +49,9 @@ def test_rule_shapes():
     assert "proportional" in bl.rule_shapes(np.zeros(3), np.array([8.0, np.inf, 27.0]), fixed, 1.0)
 
 
-def test_transfer_unaware_zeroes_transfer_between_different_domains_only():
+def test_transfer_zeroed_zeroes_transfer_between_different_domains_only():
     draws = make_draws(S=30, seed=2, extra_sources=("pure",))
-    blind = bl.transfer_unaware(draws)
+    blind = bl.transfer_zeroed(draws)
     mask = np.asarray(draws.self_mask)
     assert np.all(blind.T[:, mask == 0] == 0) and np.all(blind.T[:, mask > 0] == 1.0)
     assert np.all(blind.beta == 1.0)

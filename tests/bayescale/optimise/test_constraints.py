@@ -170,7 +170,7 @@ def test_least_budget_meets_every_target_and_nothing_cheaper_does():
     meets = (ref_cvar(Lc[:, :, 4], 0.9) <= 1.4) & (ref_cvar(Lc[:, :, 3], 0.8) <= 1.2)
     assert not np.any(meets & ((cheaper @ c) < (c @ D) - result["certificate"]["gap"]))
     # Baselines report the spend each rule needs; the recommendation needs less.
-    others = {"temperature": result.get("temperature_sampling"), "transfer_unaware": result.get("transfer_unaware")}
+    others = {"temperature": result.get("temperature_sampling"), "transfer_zeroed": result.get("transfer_zeroed")}
     for name, base in {**result["baselines"], **others}.items():
         if base and base.get("allocation") is not None:
             assert base["spend"] >= result["spend"] * (1 - 1e-9), name

@@ -28,7 +28,8 @@ def test_baselines_and_value_of_transfer():
     draws = make_draws(S=200, seed=0)
     result = al.allocate(draws, 300, objective="cvar:0.9", upper=CAPS, temperature=2.0, uncertainty=0)
     assert set(result["baselines"]) == {"uniform", "proportional"}  # the keys they always had
-    bases = dict(result["baselines"], temperature=result["temperature_sampling"], transfer_unaware=result["transfer_unaware"])
+    assert "transfer_unaware" not in result  # no independent-law posterior: the ablation stands in, labelled
+    bases = dict(result["baselines"], temperature=result["temperature_sampling"], transfer_zeroed=result["transfer_zeroed"])
     U = np.array(list(CAPS.values()))
     assert vec(bases["proportional"]) == pytest.approx(U * 300 / U.sum())
     assert vec(bases["temperature"]) == pytest.approx(bl.fill(300, np.zeros(5), U, U**0.5))
@@ -47,16 +48,18 @@ def test_baselines_and_value_of_transfer():
         assert red["of_means"] == pytest.approx(1 - R_rec.mean() / R_b.mean(), rel=1e-9)
         assert red["probability_better"] == pytest.approx(np.mean(R_rec < R_b))
         assert red["lo"] <= red["mean"] <= red["hi"]
-    # transfer-unaware: solved with T = 0 off the diagonal, judged under the real posterior
-    blind = bl.transfer_unaware(draws)
-    D_u = vec(bases["transfer_unaware"])
-    assert bases["transfer_unaware"]["objective_value_assumed"] == pytest.approx(ref_objective(blind, D_u, "cvar:0.9")[0], rel=1e-10)
-    assert bases["transfer_unaware"]["objective_value_assumed"] > bases["transfer_unaware"]["objective_value"]
+    # the ablation: solved with T = 0 off the diagonal inside this posterior, judged under the real posterior
+    blind = bl.transfer_zeroed(draws)
+    D_u = vec(bases["transfer_zeroed"])
+    assert bases["transfer_zeroed"]["objective_value_assumed"] == pytest.approx(ref_objective(blind, D_u, "cvar:0.9")[0], rel=1e-10)
+    assert bases["transfer_zeroed"]["objective_value_assumed"] > bases["transfer_zeroed"]["objective_value"]
+    assert bases["transfer_zeroed"]["description"].startswith("ablation: T = 0 inside the transfer posterior")
     direct = al.allocate(blind, 300, objective="cvar:0.9", upper=CAPS, **FAST)
     assert D_u == pytest.approx(vec(direct), abs=1e-3)
     assert result["value_of_transfer"]["reference"] == "proportional"
     assert result["value_of_transfer"]["vs_proportional"] == bases["proportional"]["reducible_loss_reduction"]
-    assert result["value_of_transfer"]["vs_transfer_unaware"] == bases["transfer_unaware"]["reducible_loss_reduction"]
+    assert result["value_of_transfer"]["transfer_baseline"] == "transfer_zeroed"
+    assert result["value_of_transfer"]["vs_transfer_zeroed"] == bases["transfer_zeroed"]["reducible_loss_reduction"]
     assert result["value_of_transfer"]["vs_proportional"]["of_means"] > 0
 
 
@@ -66,7 +69,7 @@ def test_baselines_report_broken_constraints():
     assert result["status"] == "optimal"
     uniform = result["baselines"]["uniform"]
     assert not uniform["feasible"] and uniform["violations"][0].startswith("group:ct+mri>=0.6")
-    assert result["transfer_unaware"]["feasible"]
+    assert result["transfer_zeroed"]["feasible"]
 
 
 # ---------------------------------------------------------------------------- decision uncertainty

@@ -177,13 +177,15 @@ def test_the_answer_comes_before_the_details(world, full_report):
     assert [r[0] for r in rows] == list(alloc["allocation"])
     for (source, amount, share) in rows:
         assert amount == f"{alloc['allocation'][source]:.2f}" and share == f"{100 * alloc['fractions'][source]:.1f} %"
-    # its predicted gain over the reference baseline and the transfer-unaware optimum, with intervals
+    # its predicted gain over the reference baseline and over ignoring transfer (here, with no independent-law
+    # fit given, the ablation T = 0, said as such), with intervals
     value = alloc["value_of_transfer"]
-    for key in (f"vs_{value['reference']}", "vs_transfer_unaware"):
+    assert value["transfer_baseline"] == "transfer_zeroed"
+    for key in (f"vs_{value['reference']}", "vs_transfer_zeroed"):
         red = value[key]
         assert f"{report.short_percent(red['mean'])} lower</b> [{report.short_percent(red['lo'])}, {report.short_percent(red['hi'])}]" in answer
         assert f"better in {100 * red['probability_better']:.0f} % of posterior draws" in answer
-    assert "the proportional mixture" in answer and "ignores transfer" in answer
+    assert "the proportional mixture" in answer and "switches transfer off" in answer and "an ablation" in answer
     # the other baseline (uniform) in the small table
     uniform = alloc["baselines"]["uniform"]["reducible_loss_reduction"]
     assert f">{report.short_percent(uniform['mean'])}<" in answer
