@@ -103,6 +103,19 @@ def refuse_overwrite_of_input(out: Path, *inputs: Path) -> None:
             raise InputError(f"--out {out} would overwrite the input file")
 
 
+def load_unaware(path: Path, idata):
+    """The posterior of ``--unaware``: of the independent law, fitted to the grid of ``idata``; else one line naming the flag."""
+    from bayescale.inference.posterior import load_posterior
+    from bayescale.workflows import check_unaware_posterior
+
+    try:
+        unaware = load_posterior(path)
+    except InputError as exc:
+        raise InputError(f"--unaware {exc}") from None
+    check_unaware_posterior(unaware, idata)  # names the parameter "unaware": the command line says --unaware
+    return unaware
+
+
 def write_json(path: Path, payload) -> None:
     from bayescale.workflows import write_json as write
 
@@ -294,6 +307,7 @@ def allocate(
     uncertainty: Annotated[int, typer.Option("--uncertainty", help="Draws whose own optimum shows how sure the recommendation is (0: skip).")] = 200,
     integer: Annotated[bool, typer.Option("--integer", help="Also round to whole units that respect every constraint.")] = False,
     no_baselines: Annotated[bool, typer.Option("--no-baselines", help="Skip the baselines and the transfer-unaware optimum.")] = False,
+    unaware: Annotated[Optional[Path], typer.Option("--unaware", help="Posterior of the independent law fitted to the same grid (bayescale fit GRID --law independent): the transfer-unaware baseline is the optimum under it, judged under POSTERIOR. Without it ignoring transfer is measured only by an ablation (T = 0 inside POSTERIOR), and the output says so.")] = None,
     max_draws: Annotated[int, typer.Option("--max-draws", help="Posterior draws the program is solved on (a fixed-seed subset).")] = 2000,
     holdout: Annotated[float, typer.Option("--holdout", help="Share of draws kept out of the program to check chance constraints.")] = 0.25,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the draw subsets.")] = 0,
@@ -305,7 +319,9 @@ def allocate(
     from bayescale.render.text import format_allocation
     from bayescale.inference.posterior import law_draws, load_posterior
 
-    draws = law_draws(load_posterior(posterior))
+    idata = load_posterior(posterior)
+    draws = law_draws(idata)
+    unaware_draws = None if unaware is None else law_draws(load_unaware(unaware, idata))
     result = solve(
         draws,
         budget,
@@ -329,6 +345,7 @@ def allocate(
         max_draws=max_draws,
         holdout=holdout,
         seed=seed,
+        unaware=unaware_draws,
     )
     if json_out:
         write_json(json_out, result.to_dict())
@@ -412,13 +429,17 @@ def report(
     grid: Annotated[Path, typer.Option("--grid", help="The grid the posterior was fitted to.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for report.html and its PNG figures.")],
     budget: Annotated[Optional[float], typer.Option("--budget", help="Budget for the allocation section (default: 2x the largest fit budget).")] = None,
+    unaware: Annotated[Optional[Path], typer.Option("--unaware", help="Posterior of the independent law fitted to the same grid, for the transfer-unaware baseline (default: fit it here with the posterior's chains, draws and seed).")] = None,
 ):
     """Write an HTML report with figures: scaling curves, transfer matrix, allocation, held-out check."""
     from bayescale.data.grid import load_grid
     from bayescale.workflows import report_for
     from bayescale.inference.posterior import load_posterior
 
-    path = report_for(load_posterior(posterior), load_grid(grid), out, budget=budget, grid_name=str(grid))
+    idata = load_posterior(posterior)
+    path = report_for(idata, load_grid(grid), out, budget=budget, grid_name=str(grid),
+                      unaware=None if unaware is None else load_unaware(unaware, idata),
+                      progress=lambda message: console.print(message, highlight=False))
     console.print(f"wrote {path}", highlight=False)
 
 

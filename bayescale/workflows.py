@@ -3,6 +3,11 @@ check with its refit, and JSON output.
 
 ``run_demo`` is what ``bayescale demo`` (and ``make demo``) runs on the shipped default;
 each finished stage's file is kept, so an interrupted demo resumes where it stopped.
+
+Where an allocation is built from a grid (the demo, the report), the independent law is fitted
+to the same grid with the main fit's sampler settings (:func:`fit_unaware`), so the value of
+transfer is measured against the fair transfer-unaware baseline: the optimum someone using
+independent per-domain scaling laws would choose, judged under the transfer posterior.
 """
 
 from __future__ import annotations
@@ -37,7 +42,13 @@ from bayescale.inference.posterior import diagnostics, law_draws, load_posterior
 from bayescale.optimise.allocate import allocate
 from bayescale.records import plain
 from bayescale.render.report import write_report
-from bayescale.render.text import allocation_table, format_check, format_diagnostics, format_grid_summary
+from bayescale.render.text import (
+    allocation_table,
+    format_check,
+    format_diagnostics,
+    format_grid_summary,
+    value_of_transfer_text,
+)
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_CONFIG = REPO_DATA / "configs" / "demo.toml"
@@ -63,20 +74,97 @@ def path_budgets(budget: float) -> list[float]:
     return [budget * f for f in (0.125, 0.25, 0.5, 0.75, 1.0, 1.25)]
 
 
+#: Fitting methods the independent law's fit copies from the main fit (any other, e.g. a stack's, means NUTS).
+SAMPLER_METHODS = ("nuts", "svi")
+
+
+def sampler_settings(idata) -> dict:
+    """The settings of the fit that made ``idata``, as far as the posterior records them: chains and
+    draws (its shape), likelihood, method (NUTS unless it was SVI) and seed. Warmup is not recorded;
+    the fit's default applies."""
+    post = idata["posterior"]
+    attrs = idata.attrs
+    method = str(attrs.get("method", "nuts"))
+    settings = {"chains": int(post.sizes["chain"]), "draws": int(post.sizes["draw"]),
+                "likelihood": str(attrs.get("likelihood", "normal")), "seed": int(attrs.get("seed", 0)),
+                "method": method if method in SAMPLER_METHODS else "nuts"}
+    if settings["method"] == "svi" and "svi_steps" in attrs:
+        settings["svi_steps"] = int(attrs["svi_steps"])
+    return settings
+
+
+def fit_unaware(idata, grid: xr.Dataset, *, grid_name: str = "", progress: bool = False, **settings):
+    """The independent law fitted to ``grid`` with the settings of ``idata``'s fit (``settings`` override
+    them): the posterior the fair transfer-unaware baseline solves under. A posterior of the
+    independent law is its own."""
+    if str(idata.attrs.get("law", "transfer")) == "independent":
+        return idata
+    options = {**sampler_settings(idata), **settings}
+    family = laws.get("independent")
+    if options.get("likelihood") not in family.likelihoods:
+        options["likelihood"] = "normal"
+    return fit(grid, law="independent", progress=progress, grid_name=grid_name, **options)
+
+
+def same_domains(idata, grid: xr.Dataset, where: str) -> None:
+    """The grid has the posterior's sources and targets (in its order), or a one-line error naming it."""
+    for what in ("source", "target"):
+        mine = [str(x) for x in idata["posterior"][what].values]
+        theirs = [str(x) for x in grid[what].values]
+        if mine != theirs:
+            raise InputError(f"{where}: its {what}s ({', '.join(theirs)}) are not the posterior's ({', '.join(mine)}); "
+                             f"the transfer-unaware baseline fits the independent law to the grid the posterior was fitted to")
+
+
+def check_unaware_posterior(unaware, idata, parameter: str = "unaware") -> None:
+    """``unaware`` must be a posterior of the independent law fitted to the grid ``idata`` was fitted to
+    (when both record it), with data in the same units; else a one-line error about ``parameter``."""
+    law = str(unaware.attrs.get("law", "transfer"))
+    if law != "independent":
+        raise InputError(f"{parameter}: is a posterior of the {law} law; the transfer-unaware baseline needs the "
+                         "independent law fitted to the same grid (bayescale fit GRID --law independent)", parameter=parameter)
+    for what in ("source", "target"):
+        mine = [str(x) for x in idata["posterior"][what].values]
+        theirs = [str(x) for x in unaware["posterior"][what].values]
+        if mine != theirs:
+            raise InputError(f"{parameter}: its {what}s ({', '.join(theirs)}) are not the posterior's ({', '.join(mine)}); "
+                             "fit the independent law to the same grid", parameter=parameter)
+    mine, theirs = idata.attrs.get("grid_fingerprint"), unaware.attrs.get("grid_fingerprint")
+    if mine and theirs and mine != theirs:
+        raise InputError(f"{parameter}: was fitted to another grid than the posterior (grid fingerprints {theirs} and "
+                         f"{mine}); fit the independent law to the same grid", parameter=parameter)
+    mine, theirs = idata.attrs.get("data_unit"), unaware.attrs.get("data_unit")
+    if mine and theirs and mine != theirs:
+        raise InputError(f"{parameter}: measures data in {theirs}, the posterior in {mine}", parameter=parameter)
+
+
 def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = None, allocation: dict | None = None,
-               grid_name: str = "", objective: str = "mean", upper: dict | None = None, diag: dict | None = None) -> Path:
+               grid_name: str = "", objective: str = "mean", upper: dict | None = None, diag: dict | None = None,
+               unaware=None, progress=None) -> Path:
     """Compute what the report shows (allocation and its path, hubs, held-out predictions and
-    calibration, diagnostics and LOO) and write it."""
+    calibration, diagnostics and LOO) and write it.
+
+    Without ``allocation`` one is computed, its transfer-unaware baseline under ``unaware`` (a
+    posterior of the independent law fitted to ``grid``); without that, the independent law is
+    fitted here with ``idata``'s sampler settings (:func:`fit_unaware`; ``progress(message)`` is
+    told first)."""
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"out: {out} exists and is not a folder (the report is a folder of HTML and PNG files)", parameter="out")
     draws = require_amounts(law_draws(idata), "the report")
-    if allocation is None:
-        budget = budget or default_budget(grid)
-        allocation = allocate(draws, budget, objective=objective, upper=upper, budgets=path_budgets(budget))
-    holdout = scores = None
+    holdout = scores = None  # first: it refuses a grid the posterior does not fit before any sampling
     if "split" in grid.coords and (grid["split"] == "holdout").any():
         holdout = holdout_predictions(draws, grid, where=grid_name or "grid")
         scores = checked(holdout)
+    if allocation is None:
+        budget = budget or default_budget(grid)
+        if unaware is None:
+            same_domains(idata, grid, grid_name or "grid")
+            if progress is not None:
+                progress("fitting the independent law to the same grid (the transfer-unaware baseline) ...")
+            unaware = fit_unaware(idata, grid, grid_name=grid_name)
+        check_unaware_posterior(unaware, idata)
+        allocation = allocate(draws, budget, objective=objective, upper=upper, budgets=path_budgets(budget),
+                              unaware=law_draws(unaware))
     # A law without transfer (independent) has no hubs or islands to find.
     hubs = hub_island_table(idata) if laws.of_draws(draws).transfer else None
     return write_report(
@@ -116,13 +204,30 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
         console.print("[bold red]WARNING: sampler diagnostics are bad; intervals are not to be trusted[/]")
     draws = law_draws(idata)
 
+    # The fair transfer-unaware baseline: the independent law fitted to the same grid, same settings.
+    unaware_cfg = {**fit_cfg, "law": "independent"}
+    unaware_path = out / "unaware.nc"
+    t0 = time.perf_counter()
+    unaware = idata if fit_cfg.get("law", "transfer") == "independent" else _reuse_fit(unaware_path, ds, unaware_cfg, seed)
+    if unaware is idata:
+        console.print("[bold]fit[/] the main fit is of the independent law: it is its own transfer-unaware baseline")
+    elif unaware is None:
+        console.print("[bold]fit[/] the independent law (no transfer) to the same grid, for the transfer-unaware baseline…")
+        unaware = fit(ds, seed=seed, progress=True, grid_name=str(grid_path), **unaware_cfg)
+        save_posterior(unaware, unaware_path)
+    else:
+        console.print(f"[bold]fit[/] reusing {unaware_path} (same grid, same settings)")
+    if unaware is not idata:
+        console.print("diagnostics of the independent law: " + format_diagnostics(diagnostics(unaware)), highlight=False)
+    timings["fit_unaware"] = time.perf_counter() - t0
+
     alloc_cfg = config.get("allocate", {})
     t0 = time.perf_counter()
     budget = float(alloc_cfg.get("budget", default_budget(ds)))
     objective = alloc_cfg.get("objective", "mean")
     upper = alloc_cfg.get("available") or None
     allocation = allocate(draws, budget, objective=objective, upper=upper, weights=alloc_cfg.get("weights"),
-                          budgets=path_budgets(budget))
+                          budgets=path_budgets(budget), unaware=law_draws(unaware))
     write_json(out / "allocation.json", allocation.to_dict())
     timings["allocate"] = time.perf_counter() - t0
 
@@ -137,11 +242,13 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
 
     table = allocation_table(allocation, budget, str(ds.attrs.get("data_unit", "units")), objective)
     console.print(table)
+    console.print(value_of_transfer_text(allocation), highlight=False, markup=False)
     console.print(format_check(scores), highlight=False)
     if scores["calibration"]["verdict"] != "ok":
         console.print(f"[bold red]warning:[/] {scores['calibration']['message']}", highlight=False)
     console.print("stage times: " + " · ".join(f"{k} {v:.1f}s" for k, v in timings.items()), highlight=False)
-    console.print(f"outputs in {out}/: fit.nc allocation.json check.json {report_path.name}", highlight=False)
+    fits = "fit.nc" if unaware is idata else "fit.nc unaware.nc"
+    console.print(f"outputs in {out}/: {fits} allocation.json check.json {report_path.name}", highlight=False)
     return {"diagnostics": diag, "allocation": allocation, "check": scores, "timings": timings, "report": str(report_path)}
 
 

@@ -63,12 +63,33 @@ def mixing_fit(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory, small_files, mixing_fit):
+def unaware_fits(tmp_path_factory, small_grid):
+    """A real (very short) fit of the independent law to the small grid, and two copies that do not
+    belong beside the small posterior: one over other domains (x1..x4), one of another grid."""
+    from bayescale.inference.fit import fit
+    from bayescale.inference.posterior import load_posterior, save_posterior
+
+    folder = tmp_path_factory.mktemp("unaware")
+    paths = {"unaware_fit": folder / "unaware_fit.nc", "unaware_other_domains": folder / "unaware_other_domains.nc",
+             "unaware_other_grid": folder / "unaware_other_grid.nc"}
+    save_posterior(fit(small_grid, law="independent", chains=1, warmup=60, draws=60, seed=0), paths["unaware_fit"])
+    idata = load_posterior(paths["unaware_fit"])
+    names = [f"x{k + 1}" for k in range(idata["posterior"].sizes["source"])]
+    idata["posterior"] = xr.DataTree(idata["posterior"].to_dataset().assign_coords(source=names, target=names))
+    save_posterior(idata, paths["unaware_other_domains"])
+    idata = load_posterior(paths["unaware_fit"])
+    idata.attrs["grid_fingerprint"] = "0123456789abcdef"
+    save_posterior(idata, paths["unaware_other_grid"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, small_files, mixing_fit, unaware_fits):
     """Every malformed input file, written once; a dict name -> path (plus the good grid and fit)."""
     folder = tmp_path_factory.mktemp("bad")
     grid_path, fit_path = small_files
     g = load_grid(grid_path)
-    f: dict[str, Path] = {"grid": grid_path, "fit": fit_path, "mixing_fit": mixing_fit}
+    f: dict[str, Path] = {"grid": grid_path, "fit": fit_path, "mixing_fit": mixing_fit, **unaware_fits}
 
     # NetCDF grids that break the contract
     bad_g = g.copy(deep=True)
@@ -223,6 +244,15 @@ CASES = [
     ("hubs mixing posterior", ["hubs", "{mixing_fit}", "--json", "{out}/h.json", "--figure", "{out}/h.png"], ["mixing law"], ["h.json", "h.png"]),
     ("allocate mixing posterior", ["allocate", "{mixing_fit}", "--budget", "10", "--json", "{out}/a.json"], ["mixing law"], ["a.json"]),
     ("report mixing posterior", ["report", "{mixing_fit}", "--grid", "{grid}", "--out", "{out}/rep"], ["mixing law"], ["rep"]),
+    # --- the independent law's posterior for the transfer-unaware baseline (--unaware)
+    ("allocate unaware of the transfer law", ["allocate", "{fit}", "--budget", "100", "--unaware", "{fit}", "--json", "{out}/a.json"], ["--unaware: is a posterior of the transfer law", "independent law"], ["a.json"]),
+    ("allocate unaware of other domains", ["allocate", "{fit}", "--budget", "100", "--unaware", "{unaware_other_domains}", "--json", "{out}/a.json"], ["--unaware: its sources (x1, x2, x3, x4) are not the posterior's (d1, d2, d3, d4)"], ["a.json"]),
+    ("allocate unaware of another grid", ["allocate", "{fit}", "--budget", "100", "--unaware", "{unaware_other_grid}", "--json", "{out}/a.json"], ["--unaware: was fitted to another grid"], ["a.json"]),
+    ("allocate unaware truncated", ["allocate", "{fit}", "--budget", "100", "--unaware", "{truncated_fit}", "--json", "{out}/a.json"], ["--unaware", "truncated_fit.nc"], ["a.json"]),
+    ("allocate unaware missing", ["allocate", "{fit}", "--budget", "100", "--unaware", "{out}/nothing.nc", "--json", "{out}/a.json"], ["--unaware", "nothing.nc"], ["a.json"]),
+    ("allocate unaware mixing posterior", ["allocate", "{fit}", "--budget", "100", "--unaware", "{mixing_fit}", "--json", "{out}/a.json"], ["--unaware", "mixing law"], ["a.json"]),
+    ("report unaware of the transfer law", ["report", "{fit}", "--grid", "{grid}", "--out", "{out}/rep", "--unaware", "{fit}"], ["--unaware: is a posterior of the transfer law"], ["rep"]),
+    ("report unaware of other domains", ["report", "{fit}", "--grid", "{grid}", "--out", "{out}/rep", "--unaware", "{unaware_other_domains}"], ["--unaware: its sources (x1, x2, x3, x4)"], ["rep"]),
     # --- fit flags
     ("fit chains 0", ["fit", "{grid}", "--out", "{out}/f.nc", "--chains", "0"], ["--chains must be >= 1, got 0"], ["f.nc"]),
     ("fit draws -1", ["fit", "{grid}", "--out", "{out}/f.nc", "--draws", "-1"], ["--draws must be >= 1, got -1"], ["f.nc"]),

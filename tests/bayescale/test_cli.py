@@ -59,6 +59,38 @@ def test_fit_predict_allocate_check_report(tmp_path, small_files):
     r = invoke("report", fit_path, "--grid", grid_path, "--out", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
+    # without --unaware the report fits the independent law itself, so its value of transfer is the fair one
+    assert "fitting the independent law" in r.output
+    assert "(the value of modelling transfer)" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_allocate_and_report_take_an_unaware_posterior(tmp_path, small_files):
+    """--unaware: the transfer-unaware baseline is the optimum under the independent law's saved posterior."""
+    grid_path, fit_path = small_files
+    unaware = tmp_path / "independent.nc"
+    r = invoke("fit", grid_path, "--law", "independent", "--out", unaware, "--chains", 2, "--warmup", 150, "--draws", 100,
+               "--no-progress")
+    assert r.exit_code == 0, r.output
+    options = ["--budget", 200, "--objective", "cvar:0.9", "--max", "d1=150,d2=150,d3=150,d4=40", "--uncertainty", 0]
+    aj, own = tmp_path / "alloc.json", tmp_path / "own.json"
+    r = invoke("allocate", fit_path, *options, "--unaware", unaware, "--json", aj)
+    assert r.exit_code == 0, r.output
+    assert "transfer_unaware is the optimum under the independent law" in r.output and "vs transfer_unaware" in r.output
+    a = json.loads(aj.read_text())
+    assert a["value_of_transfer"]["transfer_baseline"] == "transfer_unaware" and "vs_transfer_unaware" in a["value_of_transfer"]
+    assert a["transfer_zeroed"]["description"].startswith("ablation: T = 0 inside the transfer posterior")
+    # the baseline is what `allocate` recommends on the independent posterior alone
+    r = invoke("allocate", unaware, *options, "--no-baselines", "--json", own)
+    assert r.exit_code == 0, r.output
+    mine = json.loads(own.read_text())
+    for source, amount in mine["allocation"].items():
+        assert a["transfer_unaware"]["allocation"][source] == pytest.approx(amount, rel=1e-9, abs=1e-9)
+    assert a["transfer_unaware"]["objective_value_assumed"] == pytest.approx(mine["objective_value"], rel=1e-12)
+    # the report takes it too (no fit of its own)
+    r = invoke("report", fit_path, "--grid", grid_path, "--out", tmp_path / "rep", "--unaware", unaware)
+    assert r.exit_code == 0, r.output
+    assert "fitting the independent law" not in r.output
+    assert "(the value of modelling transfer)" in (tmp_path / "rep" / "report.html").read_text()
 
 
 @pytest.fixture()
