@@ -258,10 +258,10 @@ def score_posterior(idata, grid: xr.Dataset, *, seed: int = 0, where: str = "gri
 
 def parse_law_families(text: str, parameter: str = "families") -> list[tuple[str, str]]:
     """``"transfer,linear,independent:student_t"`` -> [(law, likelihood), ...]; ``"all"`` is every
-    registered law of data amounts (those that extrapolate in budget)."""
+    registered law of data amounts (those that extrapolate in budget) but the stack, which mixes them."""
     items = [x.strip() for x in text.split(",") if x.strip()]
     if items == ["all"]:
-        return [(name, family.likelihoods[0]) for name, family in laws.FAMILIES.items() if family.amounts]
+        return [(name, family.likelihoods[0]) for name, family in laws.FAMILIES.items() if family.amounts and not family.members]
     out = []
     for item in items:
         law, _, likelihood = item.partition(":")

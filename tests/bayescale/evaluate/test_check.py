@@ -140,8 +140,10 @@ def test_pit_and_coverage_curve_agree_with_the_interval_scores(small_draws, smal
 def test_parse_law_families_reads_laws_and_likelihoods_and_refuses_bad_names():
     from bayescale.evaluate.check import parse_law_families
     assert parse_law_families("transfer, independent:student_t") == [("transfer", "normal"), ("independent", "student_t")]
-    # "all": every registered law of data amounts (the mixing law holds at one budget only)
-    assert parse_law_families("all") == [("transfer", "normal"), ("linear", "normal"), ("independent", "normal")]
+    # "all": every registered law of data amounts (the mixing law holds at one budget only); the
+    # stack is a mixture of these, asked for by name
+    assert parse_law_families("all") == [(n, "normal") for n in ("transfer", "linear", "independent", "bend", "interference")]
+    assert parse_law_families("stack") == [("stack", "normal")]
     assert parse_law_families("mixing") == [("mixing", "normal")]
     for text, message in (("transfer,bogus", "unknown law 'bogus'"), ("linear:cauchy", "unknown likelihood 'cauchy'"),
                           ("linear,linear", "given twice"), (" , ", "name at least one law")):

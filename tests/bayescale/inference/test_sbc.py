@@ -21,7 +21,8 @@ def test_prior_worlds_share_one_design_and_differ_in_their_truth():
     truth_b, _ = sbc.draw_prior_world(design, jax.random.PRNGKey(1))
     assert loss_a.shape == design.d.shape and np.all(np.isfinite(loss_a))
     assert not np.allclose(truth_a["alpha"], truth_b["alpha"])
-    assert np.all(truth_a["E"] < 1.0)  # below the fixed loss floor of 1
+    # worlds are drawn at unit loss scales: E = 1.1 sigmoid(e) exactly
+    np.testing.assert_allclose(truth_a["E"], 1.1 / (1 + np.exp(-truth_a["e"])), rtol=1e-6)
 
 
 def test_ranks_count_draws_below_the_truth_and_skip_fixed_entries():

@@ -127,13 +127,13 @@ def test_a_loss_se_of_unknown_kind_is_a_one_line_error(hand_grid):
 def _check_common(draws, data):
     own = data.self_mask.astype(bool)
     E = draws["E"]
-    # E = floor * exp(e), e ~ N(log 0.25, 1): positive, a fraction of the smallest observed
-    # loss in the median, with no hard cap at that (noisy) minimum.
-    assert np.all(E > 0)
-    np.testing.assert_allclose(np.log(E / data.loss_floor[None, :]), draws["e"], rtol=1e-5, atol=1e-5)
+    # E = 1.1 floor sigmoid(e), e ~ N(logit(0.5 / 1.1), 1.5): inside (0, 1.1 floor), with 10 % to
+    # spare above the (noisy) smallest loss, half of it in the median.
+    assert np.all(E > 0) and np.all(E < 1.1 * data.loss_floor[None, :])
+    np.testing.assert_allclose(E, 1.1 * data.loss_floor[None, :] / (1 + np.exp(-draws["e"])), rtol=1e-5)
     n = draws["e"].size
-    assert abs(np.mean(draws["e"]) - np.log(0.25)) < 4 / np.sqrt(n)  # sd of a mean of n N(., 1) draws
-    assert abs(np.std(draws["e"]) - 1.0) < 4 / np.sqrt(2 * n)
+    assert abs(np.mean(draws["e"]) - np.log(0.5 / 0.6)) < 4 * 1.5 / np.sqrt(n)  # sd of a mean of n N(., 1.5) draws
+    assert abs(np.median(E / data.loss_floor[None, :]) - 0.5) < 0.1
     for name in ("A", "alpha", "x0", "sigma"):
         assert np.all(draws[name] > 0) and np.all(np.isfinite(draws[name])), name
     T, beta = draws["T"], draws["beta"]
@@ -145,7 +145,7 @@ def _check_common(draws, data):
 
 
 @pytest.mark.parametrize("likelihood", ["normal", "student_t"])
-def test_transfer_prior_scales_E_by_the_floor_T_positive_and_beta_in_0_1(hand_data, likelihood):
+def test_transfer_prior_keeps_E_below_the_floor_T_positive_and_beta_in_0_1(hand_data, likelihood):
     data, _ = hand_data
     draws = prior(data, "transfer", likelihood)
     own, T, beta = _check_common(draws, data)
@@ -210,7 +210,9 @@ def test_log_likelihood_equals_scipy_written_out(hand_data, law, likelihood):
     for s in range(50):
         mean = law_log_loss_by_hand(np.asarray(data.d), *(params[k][s] for k in ("E", "A", "alpha", "x0", "T", "beta")), OWN)
         # plus the run effect shared by every target of a run
-        loc = mean[data.obs_run, data.obs_target] + float(draws["sigma_run"][s]) * np.asarray(draws["z_run"][s])[data.obs_run]
+        loc = mean[data.obs_run, data.obs_target]
+        if data.run_effect:
+            loc = loc + float(draws["sigma_run"][s]) * np.asarray(draws["z_run"][s])[data.obs_run]
         scale = np.sqrt(params["sigma"][s][data.obs_target] ** 2 + data.log_se ** 2)
         if likelihood == "student_t":
             expected = scipy.stats.t.logpdf(data.log_loss, df=float(draws["nu"][s]), loc=loc, scale=scale)
@@ -232,7 +234,7 @@ def test_log_likelihood_uses_the_standard_error_and_each_targets_own_sigma(hand_
     draws = {k: v[5:6] for k, v in prior(data, "transfer").items() if k != "log_loss"}
     params = {k: np.asarray(v[0], dtype=np.float64) for k, v in draws.items()}
     mean = law_log_loss_by_hand(np.asarray(data.d), *(params[k] for k in ("E", "A", "alpha", "x0", "T", "beta")), OWN)
-    loc = mean[data.obs_run, data.obs_target] + params["sigma_run"] * params["z_run"][data.obs_run]
+    loc = mean[data.obs_run, data.obs_target] + (params["sigma_run"] * params["z_run"][data.obs_run] if data.run_effect else 0.0)
     # Data near the law: z is O(1), so float32 rounding of loc moves the log density by ~1e-6.
     observed = loc + 0.5 * params["sigma"][data.obs_target]
     near = dataclasses.replace(data, log_loss=observed)
@@ -316,3 +318,24 @@ def test_add_observation_noise_adds_each_targets_sigma(hand_data):
     # 20000 standard normals per (draw, target): the sample sd has sd 1/sqrt(2 * 20000) = 0.005,
     # the mean 1/sqrt(20000) = 0.007; 0.03 is > 4 of either.
     assert np.all(np.abs(z.std(axis=1) - 1) < 0.03) and np.all(np.abs(z.mean(axis=1)) < 0.03)
+
+
+def test_replicated_runs_bring_a_run_effect_shared_by_a_runs_targets():
+    """Two runs of the same data (seeds): the model adds sigma_run * z_run to every cell of a run,
+    and the log likelihood is scipy's normal around that shifted location."""
+    runs = ["r1", "r2", "r3", "r4", "r5", "r5b"]
+    grid = make_grid(runs, SOURCES, TARGETS, DATA[:5] + [DATA[4]], LOSS[:5] + [LOSS[4]], seed=[0, 0, 0, 0, 0, 1])
+    data, coords = model_data(grid, "seeds.nc")
+    assert data.run_effect and coords["run_effect"]
+    unreplicated, _ = model_data(grid.isel(run=slice(0, 5)), "one-seed.nc")
+    assert not unreplicated.run_effect
+    draws = Predictive(transfer_law_model, num_samples=20)(jax.random.PRNGKey(3), dataclasses.replace(data, log_loss=None))
+    draws = {k: np.asarray(v) for k, v in draws.items() if k != "log_loss"}
+    assert draws["z_run"].shape == (20, 6) and np.all(draws["sigma_run"] > 0)
+    ll = np.asarray(log_likelihood(transfer_law_model, draws, data)["log_loss"])
+    for s in range(20):
+        p = {k: np.asarray(draws[k][s], dtype=np.float64) for k in ("E", "A", "alpha", "x0", "T", "beta")}
+        mean = law_log_loss_by_hand(np.asarray(data.d), *(p[k] for k in ("E", "A", "alpha", "x0", "T", "beta")), OWN)
+        loc = mean[data.obs_run, data.obs_target] + draws["sigma_run"][s] * draws["z_run"][s][data.obs_run]
+        scale = np.sqrt(draws["sigma"][s][data.obs_target] ** 2 + data.log_se**2)
+        np.testing.assert_allclose(ll[s], scipy.stats.norm.logpdf(data.log_loss, loc=loc, scale=scale), rtol=1e-4, atol=1e-3)
