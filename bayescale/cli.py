@@ -157,7 +157,7 @@ def simulate(
 def fit(
     grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the posterior (.nc); with --prior-only, the check as JSON.")] = None,
-    law: Annotated[str, typer.Option("--law", help="A registered law family: transfer | linear | independent | bend (curves may steepen past a break) | interference (other domains' data may raise a loss) | stack (Bayesian stacking of those five on leave-future-out scores) | mixing (the exponential mixing law, for grids at one fixed budget).")] = "transfer",
+    law: Annotated[str, typer.Option("--law", help="A registered law family: transfer | linear | independent | bend (curves may steepen past a break) | interference (other domains' data may raise a loss) | stack (Bayesian stacking of transfer, linear, independent and bend on leave-future-out scores) | mixing (the exponential mixing law, for grids at one fixed budget).")] = "transfer",
     likelihood: Annotated[str, typer.Option("--likelihood", help="normal | student_t (heavy tails for outlier runs)")] = "normal",
     method: Annotated[str, typer.Option("--method", help="nuts | svi (fast, approximate)")] = "nuts",
     chains: Annotated[int, typer.Option("--chains")] = 4,

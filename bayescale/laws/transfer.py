@@ -466,7 +466,10 @@ class StackFamily(BendFamily):
     """Bayesian stacking of transfer-law families: draws of each member in proportion to its
     leave-future-out weight (:mod:`bayescale.inference.stacking`); read like any transfer law."""
 
-    members: tuple[str, ...] = ("transfer", "linear", "independent", "bend", "interference")
+    # Not interference: its linear term extrapolates badly (measured on the phantom grid: 20.5 %
+    # held-out error, 58 % of cells in 90 % intervals), yet it won the leave-future-out score
+    # there (weight 1.0) and dragged the stack down with it.
+    members: tuple[str, ...] = ("transfer", "linear", "independent", "bend")
     parameters: tuple[str, ...] = TARGET_PARAMS + PAIR_PARAMS + BEND_PARAMS + ("kappa", "sigma_run")
     methods: tuple[str, ...] = ("nuts",)
     likelihoods: tuple[str, ...] = ("normal",)
