@@ -161,10 +161,9 @@ def lightgbm_row(grid: xr.Dataset) -> dict:
     X = fit_runs["data"].values / fit_runs["data"].values.sum(axis=1, keepdims=True)
     Xh = held["data"].values / held["data"].values.sum(axis=1, keepdims=True)
     pred = np.empty(held["loss"].shape)
+    params = {"objective": "regression", "learning_rate": 0.01, "num_leaves": 15, "min_data_in_leaf": 10, "verbose": -1, "seed": 0}
     for j in range(grid.sizes["target"]):
-        model = lgb.LGBMRegressor(n_estimators=1000, learning_rate=0.01, num_leaves=15, min_child_samples=10, verbose=-1,
-                                  random_state=0)
-        model.fit(X, fit_runs["loss"].values[:, j])
+        model = lgb.train(params, lgb.Dataset(X, fit_runs["loss"].values[:, j]), num_boost_round=1000)
         pred[:, j] = model.predict(Xh)
     return {"case": "regmix", "law": "lightgbm (RegMix)", **point_scores(held["loss"].values, pred)}
 
