@@ -168,6 +168,24 @@ def lightgbm_row(grid: xr.Dataset) -> dict:
     return {"case": "regmix", "law": "lightgbm (RegMix)", **point_scores(held["loss"].values, pred)}
 
 
+def markdown(rows: list[dict]) -> str:
+    """The table as markdown (``summary.md`` beside ``summary.json``)."""
+    def f(value, fmt):
+        return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, fmt)
+
+    def cover(row, level):
+        c = row.get(f"coverage_{level}")
+        return "—" if c is None else f"{c['coverage']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]"
+
+    lines = ["| case | law | cells | median \\|rel. err\\| | r | r per target | Spearman per target | 50 % coverage | 90 % coverage | 90 % width | PIT KS p |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['case']} | {row['law']} | {row['cells']} | {f(row['median_abs_rel_error'], '.2%')} | {f(row['pearson_r'], '.3f')} | "
+                     f"{f(row.get('per_target_r'), '.3f')} | {f(row.get('per_target_spearman'), '.3f')} | {cover(row, 50)} | {cover(row, 90)} | "
+                     f"{f(row.get('width_90'), '.1%')} | {f(row.get('pit_ks_p'), '.2g')} |")
+    return "\n".join(lines) + "\n"
+
+
 def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -220,6 +238,7 @@ def main(argv=None) -> int:
     for law, preds in by_law.items():
         rows.append(pooled(f"openlm ({len(preds)} grids pooled)", law, preds))
     write_text_atomic(args.out / "summary.json", json.dumps(rows, indent=1, default=float))
+    write_text_atomic(args.out / "summary.md", markdown(rows))
     print_table(rows)
     return 0
 
