@@ -32,6 +32,7 @@ import time
 import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 import xarray as xr
 
@@ -133,6 +134,9 @@ def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path
             idata = fit(grid, law=law, grid_name=name, **fit_settings)
     seconds = time.perf_counter() - start
     pred = holdout_predictions(law_draws(idata), grid, where=name)
+    # Every fit compiles anew; without this, LLVM runs out of mappable memory after ~30 fits
+    # in one process (measured: a segfault in the OpenLM grids).
+    jax.clear_caches()
     row = {"case": name, "law": law, "settings": settings, "seconds": seconds, "diagnostics": diagnostics(idata),
            **real_grid_scores(pred)}
     for key in ("stack_weights", "stack_split"):
