@@ -354,10 +354,6 @@ class TransferFamily:
     def transfer(self) -> bool:
         return self.name != "independent"
 
-    @property
-    def bends(self) -> bool:
-        return self.name == "bend"
-
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
         return model_data(grid, where)
 
