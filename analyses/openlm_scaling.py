@@ -30,11 +30,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from bayescale._files import read_saved
 from bayescale.data import realgrids
-from bayescale.inference.sampling import ensure_host_devices
 from bayescale.evaluate.check import holdout_predictions, score_predictions
 from bayescale.inference.fit import fit
 from bayescale.inference.posterior import diagnostics, law_draws
+from bayescale.inference.sampling import ensure_host_devices
 
 
 def last_run_baseline(grid: xr.Dataset) -> float:
@@ -49,10 +50,8 @@ def last_run_baseline(grid: xr.Dataset) -> float:
 def fit_one(grid: xr.Dataset, key: tuple[str, str], folder: Path, settings: dict, force: bool) -> tuple[dict, xr.Dataset]:
     stem = f"{key[0]}__{key[1]}"
     json_path, pred_path = folder / f"{stem}.json", folder / f"{stem}.nc"
-    if not force and json_path.is_file() and pred_path.is_file():
-        saved = json.loads(json_path.read_text())
-        if saved.get("settings") == settings:
-            return saved, xr.load_dataset(pred_path)
+    if not force and (saved := read_saved(json_path, settings, pred_path)) is not None:
+        return saved, xr.load_dataset(pred_path)
     start = time.perf_counter()
     idata = fit(grid, chains=settings["chains"], warmup=settings["warmup"], draws=settings["draws"], seed=settings["seed"],
                 grid_name=f"openlm:{key[0]}/{key[1]}")

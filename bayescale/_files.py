@@ -7,6 +7,7 @@ leaves no partial output behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -61,3 +62,13 @@ def shown_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_saved(path: str | os.PathLike, settings: dict, *beside: str | os.PathLike) -> dict | None:
+    """A finished result to resume from: the JSON at ``path`` when it (and every file ``beside`` it)
+    exists and was made with these ``settings`` (its ``"settings"`` key); else None."""
+    path = Path(path)
+    if not (path.is_file() and all(Path(b).is_file() for b in beside)):
+        return None
+    saved = json.loads(path.read_text())
+    return saved if saved.get("settings") == settings else None

@@ -37,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from bayescale import laws
-from bayescale._files import write_text_atomic
+from bayescale._files import read_saved, write_text_atomic
 from bayescale.data import grid as grids
 from bayescale.data import realgrids, simulate
 from bayescale.evaluate.calibration import point_scores, real_grid_scores
@@ -118,17 +118,15 @@ def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path
     if family.members:
         settings = {**settings, "members": list(family.members)}  # a stack of other members is another result
     json_path, pred_path = folder / f"{stem}.json", folder / f"{stem}.nc"
-    if not force and json_path.is_file() and pred_path.is_file():
-        saved = json.loads(json_path.read_text())
-        if saved.get("settings") == settings:
-            return saved, xr.load_dataset(pred_path)
+    if not force and (saved := read_saved(json_path, settings, pred_path)) is not None:
+        return saved, xr.load_dataset(pred_path)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         if family.members:  # reuse the members' fits of this run (the same grid and settings)
-            fitted = {m: load_posterior(path) for m in family.members
-                      if (path := folder / f"{stem.rsplit('__', 1)[0]}__{m}.posterior.nc").is_file()
-                      and json.loads((folder / f"{stem.rsplit('__', 1)[0]}__{m}.json").read_text()).get("settings") == fit_settings}
+            case = stem.rsplit("__", 1)[0]
+            fitted = {m: load_posterior(folder / f"{case}__{m}.posterior.nc") for m in family.members
+                      if read_saved(folder / f"{case}__{m}.json", fit_settings, folder / f"{case}__{m}.posterior.nc") is not None}
             idata = fit_stack(grids.validate_grid(grid, name), family, grid_name=name, fitted=fitted, **fit_settings)
         else:
             idata = fit(grid, law=law, grid_name=name, **fit_settings)
