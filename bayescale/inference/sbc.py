@@ -199,9 +199,11 @@ def model_hash(law: str) -> str:
 
     from bayescale.laws import power, transfer
 
-    family = sbc_family(law)
-    parts = [inspect.getsource(type(family)), inspect.getsource(transfer.transfer_law_model), inspect.getsource(power.log_loss),
-             inspect.getsource(power.log_reducible), inspect.getsource(power.effective_data), repr(transfer.E_PRIOR)]
+    sbc_family(law)
+    # The model's code and priors only: an edit elsewhere in the family's class keeps the results.
+    parts = [law, inspect.getsource(transfer.transfer_law_model), inspect.getsource(power.log_loss),
+             inspect.getsource(power.log_reducible), inspect.getsource(power.effective_data),
+             repr((transfer.E_PRIOR, transfer.E_CAP, transfer.RUN_EFFECT_SCALE))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
