@@ -8,7 +8,9 @@ the model and says what to store beside the draws.
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -18,12 +20,13 @@ from bayescale import laws
 from bayescale.data import grid as grids
 from bayescale.data.grid import grid_fingerprint
 from bayescale.errors import InputError
+from bayescale.inference import extrapolation as extrapolation_error
 from bayescale.inference import stacking
 from bayescale.inference.posterior import diagnostics, law_draws
 from bayescale.inference.sampling import approximate_svi, ensure_host_devices, sample_nuts
 from bayescale.laws.base import LawFamily
 
-__all__ = ["check_options", "fit", "fit_stack", "prior_predictive", "to_datatree"]
+__all__ = ["calibrate_extrapolation", "check_options", "fit", "fit_stack", "prior_predictive", "to_datatree"]
 
 
 def check_options(family: LawFamily, likelihood: str, method: str | None = None) -> None:
@@ -49,6 +52,7 @@ def fit(
     svi_steps: int = 5000,
     progress: bool = False,
     grid_name: str = "",
+    extrapolation: bool = True,
 ):
     """Fit the law family ``law`` to the grid's fit runs; returns a posterior per the contract.
 
@@ -58,6 +62,9 @@ def fit(
     its attrs say ``approximate = 1`` and it has no sampler diagnostics.
     ``law`` is any registered family (:func:`bayescale.laws.names`): ``transfer``, ``linear``,
     ``independent``, or ``mixing`` (the exponential mixing law at one fixed budget).
+    ``extrapolation=True`` also fits the law to the smaller budgets of the fit runs and scores
+    it on the larger ones, to calibrate its error past the fit runs' data (``slope_error``,
+    :mod:`bayescale.inference.extrapolation`; about twice the time of one fit).
     """
     ensure_host_devices()
     family = laws.get(law)
@@ -71,7 +78,7 @@ def fit(
     grid = grids.validate_grid(grid, where)
     if family.members:
         return fit_stack(grid, family, chains=chains, warmup=warmup, draws=draws, seed=seed, target_accept=target_accept,
-                         dense_mass=dense_mass, progress=progress, grid_name=grid_name)
+                         dense_mass=dense_mass, progress=progress, grid_name=grid_name, extrapolation=extrapolation)
     data, coords = family.model_data(grid, where)
     for message in family.identification_warnings(data, coords, str(grid.attrs.get("data_unit", "units"))):
         warnings.warn(message, UserWarning, stacklevel=2)
@@ -105,29 +112,62 @@ def fit(
             **extra_attrs,
         }
     )
+    if extrapolation:
+        def smaller_budgets(scored_grid):
+            return fit(scored_grid, law=law, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws,
+                       seed=seed, target_accept=target_accept, dense_mass=dense_mass, svi_steps=svi_steps, progress=progress,
+                       grid_name=f"{where} (smaller budgets)", extrapolation=False)
+        idata = calibrate_extrapolation(grid, idata, smaller_budgets, seed)
     return idata
 
 
+def calibrate_extrapolation(grid: xr.Dataset, idata, smaller_budgets: Callable[[xr.Dataset], xr.DataTree], seed: int = 0):
+    """``idata`` with the law's error past the fit runs' data (:mod:`bayescale.inference.extrapolation`).
+
+    ``smaller_budgets(scored_grid)`` returns the same law's posterior fitted to the runs of
+    ``scored_grid`` marked ``fit`` (the smaller budgets); it is scored on those marked ``holdout``.
+    A grid with no future to leave out (fewer than three distinct budgets) gets no slope error,
+    and its attrs say why."""
+    scored_grid, split = stacking.future_split(grid, seed)
+    if split["kind"] != "leave-future-out":
+        idata.attrs["extrapolation"] = json.dumps({"kind": "none: fewer than three distinct fit budgets, no larger budget to score"})
+        return idata
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the full fit has shown the grid's identification warnings
+        early = smaller_budgets(scored_grid)
+    z, v, t = extrapolation_error.lfo_misses(law_draws(early), grids.select_split(scored_grid, "holdout"),
+                                             split["fitted_up_to_budget"], seed)
+    weights = extrapolation_error.scale_posterior(z, v, t)
+    return extrapolation_error.attach(idata, weights, extrapolation_error.fit_reach(grid),
+                                      extrapolation_error.summary(weights, z, split), seed)
+
+
 def fit_stack(grid: xr.Dataset, family: LawFamily, *, chains: int, warmup: int, draws: int, seed: int, grid_name: str,
-              fitted: dict | None = None, **nuts) -> xr.DataTree:
+              fitted: dict | None = None, extrapolation: bool = True, **nuts) -> xr.DataTree:
     """Stack the family's members: weights from leave-future-out scores, then draws of each
     member's fit to every fit run in proportion to its weight (:mod:`bayescale.inference.stacking`).
 
     ``fitted``: members' posteriors already fitted to this grid's fit runs with the same
-    settings (checked by the grid's fingerprint), reused instead of refitted."""
+    settings (checked by the grid's fingerprint), reused instead of refitted.
+    A member its family calls unsuited to the grid (``independent`` where no target is a source) is left
+    out, and the attr ``stack_left_out`` says why.
+    ``extrapolation``: the stack's own error past the data, from the stacked leave-future-out
+    fits (the members' own slope errors are not kept)."""
     where = grid_name or "grid"
     scored_grid, split = stacking.future_split(grid, seed)
     score_runs = grids.select_split(scored_grid, "holdout")
-    settings = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed, **nuts}
-    lpd, full, member_diagnostics = {}, {}, {}
+    settings = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed, "extrapolation": False, **nuts}
+    lpd, early, full, member_diagnostics = {}, {}, {}, {}
+    unsuited = {name: why for name in family.members if (why := getattr(laws.get(name), "unsuited", lambda g: None)(grid))}
+    members = [name for name in family.members if name not in unsuited]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # each member's identification warnings were shown by the full fits' grid
-        for name in family.members:
-            early = fit(scored_grid, law=name, grid_name=f"{where} (smaller budgets)", **settings)
-            lpd[name] = stacking.run_log_density(law_draws(early), score_runs)
-    weights_array = stacking.stacking_weights(np.column_stack([lpd[n] for n in family.members]))
-    weights = dict(zip(family.members, weights_array))
-    for name in family.members:
+        for name in members:
+            early[name] = fit(scored_grid, law=name, grid_name=f"{where} (smaller budgets)", **settings)
+            lpd[name] = stacking.run_log_density(law_draws(early[name]), score_runs)
+    weights_array = stacking.stacking_weights(np.column_stack([lpd[n] for n in members]))
+    weights = dict(zip(members, weights_array))
+    for name in members:
         if weights[name] >= MIN_STACK_WEIGHT:
             reuse = (fitted or {}).get(name)
             if reuse is not None and reuse.attrs.get("grid_fingerprint") != grid_fingerprint(grid):
@@ -138,7 +178,11 @@ def fit_stack(grid: xr.Dataset, family: LawFamily, *, chains: int, warmup: int, 
     idata = stacking.combine(full, kept, chains * draws, seed)
     first = next(iter(full.values()))
     idata.attrs.update({**first.attrs, "law": family.name, "method": "stack", "approximate": 0,
-                        **stacking.stack_attrs(weights, split, lpd, member_diagnostics)})
+                        **stacking.stack_attrs(weights, split, lpd, member_diagnostics),
+                        "stack_left_out": json.dumps(unsuited)})
+    idata.attrs.pop("extrapolation", None)  # a reused member's, not the stack's
+    if extrapolation:  # scored with the stack the scored runs saw
+        idata = calibrate_extrapolation(grid, idata, lambda _: stacking.combine(early, weights, chains * draws, seed), seed)
     return idata
 
 

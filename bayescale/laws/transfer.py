@@ -51,7 +51,7 @@ LIKELIHOODS = ("normal", "student_t")
 TARGET_PARAMS = ("E", "A", "alpha", "x0", "sigma")
 PAIR_PARAMS = ("T", "beta")
 BEND_PARAMS = ("delta", "log_xb")  # (target,): zero delta (no bend) where a posterior lacks them
-OPTIONAL_PARAMS = ("nu", "sigma_run", "kappa") + BEND_PARAMS  # present in some posteriors only
+OPTIONAL_PARAMS = ("nu", "sigma_run", "kappa", "slope_error") + BEND_PARAMS  # present in some posteriors only
 #: E_j = E_CAP * m_j * sigmoid(e_j), e_j ~ Normal(*E_PRIOR), m_j the smallest observed loss of j:
 #: below the smallest loss with 10 % to spare, so a noisy minimum cannot cut off the truth; half
 #: of it in the prior median, spread over (0.04, 0.97) m_j at 90 %. The cap stays: without it E
@@ -257,6 +257,10 @@ class LawDraws:
     log_xb: np.ndarray | None = None  # (S, J) log of the break in effective data (law units)
     sigma_run: np.ndarray | None = None  # (S,) sd of the run effect shared by a run's targets (None: 0)
     kappa: np.ndarray | None = None  # (S, I, J) loss added per law unit of another source's data (None: 0)
+    # (S, J) error of the law's log-log slope past the fit runs' largest total data ``reach``
+    # (raw units), calibrated by leaving the future out (bayescale.inference.extrapolation); None: none.
+    slope_error: np.ndarray | None = None
+    reach: float | None = None
 
     @property
     def n_draws(self) -> int:
@@ -312,11 +316,15 @@ def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 
     return result[:, 0, :] if single else result
 
 
-def add_observation_noise(log_loss: np.ndarray, draws: LawDraws, rng: np.random.Generator) -> np.ndarray:
+def add_observation_noise(log_loss: np.ndarray, draws: LawDraws, rng: np.random.Generator, amounts=None) -> np.ndarray:
     """Posterior predictive draws of observed log loss of new runs: the law plus each draw's noise.
 
     ``log_loss`` is (S, ..., J): draws first, targets last, one new run per index in between;
-    a run's effect (``sigma_run``) is shared by all its targets, its cell noise is not."""
+    a run's effect (``sigma_run``) is shared by all its targets, its cell noise is not.
+    With the runs' raw data ``amounts`` (..., I) and a posterior that carries a slope error,
+    a run with more data in total than the fit runs' largest (``reach``) also gets the law's
+    extrapolation error: ``slope_error_j * log(total / reach)``, one per draw and target (a
+    curve-level error, shared by every run of the draw)."""
     sigma = draws.sigma.reshape(draws.sigma.shape[:1] + (1,) * (log_loss.ndim - 2) + draws.sigma.shape[1:])
     if draws.likelihood == "student_t" and draws.nu is not None:
         nu = draws.nu.reshape((-1,) + (1,) * (log_loss.ndim - 1))
@@ -327,7 +335,26 @@ def add_observation_noise(log_loss: np.ndarray, draws: LawDraws, rng: np.random.
     if draws.sigma_run is not None:
         run_sd = draws.sigma_run.reshape((-1,) + (1,) * (log_loss.ndim - 1))
         out = out + run_sd * rng.standard_normal(log_loss.shape[:-1] + (1,))
-    return out
+    return with_extrapolation_error(out, draws, amounts)
+
+
+def with_extrapolation_error(log_loss: np.ndarray, draws, amounts) -> np.ndarray:
+    """``log_loss`` (S, ..., J) of runs with raw data ``amounts`` (..., I) plus the law's error
+    past the fit runs' data, where the draws carry one (``slope_error``; any family, else unchanged):
+    ``slope_error_j * max(0, log(total / reach))`` per draw and target."""
+    slope_error = getattr(draws, "slope_error", None)
+    if amounts is None or slope_error is None or not getattr(draws, "reach", None):
+        return log_loss
+    distance = extrapolation_distance(amounts, draws.reach)  # (...,)
+    slope = slope_error.reshape(slope_error.shape[:1] + (1,) * (log_loss.ndim - 2) + slope_error.shape[1:])
+    return log_loss + slope * distance[None, ..., None]
+
+
+def extrapolation_distance(amounts, reach: float) -> np.ndarray:
+    """``max(0, log(total data / reach))`` of each row of raw ``amounts`` (..., I): how far past the fit runs' data."""
+    total = np.sum(np.asarray(amounts, dtype=np.float64), axis=-1)
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(np.maximum(total, 1e-300) / reach), 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -353,6 +380,15 @@ class TransferFamily:
     @property
     def transfer(self) -> bool:
         return self.name != "independent"
+
+    def unsuited(self, grid: xr.Dataset) -> str | None:
+        """Why this family cannot describe ``grid`` (a stack leaves it out), or None.
+
+        ``independent`` sees only a target's own data: on a grid where no target is a source
+        (one training corpus scored on other validation sets, as OpenLM's) it predicts flat curves."""
+        if not self.transfer and not set(map(str, grid["target"].values)) & set(map(str, grid["source"].values)):
+            return "no target is a source, so each target would see no data of its own"
+        return None
 
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
         return model_data(grid, where)
@@ -388,6 +424,13 @@ class TransferFamily:
                 raise InputError(f"{source}: posterior variable {name!r} must have dims (chain, draw, target)")
         if "kappa" in post.data_vars and (set(post["kappa"].dims) != {"chain", "draw", "source", "target"} or np.any(post["kappa"].values < 0)):
             raise InputError(f"{source}: posterior variable 'kappa' must have dims (source, target) and draws >= 0")
+        if "slope_error" in post.data_vars:
+            if set(post["slope_error"].dims) != {"chain", "draw", "target"}:
+                raise InputError(f"{source}: posterior variable 'slope_error' must have dims (chain, draw, target)")
+            reach = post.attrs.get("extrapolation_reach")
+            if reach is None or not np.isfinite(float(reach)) or float(reach) <= 0:
+                raise InputError(f"{source}: posterior variable 'slope_error' needs the attr 'extrapolation_reach' > 0 "
+                                 "(the fit runs' largest total data)")
         if "delta" in post.data_vars and np.any(post["delta"].values < 0):
             raise InputError(f"{source}: posterior variable 'delta' holds negative draws (a bend must steepen the law)")
         for name in TARGET_PARAMS + PAIR_PARAMS + tuple(n for n in OPTIONAL_PARAMS if n in post.data_vars):
@@ -412,14 +455,16 @@ class TransferFamily:
             delta=flat_draws(post, "delta", ("target",)) if "delta" in post else None,
             log_xb=flat_draws(post, "log_xb", ("target",)) if "log_xb" in post else None,
             kappa=flat_draws(post, "kappa", ("source", "target")) if "kappa" in post else None,
+            slope_error=flat_draws(post, "slope_error", ("target",)) if "slope_error" in post else None,
+            reach=float(post.attrs["extrapolation_reach"]) if "slope_error" in post else None,
             **params,
         )
 
     def loss_draws(self, draws: LawDraws, amounts, *, log: bool = False) -> np.ndarray:
         return loss_draws(draws, amounts, log=log)
 
-    def add_noise(self, log_loss: np.ndarray, draws: LawDraws, rng: np.random.Generator) -> np.ndarray:
-        return add_observation_noise(log_loss, draws, rng)
+    def add_noise(self, log_loss: np.ndarray, draws: LawDraws, rng: np.random.Generator, amounts=None) -> np.ndarray:
+        return add_observation_noise(log_loss, draws, rng, amounts)
 
     def example_grid(self, seed: int = 0) -> xr.Dataset:
         world = simulate.draw_world(3, seed=seed)

@@ -76,3 +76,16 @@ def test_shares_are_whole_numbers_that_sum_to_the_total_and_follow_the_weights()
     n = stacking.shares(np.array([0.5, 0.3, 0.2 - 1e-9, 1e-9]), 1001)
     assert n.sum() == 1001
     assert np.all(np.abs(n - np.array([0.5, 0.3, 0.2, 0.0]) * 1001) < 1)
+
+
+def test_a_stack_leaves_out_a_member_that_cannot_describe_the_grid():
+    """``independent`` sees a target's own data only: where no target is a source (one corpus
+    scored on other validation sets, as OpenLM's) it predicts flat curves, and a stack drops it."""
+    from bayescale import laws
+
+    corpus = make_grid(["r0", "r1"], ["c4"], ["wiki", "books"], np.array([[1.0], [2.0]]), np.ones((2, 2)))
+    shared = make_grid(["r0", "r1"], ["ct", "mri"], ["ct", "mri"], np.ones((2, 2)), np.ones((2, 2)))
+    assert "no target is a source" in laws.get("independent").unsuited(corpus)
+    assert laws.get("independent").unsuited(shared) is None
+    for name in ("transfer", "linear", "bend"):
+        assert laws.get(name).unsuited(corpus) is None
