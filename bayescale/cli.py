@@ -11,6 +11,7 @@ annotations), one function per command; the work itself happens in the layers be
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import sys
@@ -168,6 +169,7 @@ def fit(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 unless the posterior passes its diagnostics. NUTS: r-hat <= 1.01, no divergences and bulk ESS >= 400 over the law's parameters and the hierarchy's mu_*, tau_* (and nu); SVI: Pareto k-hat of the guide <= 0.7.")] = False,
     prior_only: Annotated[bool, typer.Option("--prior-only", help="Prior predictive check only: do the priors cover the observed losses?")] = False,
+    extrapolation: Annotated[bool, typer.Option("--extrapolation/--no-extrapolation", help="Also fit the law to the smaller fit budgets and score it on the larger ones, to calibrate its error past the fit runs' data (slope_error; widens every prediction beyond the largest fitted total). About twice the time of one fit.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ):
     """Fit the hierarchical transfer law to the grid's fit runs (NUTS, or SVI as a fast approximation)."""
@@ -175,7 +177,7 @@ def fit(
     from bayescale.inference.fit import prior_predictive
     from bayescale.data.grid import load_grid
     from bayescale.inference.posterior import diagnostics, save_posterior
-    from bayescale.render.text import format_diagnostics
+    from bayescale.render.text import format_diagnostics, format_extrapolation
 
     if out is None and not prior_only:
         raise InputError("--out is required (where to write the posterior)")
@@ -200,6 +202,7 @@ def fit(
         idata = fit_law(
             ds, law=law, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws,
             svi_steps=svi_steps, target_accept=target_accept, seed=seed, progress=progress, grid_name=str(grid),
+            extrapolation=extrapolation,
         )
     for w in caught:
         if issubclass(w.category, UserWarning) and "bayescale" in str(w.filename):
@@ -208,6 +211,9 @@ def fit(
     diag = diagnostics(idata)
     console.print(f"wrote {out}  ({law} law, {likelihood} likelihood, {method})", highlight=False)
     console.print("diagnostics: " + format_diagnostics(diag), highlight=False)
+    if "extrapolation" in idata.attrs:
+        console.print("past the data: " + format_extrapolation(json.loads(idata.attrs["extrapolation"]), idata.attrs.get("data_unit", "")),
+                      highlight=False)
     if diag["approximate"]:
         err_console.print("[bold yellow]NOTE: SVI gives an approximate posterior[/]; its intervals are not NUTS intervals.", highlight=False)
         if not diag["ok"]:

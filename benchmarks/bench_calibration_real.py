@@ -111,12 +111,23 @@ def cases(selected) -> dict[str, xr.Dataset]:
     return out
 
 
-def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path, force: bool) -> tuple[dict, xr.Dataset]:
+def stem_and_settings(name: str, law: str, settings: dict) -> tuple[str, dict]:
+    """The file stem of a (case, law) result and the settings it is saved under."""
     stem = name.replace(":", "__").replace("/", "_") + f"__{law}"
+    if laws.get(law).members:
+        settings = {**settings, "members": list(laws.get(law).members)}  # a stack of other members is another result
+    return stem, settings
+
+
+def saved(name: str, law: str, settings: dict, folder: Path) -> bool:
+    stem, settings = stem_and_settings(name, law, settings)
+    return read_saved(folder / f"{stem}.json", settings, folder / f"{stem}.nc") is not None
+
+
+def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path, force: bool) -> tuple[dict, xr.Dataset]:
     family = laws.get(law)
     fit_settings = dict(settings)
-    if family.members:
-        settings = {**settings, "members": list(family.members)}  # a stack of other members is another result
+    stem, settings = stem_and_settings(name, law, settings)
     json_path, pred_path = folder / f"{stem}.json", folder / f"{stem}.nc"
     if not force and (saved := read_saved(json_path, settings, pred_path)) is not None:
         return saved, xr.load_dataset(pred_path)
@@ -137,6 +148,8 @@ def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path
     jax.clear_caches()
     row = {"case": name, "law": law, "settings": settings, "seconds": seconds, "diagnostics": diagnostics(idata),
            **real_grid_scores(pred)}
+    if "extrapolation" in idata.attrs:
+        row["extrapolation"] = json.loads(idata.attrs["extrapolation"])
     for key in ("stack_weights", "stack_split"):
         if key in idata.attrs:
             row[key] = json.loads(idata.attrs[key])
@@ -223,13 +236,19 @@ def main(argv=None) -> int:
                         help="svi: the fast approximation (RegMix's 17 x 13 grid; issue 15 makes NUTS scale)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--no-extrapolation", action="store_true",
+                        help="fit without the law's error past the fit runs' data (bayescale.inference.extrapolation)")
+    parser.add_argument("--only-saved", action="store_true", help="tabulate the saved results of the cases and laws asked for; fit nothing")
     args = parser.parse_args(argv)
-    settings = {"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "seed": args.seed}
+    settings = {"chains": args.chains, "warmup": args.warmup, "draws": args.draws, "seed": args.seed,
+                "extrapolation": not args.no_extrapolation}
     if args.method != "nuts":
         settings["method"] = args.method
     rows, by_law = [], {}
     for name, grid in cases(args.cases).items():
         for law in args.laws:
+            if args.only_saved and not saved(name, law, settings, args.out):
+                continue
             print(f"{name} · {law} ...", file=sys.stderr, flush=True)
             row, pred = run_case(name, grid, law, settings, args.out, args.force)
             rows.append(row)

@@ -68,7 +68,7 @@ def holdout_predictions(draws: Draws, grid: xr.Dataset, *, split: str = "holdout
     data = allocations_for(draws, runs, where)
     log_pred = loss_draws(draws, data, log=True).astype(np.float64)  # (S, N, J)
     rng = np.random.default_rng(seed)
-    predictive = add_observation_noise(log_pred, draws, rng)
+    predictive = add_observation_noise(log_pred, draws, rng, data)
     return predictive_bands(runs, targets, draws.targets, log_pred, predictive, rng)
 
 

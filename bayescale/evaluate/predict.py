@@ -7,6 +7,7 @@ import numpy as np
 from bayescale import laws
 from bayescale.errors import InputError
 from bayescale.laws.base import Draws
+from bayescale.laws.transfer import with_extrapolation_error
 
 
 def loss_draws(draws: Draws, allocations, *, log: bool = False) -> np.ndarray:
@@ -18,9 +19,10 @@ def loss_draws(draws: Draws, allocations, *, log: bool = False) -> np.ndarray:
     return laws.of_draws(draws).loss_draws(draws, allocations, log=log)
 
 
-def add_observation_noise(log_loss: np.ndarray, draws: Draws, rng: np.random.Generator) -> np.ndarray:
-    """Posterior predictive draws of one more run's observed log loss: the law plus its family's noise."""
-    return laws.of_draws(draws).add_noise(log_loss, draws, rng)
+def add_observation_noise(log_loss: np.ndarray, draws: Draws, rng: np.random.Generator, amounts=None) -> np.ndarray:
+    """Posterior predictive draws of one more run's observed log loss: the law plus its family's
+    noise (and, given the runs' raw data ``amounts``, the law's error past the fit runs' data)."""
+    return laws.of_draws(draws).add_noise(log_loss, draws, rng, amounts)
 
 
 def parse_allocation(draws: Draws, allocation: dict[str, float], parameter: str = "allocation") -> np.ndarray:
@@ -47,13 +49,18 @@ def predict(draws: Draws, allocation: dict[str, float], interval: float = 0.9, *
 
     ``noise=False`` gives the credible interval of the expected loss (the law);
     ``noise=True`` the predictive interval of an observed loss from one more run.
+    Both include the law's error past the fit runs' data where the posterior carries one
+    (``slope_error``, :mod:`bayescale.inference.extrapolation`): beyond the largest fitted
+    total, the curve itself is less certain than the law's parameters say.
     """
     if not 0 < interval < 1:
         raise InputError(f"interval must lie strictly between 0 and 1, got {interval}", parameter="interval")
     vector = parse_allocation(draws, allocation)
     log_l = loss_draws(draws, vector, log=True)
     if noise:
-        log_l = add_observation_noise(log_l, draws, np.random.default_rng(seed))
+        log_l = add_observation_noise(log_l, draws, np.random.default_rng(seed), vector)
+    else:
+        log_l = with_extrapolation_error(log_l, draws, vector)
     samples = np.exp(log_l)
     return {
         "allocation": {name: float(vector[i]) for i, name in enumerate(draws.sources)},

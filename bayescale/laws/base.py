@@ -92,8 +92,9 @@ class LawFamily(Protocol):
         """Loss (or its log) of every target for each row of raw data ``amounts`` (N, I) over
         ``draws.sources`` under each draw: (S, N, J)."""
 
-    def add_noise(self, log_loss: np.ndarray, draws: Draws, rng: np.random.Generator) -> np.ndarray:
-        """One more run's observed log loss: ``log_loss`` (S, N, J) plus the law's noise."""
+    def add_noise(self, log_loss: np.ndarray, draws: Draws, rng: np.random.Generator, amounts=None) -> np.ndarray:
+        """One more run's observed log loss: ``log_loss`` (S, N, J) plus the law's noise, and,
+        given the runs' raw data ``amounts`` (N, I), the law's error past its fit runs' data."""
 
     def example_grid(self, seed: int = 0) -> xr.Dataset:
         """A small grid drawn from this law with known parameters, with held-out runs: what the

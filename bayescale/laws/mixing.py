@@ -440,7 +440,8 @@ class MixingFamily:
         return simulate_mixing_grid([1.5, 0.8, 1.1], [0.9, 0.6, 0.5], t, [0.01, 0.01, 0.01], sources=names, targets=names,
                                     runs=40, holdout=8, seed=seed)
 
-    def add_noise(self, log_loss: np.ndarray, draws: MixingDraws, rng: np.random.Generator) -> np.ndarray:
+    def add_noise(self, log_loss: np.ndarray, draws: MixingDraws, rng: np.random.Generator, amounts=None) -> np.ndarray:
+        # One fixed budget: nothing to extrapolate to, so ``amounts`` adds nothing.
         sigma = draws.sigma.reshape(draws.sigma.shape[:1] + (1,) * (log_loss.ndim - 2) + draws.sigma.shape[1:])
         return log_loss + sigma * rng.standard_normal(log_loss.shape)
 

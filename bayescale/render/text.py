@@ -217,6 +217,15 @@ def short_list(items: list[str], limit: int = 8) -> str:
 # One line of sampler diagnostics (bayescale.inference.posterior.diagnostics).
 
 
+def format_extrapolation(record: dict, unit: str = "") -> str:
+    """The calibration of the law's error past its data (a fit's ``extrapolation`` attr) in one line."""
+    if record.get("kind") != "leave-future-out":
+        return record.get("kind", "not calibrated")
+    return (f"slope error s = {record['scale_median']:.3f} [{record['scale_q05']:.3f}, {record['scale_q95']:.3f}] "
+            f"(fitted up to {record['fitted_up_to_budget']:g} {unit}, scored on {record['scored_runs']} larger runs); "
+            f"predictions past the largest fitted total widen by s per e-fold of data").replace("  ", " ")
+
+
 def format_diagnostics(diag: dict) -> str:
     """The diagnostics of :func:`~bayescale.inference.posterior.diagnostics` in one line: for NUTS the
     worst r-hat and bulk ESS with the variable entry where each is worst; for SVI the Pareto k-hat."""

@@ -93,7 +93,9 @@ def test_the_coverage_test_counts_a_run_as_one_cluster():
 def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident():
     """Misspecification: past effective data 4 (inside the held-out budgets, beyond the fit
     ones) every loss curve bends to 40 % of its slope. The fitted law cannot see the bend,
-    so its held-out intervals are too narrow — and the check must say so."""
+    so its held-out intervals are too narrow — and the check must say so. The law's error past
+    its data (``slope_error``, calibrated by leaving the future out) widens them, and it is
+    measured here too: without it is the law's own posterior, what the check must flag."""
     import dataclasses
 
     from bayescale.inference.fit import fit
@@ -104,7 +106,8 @@ def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident()
     # (with 10 runs the 60 % coverage of 90 % intervals gives p = 0.02, short of the 0.01 it flags at)
     world = dataclasses.replace(draw_world(3, seed=5), broken=(4.0, 0.4), design=Design(holdout_mixtures_per_budget=10))
     grid = simulate_grid(world, seed=5)
-    draws = law_draws(fit(grid, chains=2, warmup=300, draws=300, seed=1))
+    calibrated = law_draws(fit(grid, chains=2, warmup=300, draws=300, seed=1))
+    draws = dataclasses.replace(calibrated, slope_error=None)  # the same posterior, the law's own intervals
     scores = check_holdout(draws, grid)
     assert scores["coverage_90"] < 0.8  # the intervals really are over-confident here ...
     assert scores["calibration"]["verdict"] == "over-confident"  # ... and the check says so
@@ -116,6 +119,12 @@ def test_a_world_outside_the_law_family_is_flagged_not_silently_over_confident()
     curve = coverage_curve(holdout_predictions(draws, grid))
     below = np.asarray(curve["empirical"]) < np.asarray(curve["lo"])
     assert below[-5:].all()  # the wide intervals cover less than a calibrated predictive could by chance
+    # The slope error widens the intervals past the fit budgets: more cells inside, none fewer
+    # (the same law draws and the same noise stream; only the extrapolation term is added).
+    widened = holdout_predictions(calibrated, grid)
+    plain = holdout_predictions(draws, grid)
+    assert float(widened["hi90"].mean() / widened["lo90"].mean()) > float(plain["hi90"].mean() / plain["lo90"].mean())
+    assert check_holdout(calibrated, grid)["coverage_90"] > scores["coverage_90"]
 
 
 def test_pit_and_coverage_curve_agree_with_the_interval_scores(small_draws, small_grid):
