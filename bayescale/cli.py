@@ -401,7 +401,7 @@ def check(
     """Score predictions of the grid's held-out runs: Pearson r, relative error, interval coverage, calibration verdict."""
     from bayescale.data.grid import load_grid
     from bayescale.evaluate.check import parse_law_families
-    from bayescale.render.text import format_check, format_law_table
+    from bayescale.render.text import format_check, format_law_table, format_rising
     from bayescale.inference.posterior import load_posterior
     from bayescale.workflows import check_with_refit
 
@@ -424,6 +424,8 @@ def check(
     console.print(format_check(scores), highlight=False)
     if scores["calibration"]["verdict"] != "ok":
         console.print(f"[bold red]warning:[/] {scores['calibration']['message']}", highlight=False)
+    for row in scores.get("rising") or []:
+        console.print(f"[bold red]warning:[/] {format_rising(row, idata.attrs.get('data_unit', ''))}", highlight=False)
     if families is not None:
         console.print(format_law_table(scores["laws"]), highlight=False, markup=False)
 

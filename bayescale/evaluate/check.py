@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -238,6 +239,38 @@ def calibration_verdict(scores: Scores, pred: xr.Dataset | None = None) -> Calib
     return Calibration(verdict=verdict, message=message, p_values={f"{level:g}": p_low[level] for level in LEVELS})
 
 
+def rising_losses(grid: xr.Dataset, sigma: dict[str, float], *, runs_needed: int = 3) -> list[dict]:
+    """Targets whose loss *rises* with more data of one mixture: what no monotone law can predict.
+
+    Runs of every split with the same mixture (data shares equal to 1e-6) and at least
+    ``runs_needed`` distinct budgets form a series; a target is flagged where the loss at the
+    series' largest budget exceeds its smallest loss at a smaller budget by more than twice its
+    noise (``sigma[target]``, the posterior's median noise sd on log loss), e.g. a validation
+    set a model over-trains past (seen on OpenLM's). One entry per (series, target), largest rise first."""
+    data = grid["data"].transpose("run", "source").values
+    totals = data.sum(axis=1)
+    shares = np.round(data / np.where(totals > 0, totals, 1.0)[:, None], 6)
+    out = []
+    for mixture in np.unique(shares, axis=0):
+        runs = np.flatnonzero(np.all(shares == mixture, axis=1) & (totals > 0))
+        if np.unique(totals[runs]).size < runs_needed:
+            continue
+        largest = runs[totals[runs] == totals[runs].max()]
+        smaller = runs[totals[runs] < totals[runs].max()]
+        for target in map(str, grid["target"].values):
+            loss = grid["loss"].sel(target=target).values
+            last, before = np.nanmean(loss[largest]), loss[smaller]
+            if not np.isfinite(last) or not np.isfinite(before).any() or target not in sigma:
+                continue
+            best = int(smaller[np.nanargmin(before)])
+            rise = float(np.log(last / loss[best]))
+            if rise > 2.0 * sigma[target]:
+                out.append({"target": target, "mixture": {str(s): float(v) for s, v in zip(grid["source"].values, mixture) if v > 0},
+                            "largest_budget": float(totals[largest[0]]), "lowest_at_budget": float(totals[best]),
+                            "rise": float(np.exp(rise) - 1.0), "noise": float(sigma[target])})
+    return sorted(out, key=lambda r: -r["rise"])
+
+
 def checked(pred: xr.Dataset) -> CheckResult:
     """The scores of held-out predictions with the verdict on their intervals."""
     scores = score_predictions(pred)
@@ -247,13 +280,20 @@ def checked(pred: xr.Dataset) -> CheckResult:
 def check_holdout(draws: Draws, grid: xr.Dataset, *, split: str = "holdout", seed: int = 0, where: str = "grid") -> CheckResult:
     """Score the posterior's predictions of the grid's held-out runs (see :func:`score_predictions`),
     with a :func:`calibration_verdict` under ``"calibration"``."""
-    return checked(holdout_predictions(draws, grid, split=split, seed=seed, where=where))
+    return dataclasses.replace(checked(holdout_predictions(draws, grid, split=split, seed=seed, where=where)),
+                               rising=rising_losses(grid, median_noise(draws)))
+
+
+def median_noise(draws: Draws) -> dict[str, float]:
+    """The posterior median of each target's noise sd on log loss."""
+    return {t: float(np.median(draws.sigma[:, j])) for j, t in enumerate(draws.targets)}
 
 
 def score_posterior(idata, grid: xr.Dataset, *, seed: int = 0, where: str = "grid") -> tuple[xr.Dataset, CheckResult]:
     """Held-out predictions and scores (with calibration verdict) of a posterior of any law family."""
-    pred = holdout_predictions(law_draws(idata), grid, seed=seed, where=where)
-    return pred, checked(pred)
+    draws = law_draws(idata)
+    pred = holdout_predictions(draws, grid, seed=seed, where=where)
+    return pred, dataclasses.replace(checked(pred), rising=rising_losses(grid, median_noise(draws)))
 
 
 def parse_law_families(text: str, parameter: str = "families") -> list[tuple[str, str]]:

@@ -86,10 +86,13 @@ class CheckResult(Record):
     coverage_curve: CoverageCurve | None = None  #: coverage at 19 nominal levels
     holdout_above: float | None = None  #: the budget cut of a refit (``cut``), if the check refitted
     laws: list[LawScores] | None = None  #: other families fitted on the same split, if asked for
+    #: targets whose loss rises with more data of one mixture (no monotone law predicts them)
+    rising: list[dict] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.scores.to_dict(), "calibration": self.calibration.to_dict(),
-                **self._ordered(("coverage_curve", "holdout_above", "laws"), omit_none=("coverage_curve", "holdout_above", "laws"))}
+                **self._ordered(("coverage_curve", "holdout_above", "laws", "rising"),
+                                omit_none=("coverage_curve", "holdout_above", "laws", "rising"))}
 
 
 @dataclasses.dataclass(frozen=True, eq=True)

@@ -217,6 +217,14 @@ def short_list(items: list[str], limit: int = 8) -> str:
 # One line of sampler diagnostics (bayescale.inference.posterior.diagnostics).
 
 
+def format_rising(row: dict, unit: str = "") -> str:
+    """One target whose loss rises with more data (:func:`bayescale.evaluate.check.rising_losses`) in one line."""
+    mixture = ", ".join(f"{k} {v:.0%}" for k, v in row["mixture"].items())
+    return (f"{row['target']}: loss rises with more data ({mixture}): {row['rise']:+.1%} at {row['largest_budget']:g} {unit} over "
+            f"its lowest at {row['lowest_at_budget']:g} (noise {row['noise']:.1%}); no monotone law predicts this, so its "
+            f"held-out cells cannot be covered as promised").replace("  ", " ")
+
+
 def format_extrapolation(record: dict, unit: str = "") -> str:
     """The calibration of the law's error past its data (a fit's ``extrapolation`` attr) in one line."""
     if record.get("kind") != "leave-future-out":

@@ -179,3 +179,41 @@ def test_extrapolation_by_law_ranks_the_true_family_first(small_grid, small_fit)
     assert "transfer  *" in table  # the best one is marked
     with pytest.raises(InputError, match="no held-out runs"):
         extrapolation_by_law(select_split(small_grid, "fit"), [("transfer", "normal")])
+
+
+def test_a_loss_that_rises_with_more_data_is_flagged_where_noise_cannot_explain_it():
+    from bayescale.data.grid import make_grid
+    from bayescale.evaluate.check import rising_losses
+
+    budgets = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    falls = 2.0 + budgets**-0.3
+    rises = falls.copy()
+    rises[-1] = rises[-2] * 1.10  # 10 % above the loss at 8, its lowest
+    grid = make_grid([f"r{i}" for i in range(5)], ["c4"], ["wiki", "ptb"], budgets[:, None], np.column_stack([falls, rises]))
+    flagged = rising_losses(grid, {"wiki": 0.01, "ptb": 0.01})
+    assert [r["target"] for r in flagged] == ["ptb"]
+    assert flagged[0]["rise"] == pytest.approx(0.10) and flagged[0]["largest_budget"] == 16.0 and flagged[0]["lowest_at_budget"] == 8.0
+    assert rising_losses(grid, {"wiki": 0.06, "ptb": 0.06}) == []  # within twice the noise: not flagged
+    # two mixtures of two budgets each are no series
+    two = make_grid([f"r{i}" for i in range(4)], ["a", "b"], ["a"], np.array([[1.0, 0], [2.0, 0], [0, 1.0], [0, 2.0]]),
+                    np.array([[1.0], [1.5], [1.0], [1.5]]))
+    assert rising_losses(two, {"a": 0.001}) == []
+
+
+def test_openlm_validation_sets_that_rise_with_over_training_are_flagged():
+    """The OpenLM grid (C4, d=512): its loss on Paloma's PTB is 23.8 % above its lowest at the
+    largest token budget (measured directly below), which the check must name."""
+    from bayescale.data import realgrids
+    from bayescale.evaluate.check import rising_losses
+
+    grid = realgrids.openlm_grids()[("c4_original", "d=512_l=8_h=4")]
+    totals = grid["data"].sum("source").values
+    flagged = {r["target"]: r for r in rising_losses(grid, {str(t): 0.02 for t in grid["target"].values})}
+    for target in map(str, grid["target"].values):
+        loss = grid["loss"].sel(target=target).values
+        top = totals == totals.max()
+        rise = loss[top].mean() / np.nanmin(loss[~top]) - 1.0
+        assert (target in flagged) == (np.log1p(rise) > 0.04)
+        if target in flagged:
+            assert flagged[target]["rise"] == pytest.approx(rise)
+    assert any(t.startswith("paloma_ptb") for t in flagged)
