@@ -46,6 +46,7 @@ from bayescale.render.text import (
     allocation_table,
     format_check,
     format_diagnostics,
+    format_extrapolation,
     format_grid_summary,
     value_of_transfer_text,
 )
@@ -99,7 +100,8 @@ def fit_unaware(idata, grid: xr.Dataset, *, grid_name: str = "", progress: bool 
     independent law is its own."""
     if str(idata.attrs.get("law", "transfer")) == "independent":
         return idata
-    options = {**sampler_settings(idata), **settings}
+    # Only its expected loss is used (allocations judged under the transfer posterior): no error past the data.
+    options = {**sampler_settings(idata), "extrapolation": False, **settings}
     family = laws.get("independent")
     if options.get("likelihood") not in family.likelihoods:
         options["likelihood"] = "normal"
@@ -200,12 +202,15 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     timings["fit"] = time.perf_counter() - t0
     diag = diagnostics(idata)
     console.print("diagnostics: " + format_diagnostics(diag), highlight=False)
+    if "extrapolation" in idata.attrs:
+        console.print("past the data: " + format_extrapolation(json.loads(idata.attrs["extrapolation"]), idata.attrs.get("data_unit", "")),
+                      highlight=False)
     if not diag["ok"]:
         console.print("[bold red]WARNING: sampler diagnostics are bad; intervals are not to be trusted[/]")
     draws = law_draws(idata)
 
     # The fair transfer-unaware baseline: the independent law fitted to the same grid, same settings.
-    unaware_cfg = {**fit_cfg, "law": "independent"}
+    unaware_cfg = {**fit_cfg, "law": "independent", "extrapolation": False}  # its expected loss is all that is used
     unaware_path = out / "unaware.nc"
     t0 = time.perf_counter()
     unaware = idata if fit_cfg.get("law", "transfer") == "independent" else _reuse_fit(unaware_path, ds, unaware_cfg, seed)
@@ -268,6 +273,7 @@ def _reuse_fit(path: Path, ds: xr.Dataset, fit_cfg: dict, seed: int):
     )
     post = idata["posterior"]
     same = same and post.sizes["chain"] == fit_cfg.get("chains", 4) and post.sizes["draw"] == fit_cfg.get("draws", 500)
+    same = same and ("extrapolation" in attrs) == bool(fit_cfg.get("extrapolation", True))  # calibrated past the data, or not
     return idata if same else None
 
 

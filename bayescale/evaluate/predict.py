@@ -7,7 +7,7 @@ import numpy as np
 from bayescale import laws
 from bayescale.errors import InputError
 from bayescale.laws.base import Draws
-from bayescale.laws.transfer import with_extrapolation_error
+from bayescale.laws.noise import with_extrapolation_error
 
 
 def loss_draws(draws: Draws, allocations, *, log: bool = False) -> np.ndarray:

@@ -32,7 +32,8 @@ import numpy as np
 import xarray as xr
 
 from bayescale.data import grid as grids
-from bayescale.laws.transfer import add_observation_noise, extrapolation_distance, loss_draws
+from bayescale.laws.noise import add_observation_noise, extrapolation_distance
+from bayescale.laws.transfer import loss_draws
 
 #: Prior of the slope error's scale ``s``: half-normal with this scale. An error of 0.1 in a
 #: log-log slope is a large one for a scaling law (the slopes themselves are 0.05-0.5), so the

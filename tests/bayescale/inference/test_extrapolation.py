@@ -17,7 +17,7 @@ from bayescale.evaluate.predict import predict
 from bayescale.inference import extrapolation
 from bayescale.inference.fit import calibrate_extrapolation
 from bayescale.inference.posterior import law_draws, load_posterior, save_posterior, validate_posterior
-from bayescale.laws.transfer import add_observation_noise, extrapolation_distance, with_extrapolation_error
+from bayescale.laws.noise import add_observation_noise, extrapolation_distance, with_extrapolation_error
 
 
 def test_scale_posterior_is_the_rank_one_normal_times_the_half_normal_prior():
