@@ -85,6 +85,18 @@ def cell_noise_se(ds: xr.Dataset) -> np.ndarray | None:
     return ds["loss_se"].transpose("run", "target").values
 
 
+def relative_cell_noise(ds: xr.Dataset, targets) -> np.ndarray:
+    """(run, target) fresh noise of each cell on the log scale, ``loss_se / loss``, over ``targets``:
+    0 where a cell has none (no ``loss_se``, a ``shared`` one, or an unobserved cell)."""
+    shape = (ds.sizes["run"], len(targets))
+    if cell_noise_se(ds) is None:
+        return np.zeros(shape)
+    se = ds["loss_se"].reindex(target=list(targets)).transpose("run", "target").values
+    loss = ds["loss"].reindex(target=list(targets)).transpose("run", "target").values
+    ok = np.isfinite(se) & np.isfinite(loss)
+    return np.where(ok, se / np.where(ok, loss, 1.0), 0.0)
+
+
 def make_grid(
     run: Sequence,
     source: Sequence,

@@ -80,10 +80,7 @@ def predictive_bands(runs: xr.Dataset, targets, draw_targets, log_pred, predicti
     if grids.cell_noise_se(runs) is not None:
         # A held-out loss measured with fresh noise of a known standard error is that much
         # noisier (a shared validation-set error is common to the fit runs: nothing to add).
-        observed_loss = runs["loss"].reindex(target=draws_targets).transpose("run", "target").values
-        se = runs["loss_se"].reindex(target=draws_targets).transpose("run", "target").values
-        log_se = np.where(np.isfinite(se) & np.isfinite(observed_loss), se / observed_loss, 0.0)
-        predictive = predictive + log_se[None] * rng.standard_normal(predictive.shape)
+        predictive = predictive + grids.relative_cell_noise(runs, draws_targets)[None] * rng.standard_normal(predictive.shape)
     quantiles = np.exp(np.quantile(predictive, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0))
     # PIT: where the observation falls in its predictive distribution. Uniform on [0, 1] when
     # the predictive is calibrated; its spread gives coverage at every nominal level at once.

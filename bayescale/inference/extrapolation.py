@@ -57,10 +57,7 @@ def lfo_misses(draws, runs: xr.Dataset, fitted_up_to: float, seed: int = 0) -> t
     observed = runs["loss"].reindex(target=targets).transpose("run", "target").values
     with np.errstate(divide="ignore", invalid="ignore"):
         log_obs = np.log(observed)
-    v = predictive.var(axis=0)
-    if grids.cell_noise_se(runs) is not None:
-        se = runs["loss_se"].reindex(target=targets).transpose("run", "target").values
-        v = v + np.where(np.isfinite(se) & np.isfinite(log_obs), se / observed, 0.0) ** 2
+    v = predictive.var(axis=0) + grids.relative_cell_noise(runs, targets) ** 2
     return log_obs - predictive.mean(axis=0), v, extrapolation_distance(amounts, fitted_up_to)
 
 
@@ -108,7 +105,7 @@ def attach(idata, weights: np.ndarray, reach: float, record: dict, seed: int = 0
     shape = (post.sizes["chain"], post.sizes["draw"])
     eps, _ = slope_errors(weights, shape, post.sizes["target"], seed)
     post["slope_error"] = (("chain", "draw", "target"), eps)
-    post.attrs.update({"extrapolation_reach": float(reach), "extrapolation": json.dumps(record)})
+    post.attrs["extrapolation_reach"] = float(reach)  # what the draws need; the record is the DataTree's
     idata["posterior"] = xr.DataTree(post)
     idata.attrs["extrapolation"] = json.dumps(record)
     return idata
@@ -116,8 +113,7 @@ def attach(idata, weights: np.ndarray, reach: float, record: dict, seed: int = 0
 
 def fit_reach(grid: xr.Dataset) -> float:
     """The largest total data of the grid's fit runs (raw units)."""
-    fit_runs = grid.isel(run=np.flatnonzero(grid["split"].values == "fit"))
-    return float(fit_runs["data"].sum("source").max())
+    return float(grids.select_split(grid, "fit")["data"].sum("source").max())
 
 
 __all__ = ["PRIOR_SCALE", "SCALE_GRID", "attach", "fit_reach", "lfo_misses", "scale_posterior", "slope_errors", "summary"]

@@ -158,7 +158,7 @@ def fit_stack(grid: xr.Dataset, family: LawFamily, *, chains: int, warmup: int, 
     score_runs = grids.select_split(scored_grid, "holdout")
     settings = {"chains": chains, "warmup": warmup, "draws": draws, "seed": seed, "extrapolation": False, **nuts}
     lpd, early, full, member_diagnostics = {}, {}, {}, {}
-    unsuited = {name: why for name in family.members if (why := getattr(laws.get(name), "unsuited", lambda g: None)(grid))}
+    unsuited = {name: why for name in family.members if (why := laws.get(name).unsuited(grid))}
     members = [name for name in family.members if name not in unsuited]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # each member's identification warnings were shown by the full fits' grid

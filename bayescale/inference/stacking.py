@@ -70,11 +70,7 @@ def run_log_density(draws, runs: xr.Dataset) -> np.ndarray:
     amounts = runs["data"].sel(source=list(draws.sources)).transpose("run", "source").values
     log_obs = np.log(runs["loss"].reindex(target=targets).transpose("run", "target").values)  # (N, J)
     observed = np.isfinite(log_obs)
-    cell_se = grids.cell_noise_se(runs)
-    log_se = np.zeros_like(log_obs)
-    if cell_se is not None:
-        se = runs["loss_se"].reindex(target=targets).transpose("run", "target").values
-        log_se = np.where(np.isfinite(se) & observed, se / np.exp(np.where(observed, log_obs, 0.0)), 0.0)
+    log_se = grids.relative_cell_noise(runs, targets)
     mean = np.asarray(loss_draws(draws, amounts, log=True), dtype=np.float64)  # (S, N, J)
     if mean.ndim == 2:
         mean = mean[:, None, :]

@@ -70,6 +70,9 @@ class LawFamily(Protocol):
     def identification_warnings(self, data: Any, coords: dict, unit: str = "units") -> list[str]:
         """What the fit runs cannot tell apart, one line each (the fit still runs)."""
 
+    def unsuited(self, grid: xr.Dataset) -> str | None:
+        """Why the family cannot describe ``grid`` at all (a stack then leaves it out), or None."""
+
     def model(self, data: Any, **kwargs) -> None:
         """The NumPyro model; ``model_kwargs`` gives its keyword arguments."""
 

@@ -406,6 +406,9 @@ class MixingFamily:
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict]:
         return mixing_data(grid, where)
 
+    def unsuited(self, grid: xr.Dataset) -> str | None:
+        return None  # model_data refuses a grid the law cannot read, with the reason
+
     def identification_warnings(self, data: MixingData, coords: dict, unit: str = "units") -> list[str]:
         return []  # mixing_data warns of budgets that are not one fixed budget
 
