@@ -112,7 +112,9 @@ def fit(
             **extra_attrs,
         }
     )
-    if extrapolation:
+    if extrapolation and not family.amounts:  # a law of proportions at one budget: nothing lies past it
+        idata.attrs["extrapolation"] = json.dumps({"kind": f"none: the {family.name} law predicts at its one budget only"})
+    elif extrapolation:
         def smaller_budgets(scored_grid):
             return fit(scored_grid, law=law, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws,
                        seed=seed, target_accept=target_accept, dense_mass=dense_mass, svi_steps=svi_steps, progress=progress,

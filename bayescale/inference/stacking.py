@@ -41,15 +41,18 @@ def future_split(grid: xr.Dataset, seed: int = 0) -> tuple[xr.Dataset, dict]:
     grid = grid.isel(run=np.flatnonzero(grid["split"].values == "fit"))  # the grid's own held-out runs play no part
     fit_index = np.arange(grid.sizes["run"])
     budgets = grid["data"].isel(run=fit_index).sum("source").values
-    distinct = np.unique(np.round(budgets, 9))
+    # One budget up to float noise is one level: mixture shares times a budget (RegMix's 1B tokens)
+    # sum to totals that differ in the 16th digit, which are not larger budgets.
+    level = np.round(budgets / budgets.max(), 6)
+    distinct = np.unique(level)
     n_score = max(1, int(np.ceil(SCORED_SHARE * fit_index.size)))
     if distinct.size >= 3:
         top = distinct[::-1]  # descending
         k = 1  # how many of the largest budgets are scored
-        while k < distinct.size - 2 and np.sum(budgets >= top[k - 1] - 1e-9) < n_score:
+        while k < distinct.size - 2 and np.sum(level >= top[k - 1]) < n_score:
             k += 1
-        cut = top[k]  # the largest budget still fitted
-        scored = budgets > cut + 1e-9
+        scored = level > top[k]
+        cut = budgets[level == top[k]].max()  # the largest budget still fitted
         how = {"kind": "leave-future-out", "fitted_up_to_budget": float(cut)}
     else:
         scored = np.zeros(fit_index.size, dtype=bool)

@@ -70,6 +70,13 @@ def test_the_future_split_scores_the_largest_budgets_and_keeps_two_to_fit():
                            np.ones((10, 1)))
     split, how = stacking.future_split(one_budget, seed=3)
     assert how["kind"].startswith("random runs") and (split["split"].values == "holdout").sum() == 2
+    # shares of 1B tokens sum to totals that differ in the 16th digit: still one budget (RegMix's)
+    rng = np.random.default_rng(0)
+    shares = rng.dirichlet(np.ones(3), 10)
+    tokens = make_grid([f"r{i}" for i in range(10)], ["a", "b", "c"], ["a"], shares * 1e9, np.ones((10, 1)))
+    assert np.unique(tokens["data"].sum("source").values).size > 2  # the float noise is there
+    split, how = stacking.future_split(tokens, seed=3)
+    assert how["kind"].startswith("random runs")
 
 
 def test_shares_are_whole_numbers_that_sum_to_the_total_and_follow_the_weights():
