@@ -292,29 +292,51 @@ class LawDraws:
         return self.targets.index(name)
 
 
-def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int = 256) -> np.ndarray:
+#: Bytes of law loss per compiled call of :func:`loss_draws`: under glibc's 32 MiB mmap threshold, so
+#: XLA's output buffer comes back from the heap instead of being mapped (and page-faulted) afresh
+#: each call (measured: 4x slower per allocation at 64 MiB chunks), and big enough that the Python
+#: loop over chunks costs little.
+CHUNK_BYTES = 16 << 20
+
+
+def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int | None = None) -> np.ndarray:
     """Law loss of every target for each allocation under each draw.
 
     ``allocations``: (N, I) or (I,) array in the grid's data units (not rescaled).
-    Returns (S, N, J) float32 (or (S, J) for a single allocation).
+    Returns (S, N, J) float32 (or (S, J) for a single allocation): a view of an (S, J, N) array,
+    the layout :func:`bayescale.laws.power.loss_all_draws` computes in (transposing it would cost
+    more than computing it). The allocations go through it ``chunk`` at a time (by default as many
+    as make :data:`CHUNK_BYTES` of output, a multiple of 16 up to 256); each chunk's result is
+    copied into place while XLA computes the next.
     """
     allocations = np.asarray(allocations, dtype=np.float32)
     single = allocations.ndim == 1
     d = np.atleast_2d(allocations) / np.float32(draws.data_scale)
-    params = [jnp.asarray(p, dtype=jnp.float32) for p in (draws.E, draws.A, draws.alpha, draws.x0, draws.T, draws.beta)]
-    mask = jnp.asarray(draws.self_mask, dtype=jnp.float32)
-    zeros = np.zeros_like(draws.E)
-    bend = [jnp.asarray(zeros if p is None else p, dtype=jnp.float32) for p in (draws.delta, draws.log_xb)]
-    bend.append(jnp.asarray(np.zeros_like(draws.T) if draws.kappa is None else draws.kappa, dtype=jnp.float32))
-    n = d.shape[0]
-    chunk = min(chunk, n)
-    # Pad to whole chunks so every call has the same shape and XLA compiles once.
+    f32 = lambda p: None if p is None else jnp.asarray(p, dtype=jnp.float32)
+    params = [f32(p) for p in (draws.E, draws.A, draws.alpha, draws.x0, draws.T, draws.beta, draws.self_mask)]
+    # No bend (delta = 0) or no interference (kappa = 0): the kernel skips those terms (they add 0).
+    log_xb = np.zeros_like(draws.E) if draws.log_xb is None else draws.log_xb
+    extra = ([None, None] if draws.delta is None else [f32(draws.delta), f32(log_xb)]) + [f32(draws.kappa)]
+    others = laws.other_sources(draws.self_mask)
+    n, n_draws, n_targets = d.shape[0], draws.n_draws, len(draws.targets)
+    if chunk is None:
+        chunk = int(np.clip(CHUNK_BYTES // (4 * n_draws * n_targets) // 16 * 16, 16, 256))
+    # Pad to whole chunks so every call has the same shape and XLA compiles once; a chunk is a
+    # multiple of 16 rows (one AVX-512 vector) so that a few allocations, or one, are computed by
+    # the same vector code as many, to the bit (and compile once for any N <= 16).
+    chunk = min(chunk, -(-n // 16) * 16)
     padded = np.concatenate([d, np.ones((-n % chunk, d.shape[1]), np.float32)])
-    result = np.empty((draws.n_draws, padded.shape[0], len(draws.targets)), dtype=np.float32)
-    for i in range(0, padded.shape[0], chunk):
-        result[:, i : i + chunk] = np.asarray(laws.loss_all_draws(jnp.asarray(padded[i : i + chunk]), *params, mask, *bend, log=log))
-    result = result[:, :n]
-    return result[:, 0, :] if single else result
+    result = np.empty((n_draws, n_targets, n), dtype=np.float32)
+    pending = None
+    for i in range(0, n + chunk, chunk):
+        # Dispatch chunk i (XLA runs it asynchronously), then copy the previous one into place.
+        current = None if i >= n else (
+            i, laws.loss_all_draws(jnp.asarray(padded[i : i + chunk]), *params, *extra, others=others, log=log))
+        if pending is not None:
+            j, out = pending
+            result[:, :, j : j + chunk] = np.asarray(out)[:, :, : n - j]
+        pending = current
+    return result[:, :, 0] if single else result.swapaxes(1, 2)
 
 
 # ---------------------------------------------------------------------------
