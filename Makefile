@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test docs test-slow bench bench-allocate bench-fit bench-calibration bench-trainers clean
+.PHONY: demo test docs test-slow bench bench-allocate bench-predict bench-fit bench-calibration bench-trainers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "bayescale needs Python >= 3.12, found " + sys.version'
@@ -41,6 +41,9 @@ bench: $(VENV)/.core
 
 bench-allocate: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_allocate.py
+
+bench-predict: $(VENV)/.core
+	$(BIN)/python benchmarks/bench_predict.py --resolve
 
 bench-fit: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_fit.py
