@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test docs test-slow bench bench-allocate bench-predict bench-fit bench-calibration bench-trainers clean
+.PHONY: demo test docs test-slow bench bench-allocate bench-predict bench-scaling bench-fit bench-calibration bench-trainers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "bayescale needs Python >= 3.12, found " + sys.version'
@@ -44,6 +44,9 @@ bench-allocate: $(VENV)/.core
 
 bench-predict: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_predict.py --resolve
+
+bench-scaling: $(VENV)/.core
+	$(BIN)/python benchmarks/bench_scaling.py --regmix
 
 bench-fit: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_fit.py

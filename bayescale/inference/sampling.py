@@ -89,7 +89,7 @@ def interruptible(fn, *args, **kwargs):
 
 
 def sample_nuts(model, data, model_kwargs: dict, key, *, chains: int, warmup: int, draws: int, target_accept: float,
-                dense_mass: bool, init_samples: int, progress: bool) -> tuple[dict, dict]:
+                dense_mass: bool | list, init_samples: int, progress: bool) -> tuple[dict, dict]:
     """NUTS draws of ``model(data, **model_kwargs)``: samples and sampler stats, shaped (chain, draw, ...)."""
     from numpyro.infer import MCMC, NUTS, init_to_median
 

@@ -20,7 +20,8 @@ from bayescale.data import grid as grids
 from bayescale.data.grid import self_mask_for
 from bayescale.errors import InputError
 
-__all__ = ["Draws", "LawFamily", "cell_coords", "fit_runs", "flat_draws", "observed_cells", "self_mask_for"]
+__all__ = ["Draws", "LawFamily", "cell_coords", "fit_runs", "flat_draws", "observed_cells", "partially_centred_normal",
+           "self_mask_for"]
 
 
 @runtime_checkable
@@ -63,9 +64,18 @@ class LawFamily(Protocol):
     #: Families a stack mixes (empty for a family with a model of its own): ``fit`` then fits
     #: each member and stacks them (:mod:`bayescale.inference.stacking`) instead of sampling.
     members: tuple[str, ...]
+    #: Sample sites drawn by :func:`partially_centred_normal`, whose centring ``fit`` chooses per
+    #: grid (:mod:`bayescale.inference.reparam`); empty: the model has none.
+    hierarchical_sites: tuple[str, ...]
+    #: Groups of sample sites NUTS adapts a dense mass matrix over (numpyro's ``dense_mass``
+    #: blocks): parameters the data tie together (a target's level, scale and exponent).
+    dense_blocks: tuple[tuple[str, ...], ...]
 
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[Any, dict]:
         """The grid's ``fit`` runs as the model's arrays, and the coordinates that label them."""
+
+    def with_centring(self, data: Any, centring: dict[str, np.ndarray]) -> Any:
+        """``data`` whose model draws each hierarchical site with the given centring (0: non-centred)."""
 
     def identification_warnings(self, data: Any, coords: dict, unit: str = "units") -> list[str]:
         """What the fit runs cannot tell apart, one line each (the fit still runs)."""
@@ -149,3 +159,20 @@ def flat_draws(post: xr.Dataset, name: str, dims: tuple[str, ...]) -> np.ndarray
     """A posterior variable as float64 (chain * draw, *dims)."""
     da = post[name].transpose("chain", "draw", *dims)
     return np.asarray(da.values, dtype=np.float64).reshape((-1,) + da.shape[2:])
+
+
+def partially_centred_normal(name: str, loc, scale, centring=0.0):
+    """A ``Normal(loc, scale)`` value drawn at the sample site ``name`` with partial centring
+    ``centring`` in [0, 1] (a scalar or an array of the site's shape; Papaspiliopoulos, Roberts and
+    Sköld 2007; numpyro's ``LocScaleReparam`` does the same for a whole site).
+
+    The site holds ``w ~ Normal(c loc, scale^c)`` and the value is ``loc + scale^(1-c) (w - c loc)``:
+    at c = 0 the usual non-centred ``loc + scale z``, at c = 1 the value itself. The prior of the
+    value is the same for every c; what changes is the geometry NUTS sees. Non-centred suits
+    entries the data say little about (a funnel otherwise), centred those they pin down (a
+    ridge between the entry and its hyperparameters otherwise)."""
+    import numpyro
+    import numpyro.distributions as dist
+
+    w = numpyro.sample(name, dist.Normal(centring * loc, scale**centring))
+    return loc + scale ** (1.0 - centring) * (w - centring * loc)

@@ -402,9 +402,14 @@ class MixingFamily:
     amounts: bool = False  # a law of proportions: no prediction at other budgets, no allocation
     members: tuple[str, ...] = ()
     transfer: bool = False
+    hierarchical_sites: tuple[str, ...] = ()
+    dense_blocks: tuple[tuple[str, ...], ...] = ()
 
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[MixingData, dict]:
         return mixing_data(grid, where)
+
+    def with_centring(self, data: MixingData, centring: dict) -> MixingData:
+        return data  # no hierarchical site to centre
 
     def unsuited(self, grid: xr.Dataset) -> str | None:
         return None  # model_data refuses a grid the law cannot read, with the reason

@@ -44,15 +44,20 @@ from bayescale.data import grid as grids
 from bayescale.data import simulate
 from bayescale.errors import InputError
 from bayescale.laws import power as laws
-from bayescale.laws.base import cell_coords, fit_runs, flat_draws, observed_cells, self_mask_for
+from bayescale.laws.base import cell_coords, fit_runs, flat_draws, observed_cells, partially_centred_normal, self_mask_for
+from bayescale.laws.draws import (  # noqa: F401 (re-exported: the draws of these families)
+    BEND_PARAMS,
+    CHUNK_BYTES,
+    OPTIONAL_PARAMS,
+    PAIR_PARAMS,
+    TARGET_PARAMS,
+    LawDraws,
+    loss_draws,
+)
 from bayescale.laws.identification import identification_warnings
 from bayescale.laws.noise import add_observation_noise, extrapolation_distance, with_extrapolation_error  # noqa: F401 (re-exported)
 
 LIKELIHOODS = ("normal", "student_t")
-TARGET_PARAMS = ("E", "A", "alpha", "x0", "sigma")
-PAIR_PARAMS = ("T", "beta")
-BEND_PARAMS = ("delta", "log_xb")  # (target,): zero delta (no bend) where a posterior lacks them
-OPTIONAL_PARAMS = ("nu", "sigma_run", "kappa", "slope_error") + BEND_PARAMS  # present in some posteriors only
 #: E_j = E_CAP * m_j * sigmoid(e_j), e_j ~ Normal(*E_PRIOR), m_j the smallest observed loss of j:
 #: below the smallest loss with 10 % to spare, so a noisy minimum cannot cut off the truth; half
 #: of it in the prior median, spread over (0.04, 0.97) m_j at 90 %. The cap stays: without it E
@@ -62,6 +67,9 @@ OPTIONAL_PARAMS = ("nu", "sigma_run", "kappa", "slope_error") + BEND_PARAMS  # p
 #: the bending law is what lets curves keep falling.
 E_CAP = 1.1
 E_PRIOR = (-0.18, 1.5)  # logit(0.5 / 1.1): a prior median of m_j / 2
+#: Sites drawn by partially_centred_normal (centring chosen per grid): per-target log A, alpha, x0,
+#: sigma; hubness h, receptivity r, log T (u) and logit beta (b). The run effect stays non-centred.
+HIERARCHICAL_SITES = ("z_alpha", "z_A", "z_x0", "z_sigma", "h", "r", "u", "b")
 #: Scale of the HalfNormal prior on sigma_run, the sd of the run effect on log loss.
 RUN_EFFECT_SCALE = 0.05
 
@@ -80,6 +88,9 @@ class ModelData:
     loss_scale: np.ndarray  # (J,) typical observed loss per target (scale of A)
     break_centre: np.ndarray  # () log of the largest fit budget (law units): prior centre of a bend
     run_effect: bool = False  # model a run effect: the fit runs replicate an allocation (static: shapes the model)
+    # Centring in [0, 1] of each hierarchical site (HIERARCHICAL_SITES; absent: 0, non-centred),
+    # chosen per grid by bayescale.inference.reparam; the draws of those sites are read with it.
+    centring: dict | None = None
 
 
 # A pytree, so a compiled sampler can take new data of the same shapes without
@@ -93,13 +104,17 @@ def transfer_law_model(data: ModelData, law: str = "transfer", likelihood: str =
     self_mask = jnp.asarray(data.self_mask)
     off_self = 1.0 - self_mask
 
+    centring = data.centring or {}
+
+    def hierarchical(name, loc, scale):
+        return partially_centred_normal(name, loc, scale, centring.get(name, 0.0))
+
     def pooled_lognormal(name, loc, scale, tau_scale):
-        """Per-target positive parameter, log-normal around a shared mean (non-centred)."""
+        """Per-target positive parameter, log-normal around a shared mean."""
         mu = numpyro.sample(f"mu_{name}", dist.Normal(loc, scale))
         tau = numpyro.sample(f"tau_{name}", dist.HalfNormal(tau_scale))
         with numpyro.plate("target_plate", n_targets):
-            z = numpyro.sample(f"z_{name}", dist.Normal(0.0, 1.0))
-        return jnp.exp(mu + tau * z)
+            return jnp.exp(hierarchical(f"z_{name}", mu, tau))
 
     alpha = numpyro.deterministic("alpha", pooled_lognormal("alpha", jnp.log(0.35), 0.6, 0.4))
     A = numpyro.deterministic("A", jnp.asarray(data.loss_scale) * pooled_lognormal("A", jnp.log(0.5), 1.0, 0.5))
@@ -132,21 +147,22 @@ def transfer_law_model(data: ModelData, law: str = "transfer", likelihood: str =
         tau_r = numpyro.sample("tau_r", dist.HalfNormal(1.0))
         tau_u = numpyro.sample("tau_u", dist.HalfNormal(0.5))
         with numpyro.plate("source_plate", n_sources):
-            h = numpyro.sample("h", dist.Normal(0.0, 1.0))
+            hubness = hierarchical("h", 0.0, tau_h)
         with numpyro.plate("target_plate", n_targets):
-            r = numpyro.sample("r", dist.Normal(0.0, 1.0))
-        u = numpyro.sample("u", dist.Normal(0.0, 1.0).expand([n_sources, n_targets]).to_event(2))
-        log_T = mu_T + tau_h * h[:, None] + tau_r * r[None, :] + tau_u * u
+            receptivity = hierarchical("r", 0.0, tau_r)
+        with numpyro.plate("pair_source", n_sources, dim=-2), numpyro.plate("pair_target", n_targets, dim=-1):
+            log_T = hierarchical("u", mu_T + hubness[:, None] + receptivity[None, :], tau_u)
         T = self_mask + off_self * jnp.exp(log_T)
-        numpyro.deterministic("hubness", tau_h * h)
-        numpyro.deterministic("receptivity", tau_r * r)
+        numpyro.deterministic("hubness", hubness)
+        numpyro.deterministic("receptivity", receptivity)
         if law == "linear":
             beta = jnp.ones((n_sources, n_targets))
         else:
             mu_b = numpyro.sample("mu_beta", dist.Normal(1.0, 1.0))
             tau_b = numpyro.sample("tau_beta", dist.HalfNormal(0.5))
-            b = numpyro.sample("b", dist.Normal(0.0, 1.0).expand([n_sources, n_targets]).to_event(2))
-            beta = self_mask + off_self * jax_sigmoid(mu_b + tau_b * b)
+            with numpyro.plate("pair_source", n_sources, dim=-2), numpyro.plate("pair_target", n_targets, dim=-1):
+                logit_beta = hierarchical("b", mu_b, tau_b)
+            beta = self_mask + off_self * jax_sigmoid(logit_beta)
     T = numpyro.deterministic("T", T)
     beta = numpyro.deterministic("beta", beta)
 
@@ -230,116 +246,6 @@ DIMS = {
 
 
 # ---------------------------------------------------------------------------
-# draws and prediction
-
-
-@dataclasses.dataclass(frozen=True)
-class LawDraws:
-    """Posterior draws of a transfer-law family, flattened over (chain, draw) into one axis of length S.
-
-    The flat NumPy view that ``predict``, ``allocate``, ``check`` and ``hubs`` work on; the
-    bootstrap (:mod:`bayescale.inference.bootstrap`) makes one too, one draw per replicate."""
-
-    sources: tuple[str, ...]
-    targets: tuple[str, ...]
-    self_mask: np.ndarray  # (I, J): 1 where source i is target j
-    E: np.ndarray  # (S, J)
-    A: np.ndarray  # (S, J)
-    alpha: np.ndarray  # (S, J)
-    x0: np.ndarray  # (S, J)
-    sigma: np.ndarray  # (S, J) noise sd of log loss
-    T: np.ndarray  # (S, I, J)
-    beta: np.ndarray  # (S, I, J)
-    data_scale: float
-    law: str = "transfer"
-    likelihood: str = "normal"
-    nu: np.ndarray | None = None  # (S,) Student-t degrees of freedom
-    delta: np.ndarray | None = None  # (S, J) extra exponent past the break (None: no bend)
-    log_xb: np.ndarray | None = None  # (S, J) log of the break in effective data (law units)
-    sigma_run: np.ndarray | None = None  # (S,) sd of the run effect shared by a run's targets (None: 0)
-    kappa: np.ndarray | None = None  # (S, I, J) loss added per law unit of another source's data (None: 0)
-    # (S, J) error of the law's log-log slope past the fit runs' largest total data ``reach``
-    # (raw units), calibrated by leaving the future out (bayescale.inference.extrapolation); None: none.
-    slope_error: np.ndarray | None = None
-    reach: float | None = None
-
-    @property
-    def n_draws(self) -> int:
-        return self.E.shape[0]
-
-    def subset(self, index) -> LawDraws:
-        """The draws at ``index`` (an index array or slice along the draw axis)."""
-        fields = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in TARGET_PARAMS + PAIR_PARAMS + OPTIONAL_PARAMS and value is not None:
-                value = value[index]
-            fields[f.name] = value
-        return LawDraws(**fields)
-
-    def source_index(self, name: str, parameter: str = "allocation") -> int:
-        """Index of source ``name``; an unknown name is an error about ``parameter``."""
-        if name not in self.sources:
-            raise InputError(f"{parameter}: unknown source domain {name!r}; the posterior's sources are {', '.join(self.sources)}",
-                             parameter=parameter)
-        return self.sources.index(name)
-
-    def target_index(self, name: str, parameter: str = "weights") -> int:
-        """Index of target ``name``; an unknown name is an error about ``parameter``."""
-        if name not in self.targets:
-            raise InputError(f"{parameter}: unknown target domain {name!r}; the posterior's targets are {', '.join(self.targets)}",
-                             parameter=parameter)
-        return self.targets.index(name)
-
-
-#: Bytes of law loss per compiled call of :func:`loss_draws`: under glibc's 32 MiB mmap threshold, so
-#: XLA's output buffer comes back from the heap instead of being mapped (and page-faulted) afresh
-#: each call (measured: 4x slower per allocation at 64 MiB chunks), and big enough that the Python
-#: loop over chunks costs little.
-CHUNK_BYTES = 16 << 20
-
-
-def loss_draws(draws: LawDraws, allocations, *, log: bool = False, chunk: int | None = None) -> np.ndarray:
-    """Law loss of every target for each allocation under each draw.
-
-    ``allocations``: (N, I) or (I,) array in the grid's data units (not rescaled).
-    Returns (S, N, J) float32 (or (S, J) for a single allocation): a view of an (S, J, N) array,
-    the layout :func:`bayescale.laws.power.loss_all_draws` computes in (transposing it would cost
-    more than computing it). The allocations go through it ``chunk`` at a time (by default as many
-    as make :data:`CHUNK_BYTES` of output, a multiple of 16 up to 256); each chunk's result is
-    copied into place while XLA computes the next.
-    """
-    allocations = np.asarray(allocations, dtype=np.float32)
-    single = allocations.ndim == 1
-    d = np.atleast_2d(allocations) / np.float32(draws.data_scale)
-    f32 = lambda p: None if p is None else jnp.asarray(p, dtype=jnp.float32)
-    params = [f32(p) for p in (draws.E, draws.A, draws.alpha, draws.x0, draws.T, draws.beta, draws.self_mask)]
-    # No bend (delta = 0) or no interference (kappa = 0): the kernel skips those terms (they add 0).
-    log_xb = np.zeros_like(draws.E) if draws.log_xb is None else draws.log_xb
-    extra = ([None, None] if draws.delta is None else [f32(draws.delta), f32(log_xb)]) + [f32(draws.kappa)]
-    others = laws.other_sources(draws.self_mask)
-    n, n_draws, n_targets = d.shape[0], draws.n_draws, len(draws.targets)
-    if chunk is None:
-        chunk = int(np.clip(CHUNK_BYTES // (4 * n_draws * n_targets) // 16 * 16, 16, 256))
-    # Pad to whole chunks so every call has the same shape and XLA compiles once; a chunk is a
-    # multiple of 16 rows (one AVX-512 vector) so that a few allocations, or one, are computed by
-    # the same vector code as many, to the bit (and compile once for any N <= 16).
-    chunk = min(chunk, -(-n // 16) * 16)
-    padded = np.concatenate([d, np.ones((-n % chunk, d.shape[1]), np.float32)])
-    result = np.empty((n_draws, n_targets, n), dtype=np.float32)
-    pending = None
-    for i in range(0, n + chunk, chunk):
-        # Dispatch chunk i (XLA runs it asynchronously), then copy the previous one into place.
-        current = None if i >= n else (
-            i, laws.loss_all_draws(jnp.asarray(padded[i : i + chunk]), *params, *extra, others=others, log=log))
-        if pending is not None:
-            j, out = pending
-            result[:, :, j : j + chunk] = np.asarray(out)[:, :, : n - j]
-        pending = current
-    return result[:, :, 0] if single else result.swapaxes(1, 2)
-
-
-# ---------------------------------------------------------------------------
 # the families
 
 
@@ -358,6 +264,12 @@ class TransferFamily:
     init_samples: int = 25
     amounts: bool = True
     members: tuple[str, ...] = ()
+    hierarchical_sites: tuple[str, ...] = HIERARCHICAL_SITES
+    # A target's level E (e), scale A and exponent alpha and its offset x0 are tied by the data
+    # along a ridge (a fixed loss at the fitted amounts): the stiffest directions of the
+    # posterior, measured on RegMix (Hessian eigenvalues ~1e4 against ~1 for the rest under a
+    # diagonal mass matrix). A dense block over them lets NUTS take steps 3-10x larger.
+    dense_blocks: tuple[tuple[str, ...], ...] = (("e", "z_A", "z_alpha", "z_x0"),)
 
     @property
     def transfer(self) -> bool:
@@ -374,6 +286,9 @@ class TransferFamily:
 
     def model_data(self, grid: xr.Dataset, where: str = "grid") -> tuple[ModelData, dict]:
         return model_data(grid, where)
+
+    def with_centring(self, data: ModelData, centring: dict) -> ModelData:
+        return dataclasses.replace(data, centring={k: np.asarray(v, dtype=np.float32) for k, v in centring.items()} or None)
 
     def identification_warnings(self, data: ModelData, coords: dict, unit: str = "units") -> list[str]:
         return identification_warnings(data, coords, self.name, unit)

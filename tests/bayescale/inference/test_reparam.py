@@ -1,0 +1,116 @@
+"""Partial centring (bayescale.inference.reparam, laws.base.partially_centred_normal): the prior of
+a centred entry is the prior it had; the pilot centres what the data pin down and leaves what they
+do not; a fit with the chosen centring is the same posterior as a non-centred one, and its stored
+log-likelihood is the law's own, recomputed here from the law's parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import numpyro
+import pytest
+import scipy.stats
+from numpyro.infer import Predictive
+
+from bayescale import laws
+from bayescale.data import simulate
+from bayescale.inference import reparam
+from bayescale.inference.fit import fit
+from bayescale.inference.posterior import diagnostics
+from bayescale.laws.base import partially_centred_normal
+from bayescale.laws.transfer import HIERARCHICAL_SITES
+
+
+@pytest.mark.parametrize("centring", [0.0, 0.3, 1.0, np.array([0.0, 0.5, 1.0])])
+def test_the_value_has_its_prior_whatever_the_centring(centring):
+    loc, scale, n = np.array([2.0, -1.0, 0.5]), np.array([0.5, 2.0, 0.1]), 20000
+
+    def model():
+        with numpyro.plate("p", 3):
+            numpyro.deterministic("value", partially_centred_normal("w", loc, scale, centring))
+
+    values = np.asarray(Predictive(model, num_samples=n)(jax.random.PRNGKey(0))["value"])
+    for k in range(3):
+        # Kolmogorov-Smirnov against Normal(loc, scale): p < 1e-3 only if the prior changed
+        assert scipy.stats.kstest(values[:, k], scipy.stats.norm(loc[k], scale[k]).cdf).pvalue > 1e-3
+
+
+def informative_grid(noise: float, seed: int = 0):
+    world = dataclasses.replace(simulate.draw_world(3, seed=seed), sigma=np.full(3, noise))
+    world.design = simulate.Design(fit_budgets=(4.0, 8.0, 16.0, 32.0, 64.0), holdout_budgets=(128.0,), mixtures_per_budget=8)
+    return simulate.simulate_grid(world, seed=seed)
+
+
+def pilot(grid, law="transfer"):
+    family = laws.get(law)
+    data, _ = family.model_data(grid)
+    return reparam.choose_centring(family, data, family.model_kwargs("normal"), jax.random.PRNGKey(0))
+
+
+def test_the_pilot_centres_entries_the_data_pin_down_and_not_those_they_do_not():
+    precise = pilot(informative_grid(0.002))
+    noisy = pilot(informative_grid(0.5))
+    assert set(precise) == set(HIERARCHICAL_SITES)
+    for site, c in precise.items():
+        assert c.shape == noisy[site].shape and np.all((c >= 0) & (c <= 1))
+    # 40 runs at 0.2 % noise pin a target's scale and exponent down (centred); at 50 % noise the
+    # offsets x0 and the transfer coefficients log T are left to the prior (non-centred).
+    for site in ("z_A", "z_alpha", "z_x0", "h"):
+        assert precise[site].mean() > 0.8, site
+    for site in ("z_x0", "u", "h"):
+        assert precise[site].mean() > noisy[site].mean() + 0.3, site
+
+
+def test_a_law_without_transfer_sites_and_the_mixing_law_get_what_they_have():
+    grid = informative_grid(0.02)
+    assert set(pilot(grid, "independent")) == {"z_alpha", "z_A", "z_x0", "z_sigma"}
+    assert set(pilot(grid, "linear")) == {"z_alpha", "z_A", "z_x0", "z_sigma", "h", "r", "u"}
+    mixing = laws.get("mixing")
+    assert mixing.hierarchical_sites == () and mixing.dense_blocks == ()
+
+
+@pytest.fixture(scope="module")
+def two_fits():
+    grid = informative_grid(0.02)
+    kwargs = dict(chains=2, warmup=400, draws=600, seed=1, extrapolation=False)
+    centred = fit(grid, centring="auto", **kwargs)
+    non_centred = fit(grid, centring="none", dense_mass=False, **kwargs)
+    return grid, centred, non_centred
+
+
+def test_the_centred_fit_is_the_same_posterior(two_fits):
+    import arviz as az
+
+    _, centred, non_centred = two_fits
+    assert "centring" in centred.attrs and "centring" not in non_centred.attrs
+    assert set(json.loads(centred.attrs["centring"])) == set(HIERARCHICAL_SITES)
+    for d in (diagnostics(centred), diagnostics(non_centred)):
+        # both converged; a few divergences would bias a mean, which the comparison below would show
+        assert d["max_rhat"] < 1.05 and d["divergences"] <= 0.02 * d["draws"], d
+    for name in ("E", "A", "alpha", "T"):
+        a, b = (f["posterior"].to_dataset()[name] for f in (centred, non_centred))
+        se_a, se_b = (az.mcse(f["posterior"].to_dataset()[[name]], method="mean")[name] for f in (centred, non_centred))
+        diff = np.abs(a.mean(("chain", "draw")) - b.mean(("chain", "draw")))
+        # two independent Monte Carlo estimates of one posterior mean: 5 joint standard errors
+        tolerance = 5 * np.sqrt(se_a**2 + se_b**2) + 1e-9
+        assert bool((diff <= tolerance).all()), (name, float((diff / tolerance).max()))
+
+
+def test_the_stored_log_likelihood_is_the_laws_recomputed_from_its_parameters(two_fits):
+    grid, centred, _ = two_fits
+    post = centred["posterior"].to_dataset()
+    data, _ = laws.get("transfer").model_data(grid)
+    d = data.d
+    flat = {k: post[k].values.reshape((-1,) + post[k].shape[2:]) for k in ("E", "A", "alpha", "x0", "sigma", "T", "beta")}
+    loglik = centred["log_likelihood"].to_dataset()["log_loss"].values.reshape(-1, data.obs_run.size)
+    mask = data.self_mask
+    for s in (0, 77, 599):
+        with np.errstate(divide="ignore"):
+            powered = np.where(d[:, :, None] > 0, d[:, :, None] ** flat["beta"][s][None], 0.0)
+        x = flat["x0"][s] + d @ mask + np.einsum("ij,nij->nj", flat["T"][s] * (1 - mask), powered)
+        mean = np.log(flat["E"][s] + flat["A"][s] * x ** (-flat["alpha"][s]))
+        expected = scipy.stats.norm.logpdf(data.log_loss, mean[data.obs_run, data.obs_target], flat["sigma"][s][data.obs_target])
+        np.testing.assert_allclose(loglik[s], expected, rtol=1e-4, atol=1e-4)
