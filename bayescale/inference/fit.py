@@ -96,8 +96,8 @@ def fit(
     if method == "nuts":
         chosen = reparam.choose_centring(family, data, model_kwargs, jax.random.fold_in(key, 7)) if centring == "auto" else {}
         data = family.with_centring(data, chosen)
-        # Dense blocks only with centring: over non-centred entries they made a K = 8 world mix worse
-        # (bulk ESS 19 against 324 with a diagonal mass matrix, measured).
+        # Dense blocks only with centring: over non-centred entries they made a K = 8 world mix
+        # worse (4 x (500 + 1000): bulk ESS 19 and r-hat 1.19, against 513 and 1.007 centred).
         blocks = [tuple(block) for block in family.dense_blocks] if chosen else []
         mass = (blocks or False) if dense_mass is None else dense_mass
         samples, stats = sample_nuts(family.model, data, model_kwargs, key, chains=chains, warmup=warmup, draws=draws,

@@ -72,10 +72,17 @@ def test_a_law_without_transfer_sites_and_the_mixing_law_get_what_they_have():
     assert mixing.hierarchical_sites == () and mixing.dense_blocks == ()
 
 
+def test_an_unknown_centring_is_refused_before_any_sampling():
+    from bayescale.errors import InputError
+
+    with pytest.raises(InputError, match="centring must be one of auto, none, got 'centred'"):
+        fit(informative_grid(0.02), centring="centred", chains=1, warmup=1, draws=1)
+
+
 @pytest.fixture(scope="module")
 def two_fits():
     grid = informative_grid(0.02)
-    kwargs = dict(chains=2, warmup=400, draws=600, seed=1, extrapolation=False)
+    kwargs = {"chains": 2, "warmup": 400, "draws": 600, "seed": 1, "extrapolation": False}
     centred = fit(grid, centring="auto", **kwargs)
     non_centred = fit(grid, centring="none", dense_mass=False, **kwargs)
     return grid, centred, non_centred
