@@ -51,7 +51,10 @@ class AllocationProblem:
         A, b, names = spec.polytope(None if self.min_budget else reference_budget)
         keep = [k for k, n in enumerate(names) if n == "budget" or n.startswith("group:")]
         self.A_lin, self.b_lin, self.row_names = A[keep], b[keep], [names[k] for k in keep]
-        self.unit = np.maximum(reference_budget / (I * spec.costs), 1e-12)
+        # y = D / unit: a source's scale is its even share of the budget, or its box if narrower,
+        # so that a tiny cap (its d ** beta steep there) does not dominate the subproblem's Hessian.
+        width = np.where(spec.fixed, np.inf, spec.upper - spec.lower)
+        self.unit = np.maximum(np.minimum(reference_budget / (I * spec.costs), width), 1e-12)
         self.target_scale = np.ones(len(spec.targets)) if target_scale is None else np.asarray(target_scale, float)
         self.projector = Projector(self.A_lin, spec.lower, spec.upper, spec.fixed, self.unit)
         self._programs: dict = {}
