@@ -88,9 +88,22 @@ class Watched:
         assert self.alive(), f"the command ended before the signal: {self.stderr[-2000:]}"
         os.kill(self.proc.pid, sig)
 
+    def state(self) -> str:
+        """The child's scheduler state, signal masks and threads (Linux /proc): why it has not ended."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+            threads = sorted(p.name for p in Path(f"/proc/{self.proc.pid}/task").iterdir())
+            wchan = {t: Path(f"/proc/{self.proc.pid}/task/{t}/wchan").read_text() for t in threads[:40]}
+        except OSError as error:
+            return f"(no /proc entry: {error})"
+        keep = ("State", "Threads", "SigQ", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+        return "; ".join(line for line in status if line.startswith(keep)) + f"; wchan {wchan}"
+
     def finish(self, timeout: float) -> int:
         try:
             rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {timeout:.0f}s on: {self.state()}; stderr: {self.stderr[-1500:]}") from None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
