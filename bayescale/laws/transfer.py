@@ -268,7 +268,10 @@ class TransferFamily:
     # A target's level E (e), scale A and exponent alpha and its offset x0 are tied by the data
     # along a ridge (a fixed loss at the fitted amounts): the stiffest directions of the
     # posterior, measured on RegMix (Hessian eigenvalues ~1e4 against ~1 for the rest under a
-    # diagonal mass matrix). A dense block over them lets NUTS take steps 3-10x larger.
+    # diagonal mass matrix). A dense block over them lets NUTS take steps 3-10x larger. A second
+    # block over mu_T, h and r (whose sum the data pin) cut a K = 8 world's condition number under
+    # the mass matrix from 970 to 118, yet over 4 seeds not the cost: median 330 against 380 steps
+    # per draw, median bulk ESS 199 against 196 in 4 x 300 draws. The cost left is not linear.
     dense_blocks: tuple[tuple[str, ...], ...] = (("e", "z_A", "z_alpha", "z_x0"),)
 
     @property
