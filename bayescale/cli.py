@@ -553,8 +553,24 @@ def main() -> None:
     # Before any command touches JAX: several commands sample (fit, check's refits), and
     # XLA fixes its device count when its backend starts.
     ensure_host_devices()
-    # Click's own usage errors already exit with status 2; ours do the same via exits_cleanly.
-    app(prog_name="bayescale")
+    try:
+        code = app(prog_name="bayescale", standalone_mode=False)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: its help, as typer shows it
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+        else:
+            # A flag of the wrong type, an unknown flag or a missing argument: one line naming it,
+            # status 2, as for every other bad input (not click's usage block and boxed message).
+            where = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) is not None else ""
+            err_console.print(f"[bold red]error:[/] {escape(exc.format_message())}{where}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("[bold red]interrupted[/]: finished outputs are kept; nothing half-written was left behind")
+        sys.exit(130)
+    # Without standalone mode typer returns an exit status (typer.Exit) or the command's value (None).
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -416,12 +416,23 @@ def test_real_process_prints_one_line_and_no_traceback(bad, tmp_path, case_id, a
     ],
     ids=["not an integer", "not a number", "missing option", "unknown option"],
 )
-def test_flags_of_the_wrong_type_are_click_usage_errors_with_exit_2(bad, tmp_path, args, flag):
-    """typer/click refuse these before a command runs: their usage block (a few lines), exit 2, no traceback."""
-    result = runner.invoke(app, _format(args, bad, tmp_path))
-    assert result.exit_code == 2 and "Traceback" not in result.output
-    assert flag in result.stderr and result.stdout == ""
+def test_flags_of_the_wrong_type_are_one_line_with_exit_2(bad, tmp_path, args, flag):
+    """typer/click refuse these before a command runs; the command line turns their usage block
+    into one line that names the flag and where the help is."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "bayescale.cli", *_format(args, bad, tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and f"'bayescale {args[0]} --help'" in lines[0], proc.stderr
     assert _tree(tmp_path) == set()
+
+
+def test_a_bare_command_group_still_shows_its_help():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "bayescale.cli", "grid"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "Usage: bayescale grid" in proc.stdout and "info" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_the_battery_is_large_and_every_command_is_in_it():
