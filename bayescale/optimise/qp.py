@@ -24,6 +24,47 @@ QP_SETTINGS = {
 }
 
 
+def quiet_highs() -> None:
+    """Let HiGHS print its copyright banner into /dev/null, once per process.
+
+    highspy prints it to the C-level stdout when the first ``Highs`` object is built, before any
+    option (``output_flag``, ``log_to_console``) can apply, so it would break ``--json -`` piping and
+    clean output whenever a solve falls back to HiGHS. Building that first object here, with file
+    descriptor 1 pointed at /dev/null for the moment, uses the banner up."""
+    global _HIGHS_QUIET
+    if _HIGHS_QUIET:
+        return
+    _HIGHS_QUIET = True
+    try:
+        import highspy
+    except ImportError:  # cvxpy then has no HiGHS either
+        return
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+_HIGHS_QUIET = False
+
+
+def solve_with(problem, solver: str) -> None:
+    """``problem.solve`` with ``solver`` and its settings (QP_SETTINGS), quietly."""
+    if solver == "HIGHS":
+        quiet_highs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        problem.solve(solver=solver, **QP_SETTINGS[solver])
+
+
 class QPSubproblem:
     """The compiled subproblem (cvxpy, DPP) for one structure: free sources, terms, mode, polytope rows."""
 
@@ -90,9 +131,7 @@ class QPSubproblem:
         for solver in QP_SOLVERS:
             start = time.perf_counter()
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.problem.solve(solver=solver, **QP_SETTINGS[solver])
+                solve_with(self.problem, solver)
                 status = self.problem.status
             except (cp.error.SolverError, ArithmeticError, ValueError) as exc:
                 status = f"error ({str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__})"
@@ -138,9 +177,7 @@ class Projector:
             self.b.value = np.asarray(b, float) - self.A @ np.where(self.fixed, self.lower, 0.0)
         for solver in QP_SOLVERS:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    self.problem.solve(solver=solver, **QP_SETTINGS[solver])
+                solve_with(self.problem, solver)
             except Exception:  # noqa: BLE001 - any solver failure: try the next
                 continue
             if self.problem.status == "optimal":
