@@ -18,6 +18,7 @@ on the executor that ran it.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing
 import os
 import queue as queue_mod
@@ -155,7 +156,9 @@ class RayExecutor:
             raise InputError("--executor ray needs Ray; install the [ray] extra (pip install 'bayescale[ray]')") from None
         started = False
         if not ray.is_initialized():
-            kwargs = {"include_dashboard": False, "log_to_driver": True,
+            # logging WARNING: Ray's INFO banners ("Started a local Ray instance") are not ours to print;
+            # its warnings still reach the user.
+            kwargs = {"include_dashboard": False, "log_to_driver": True, "logging_level": logging.WARNING,
                       "runtime_env": {"env_vars": {"PYTHONPATH": _pythonpath()}}}
             if self.address:
                 kwargs["address"] = self.address

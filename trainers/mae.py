@@ -83,8 +83,10 @@ def evaluate(model: torch.nn.Module, crops: np.ndarray, mean_crops: np.ndarray, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(mask_seed)
         for start in range(0, len(crops), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch_size])).to(device)
-            m = torch.from_numpy(np.ascontiguousarray(mean_crops[start:start + batch_size])).to(device)
+            # torch.tensor copies: the crops may be read-only (Ray's object store), which from_numpy
+            # warns about from every worker; one batch's copy is small beside its forward pass.
+            x = torch.tensor(crops[start:start + batch_size], device=device)
+            m = torch.tensor(mean_crops[start:start + batch_size], device=device)
             pred, mask = model(x)
             target = patchify(x, patch)
             losses.append(masked_mse(pred.float(), target, mask).double().cpu())

@@ -106,6 +106,11 @@ def lr_factor(step: int, total: int, warmup_fraction: float, min_fraction: float
     return min_fraction + (1 - min_fraction) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def writable(array: np.ndarray) -> np.ndarray:
+    """``array`` itself where it may be written, else a copy."""
+    return array if array.flags.writeable else array.copy()
+
+
 def make_loader(spec: RunSpec, data: PreparedData, config: TrainConfig, run_seed: int):
     """A MONAI Dataset of the run's cached volumes with random crops after the cache, and its loader."""
     import torch
@@ -114,7 +119,10 @@ def make_loader(spec: RunSpec, data: PreparedData, config: TrainConfig, run_seed
 
     from trainers.domains import train_crop_transform
 
-    items = [{"image": torch.from_numpy(data.domains[d].train[i])} for d, i in run_volumes(spec, data)]
+    # Volumes from Ray's object store (or a memory map) are read-only; torch.from_numpy of one warns
+    # ("not writable ... undefined behavior") from every worker, and a transform writing in place
+    # would fault. Copy those: only the run's own volumes, once per run.
+    items = [{"image": torch.from_numpy(writable(data.domains[d].train[i]))} for d, i in run_volumes(spec, data)]
     dataset = Dataset(items, transform=train_crop_transform(config.data.crop, run_seed))
     generator = torch.Generator().manual_seed(run_seed)
     bs = config.training.batch_size

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,19 @@ def test_ray_executor_trains_two_runs_like_the_local_executor(tmp_path, ray_clus
     train_grid(config, tmp_path / "local.nc", executor="local", workers=1, progress=False)
     local_grid = load_grid(tmp_path / "local.nc")
     xr.testing.assert_identical(ray_grid[["data", "loss", "loss_se"]], local_grid[["data", "loss", "loss_se"]])
+
+
+@pytest.mark.slow
+def test_bayescale_train_on_ray_as_a_new_user_runs_it_prints_no_warnings_or_banners(tmp_path):
+    """A fresh process starts its own local cluster. Its workers get read-only arrays from Ray's
+    object store, which torch warned about from every worker; Ray's INFO banner is not ours either."""
+    write_dataset(tmp_path)
+    config = write_config(tmp_path, TWO_RUNS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.run([sys.executable, "-m", "bayescale.cli", "train", str(config), "--out", str(tmp_path / "g.nc"),
+                           "--executor", "ray", "--workers", "2", "--no-progress"],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert sorted(load_grid(tmp_path / "g.nc")["run"].values) == ["single-ct_a-n001-s0", "single-pet_c-n001-s0"]
+    assert "not writable" not in output and "Started a local Ray instance" not in output, output[-3000:]

@@ -56,6 +56,24 @@ def test_same_seed_gives_identical_losses(tiny):
     assert a["seconds"]["data_wait"] >= 0 and a["seconds"]["compute"] > 0
 
 
+def test_read_only_volumes_train_the_same_run_without_a_warning(tiny):
+    """Ray hands workers read-only arrays (its object store): the run copies them instead of
+    giving torch a buffer it must not write (torch warns of undefined behaviour)."""
+    import warnings
+
+    folder, path = tiny
+    config = load_config(path)
+    data = prepare_data(config, load_manifest(config.data.manifest, 1), folder / "cache")
+    expected = train_run(_spec(), data, config)
+    for arrays in data.domains.values():
+        for volume in arrays.train:
+            volume.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not writable.*")
+        again = train_run(_spec(), data, config)
+    assert again["loss"] == expected["loss"] and again["train_loss"] == expected["train_loss"]
+
+
 def test_grid_resumes_after_an_interruption_with_nothing_lost_or_duplicated(tiny):
     folder, path = tiny
     out_full = folder / "full.nc"
