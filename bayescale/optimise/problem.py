@@ -256,7 +256,10 @@ def polish(problem: AllocationProblem, sol: Solution, budget) -> tuple[Solution,
         if again.rel_gap < sol.rel_gap and again.violation <= FEAS_TOL:
             notes.append(f"polished: certified gap {sol.rel_gap:.1e} -> {again.rel_gap:.1e}")
             sol = again
-        if not (sol.rel_gap <= GAP_TOL):
+        if np.isnan(sol.rel_gap):
+            status = "optimal_inaccurate"
+            notes.append("no certified gap: the allocation is feasible but its distance from the optimum is unknown")
+        elif not (sol.rel_gap <= GAP_TOL):
             status = "optimal_inaccurate"
             notes.append(f"certified relative gap {sol.rel_gap:.1e} exceeds {GAP_TOL:.0e}: the allocation is feasible "
                          f"but may be up to that far from optimal")

@@ -264,6 +264,23 @@ def test_pure_source_and_target_weights():
     assert al.weights_vector(draws, {"ct": 3}) == pytest.approx([1, 1, 1, 3, 1])
 
 
+def test_a_lower_bound_above_the_objective_is_reported_not_taken_for_a_gap_of_0(monkeypatch):
+    """A certificate whose bound exceeds the objective is a bug: the result says so and claims no
+    optimality. (A slack below -1 makes every bound count as above: the reporting path, end to end.)"""
+    from bayescale.optimise import riskprog
+
+    draws = draws200()
+    honest = al.allocate(draws, 300, **FAST)
+    assert honest["status"] == "optimal" and honest["certificate"]["gap"] >= 0
+    monkeypatch.setattr(riskprog, "CERT_SLACK", -2.0)
+    broken = al.allocate(draws, 300, **FAST)
+    assert broken["status"] == "optimal_inaccurate"
+    assert any("certificate error" in note for note in broken["solver_notes"]), broken["solver_notes"]
+    assert any("no certified gap" in note for note in broken["solver_notes"]), broken["solver_notes"]
+    assert broken["certificate"]["gap"] is None or np.isnan(broken["certificate"]["gap"])
+    json.dumps(broken.to_dict())
+
+
 def test_normalised_weights():
     draws = draws200()
     result = al.allocate(draws, 300, objective="minimax", normalise=True, **FAST)
