@@ -7,8 +7,10 @@ leaves no partial output behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     check_writable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temporaries(path)
+        # The writer's process id in the name: a later write can tell a dead writer's file from a live one's.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except (FileExistsError, NotADirectoryError):
         raise InputError(f"{path}: cannot write there; a part of {path.parent} is a file, not a folder") from None
     except OSError as error:
@@ -40,6 +44,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files a killed writer (SIGKILL, power loss) left beside ``path``.
+
+    Only bayescale's own, by name (``.<name>.<pid>.<random>.tmp``, from :func:`atomic_path`), and only
+    where that process is gone: another process writing the same file at this moment keeps its own."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]+\.tmp$")
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        match = pattern.match(candidate.name)
+        if match is None or process_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 checks without sending anything)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_writable(path: str | os.PathLike, flag: str | None = None) -> None:

@@ -16,3 +16,40 @@ def test_a_saved_result_is_reused_only_with_its_settings_and_the_files_beside_it
     assert read_saved(path, {"a": 1}, beside) is None  # its predictions are missing
     beside.write_text("")
     assert read_saved(path, {"a": 1}, beside)["value"] == 3
+
+
+def test_a_writer_killed_mid_write_leaves_a_temporary_the_next_write_removes(tmp_path):
+    """A real process killed (SIGKILL) inside an atomic write leaves its .tmp beside the target; the
+    next write there removes it. A live writer's temporary, and files not bayescale's, stay."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bayescale._files import write_text_atomic
+
+    repo = Path(__file__).resolve().parents[2]
+    target = tmp_path / "result.json"
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from bayescale._files import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"), str(target)],
+        env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9
+    stale = sorted(p.name for p in tmp_path.iterdir())
+    assert len(stale) == 1 and stale[0].startswith(".result.json.") and stale[0].endswith(".tmp"), stale
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # a writer still running (the sleeper stands in for one), and files that are not ours
+        others = [f".result.json.{live.pid}.abc123xy.tmp", ".result.json.tmp", "result.json.bak", ".other.json.1.abc.tmp"]
+        for name in others:
+            (tmp_path / name).write_text("keep")
+        write_text_atomic(target, "full")
+    finally:
+        live.kill()
+        live.wait()
+    assert target.read_text() == "full"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + ["result.json"])
