@@ -69,6 +69,8 @@ def exits_cleanly(fn):
                 sys.stderr.flush()
                 os._exit(130)
             raise typer.Exit(130) from None
+        finally:
+            console.file = None  # back to whatever sys.stdout is (--json - moved it to stderr)
 
     return wrapper
 
@@ -118,9 +120,16 @@ def load_unaware(path: Path, idata):
 
 
 def write_json(path: Path, payload) -> None:
-    from bayescale.workflows import write_json as write
+    """Write a command's JSON result to ``path``; ``-`` puts it on stdout, alone: the command's
+    table goes to stderr instead, so ``--json - | jq`` reads nothing else."""
+    from bayescale.workflows import plain, write_json as write
 
-    write(path, payload)
+    if str(path) != "-":
+        write(path, payload)
+        return
+    console.file = sys.stderr  # undone when the command ends (exits_cleanly)
+    sys.stdout.write(json.dumps(plain(payload), indent=2) + "\n")
+    sys.stdout.flush()
 
 
 @grid_app.command("info")
@@ -241,7 +250,7 @@ def fit(
 def compare(
     posteriors: Annotated[list[Path], typer.Argument(help="Two or more posteriors of the same grid.")],
     grid: Annotated[Optional[Path], typer.Option("--grid", help="The grid, to add each fit's held-out score.")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the table as JSON (- for stdout, the table then on stderr).")] = None,
 ):
     """Compare fits by PSIS-LOO (with Pareto-k warnings) and, given --grid, by their held-out score."""
     from bayescale.evaluate.compare import compare_fits
@@ -277,7 +286,7 @@ def predict(
     posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
     alloc: Annotated[str, typer.Option("--alloc", help="Data per source, e.g. ct=100,mri=50,pet=0.")],
     interval: Annotated[float, typer.Option("--interval", help="Central credible interval.")] = 0.9,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON (- for stdout, the table then on stderr).")] = None,
 ):
     """Predicted loss per target for one allocation, with a credible interval."""
     from bayescale.inference.posterior import law_draws, load_posterior
@@ -319,7 +328,7 @@ def allocate(
     holdout: Annotated[float, typer.Option("--holdout", help="Share of draws kept out of the program to check chance constraints.")] = 0.25,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the draw subsets.")] = 0,
     interval: Annotated[float, typer.Option("--interval")] = 0.9,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON (- for stdout, the table then on stderr).")] = None,
 ):
     """The allocation of the budget over sources that minimises the posterior risk (or the least budget that meets chance targets)."""
     from bayescale.optimise.allocate import allocate as solve
@@ -364,7 +373,7 @@ def allocate(
 def hubs(
     posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit` (transfer or linear law).")],
     reference_data: Annotated[Optional[float], typer.Option("--reference-data", help="Amount of source data (raw units) at which transfer is measured (default D0).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the classification as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the classification as JSON (- for stdout, the table then on stderr).")] = None,
     figure: Annotated[Optional[Path], typer.Option("--figure", help="Also save the transfer graph as PNG.")] = None,
 ):
     """Hub and island domains, each with its posterior probability, and how much each domain gives and takes."""
@@ -390,7 +399,7 @@ def hubs(
 def check(
     posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
     grid: Annotated[Path, typer.Argument(help="The grid with held-out runs (split == 'holdout').")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the scores as JSON (- for stdout, the table then on stderr).")] = None,
     holdout_above: Annotated[Optional[float], typer.Option("--holdout-above", help="Refit the posterior's law on runs with budget <= this and score the runs above it (ignores the grid's split).")] = None,
     chains: Annotated[int, typer.Option(help="Chains of the refit (--holdout-above).")] = 4,
     warmup: Annotated[int, typer.Option(help="Warmup of the refit (--holdout-above).")] = 500,
@@ -534,7 +543,7 @@ def finetune(
     task: Annotated[str, typer.Option("--task", help="segmentation | classification")],
     records: Annotated[Optional[Path], typer.Option("--records", help="Records folder of the pretraining runs (default: the config's records).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the new layers' initial weights, crops and batches.")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the result as JSON.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the result as JSON (- for stdout, the table then on stderr).")] = None,
 ):
     """Fine-tune a pretrained encoder (or one from scratch) on a labelled domain; Dice per structure or AUROC on a fixed test split."""
     if out is not None:

@@ -280,3 +280,33 @@ def test_check_bad_flags_are_one_line_errors(small_files, tmp_path, args, messag
     r = invoke("check", fit_path, grid_path, *args, "--json", tmp_path / "c.json")
     assert r.exit_code == 2 and message in r.output and r.output.strip().count("\n") == 0, r.output
     assert not (tmp_path / "c.json").exists() and not (tmp_path / "check.pdf").exists()
+
+
+@pytest.mark.parametrize("command", [["allocate", "{fit}", "--budget", "100"], ["predict", "{fit}", "--alloc", "{alloc}"],
+                                     ["hubs", "{fit}"]], ids=["allocate", "predict", "hubs"])
+def test_json_dash_puts_the_json_alone_on_stdout(tmp_path, small_files, command):
+    """``--json -``: stdout is the JSON and nothing else (a pipe into jq reads it), the table goes to
+    stderr, and no file named '-' appears. In a real process: HiGHS or a library printing to the
+    C-level stdout would show here."""
+    grid_path, fit_path = small_files
+    sources = [str(s) for s in load_grid(grid_path)["source"].values]
+    args = [a.format(fit=fit_path, alloc=",".join(f"{s}=2" for s in sources)) for a in command]
+    proc = subprocess.run([sys.executable, "-m", "bayescale.cli", *args, "--json", "-"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(proc.stdout)
+    assert isinstance(payload, dict) and payload
+    assert proc.stderr.strip() and not (tmp_path / "-").exists()
+    # the same command writing to a file gives the same JSON
+    again = invoke(*args, "--json", tmp_path / "out.json")
+    assert again.exit_code == 0, again.output
+    assert timeless(json.loads((tmp_path / "out.json").read_text())) == timeless(payload)
+
+
+def timeless(value):
+    """A JSON value without its timings (keys named 'seconds'), which differ from run to run."""
+    if isinstance(value, dict):
+        return {k: timeless(v) for k, v in value.items() if k != "seconds"}
+    if isinstance(value, list):
+        return [timeless(v) for v in value]
+    return value
