@@ -48,3 +48,29 @@ def small_files(tmp_path_factory, small_grid, small_fit):
     save_grid(small_grid, grid_path)
     save_posterior(small_fit, fit_path)
     return grid_path, fit_path
+
+
+# Where every test must run (CI sets BAYESCALE_NO_SKIP=1 in .ci/run), a skipped test is a failure:
+# a missing browser, extra or data folder would otherwise pass CI silently.
+NO_SKIP = "BAYESCALE_NO_SKIP"
+
+
+def _skip_is_failure(report) -> None:
+    import os
+
+    if os.environ.get(NO_SKIP) == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where every test must run ({NO_SKIP}=1): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _skip_is_failure(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _skip_is_failure(outcome.get_result())
