@@ -59,6 +59,13 @@ def warnings_of(grid) -> list[str]:
     return identification_warnings(data, coords, "transfer", grid.attrs.get("data_unit", "units"))
 
 
+def noise_bound() -> float:
+    """An in-sample median relative error a fit should stay under: the median |error| of the world's
+    own noise (0.6745 sd on log loss, the largest target's: 1.4 %) with 50 % to spare for the
+    posterior's spread and 100-draw fits. Measured: 0.6-1.2 % on the grids below."""
+    return 1.5 * 0.6745 * float(np.max(world().sigma))
+
+
 def relative_errors(idata, grid) -> np.ndarray:
     """|median prediction - observed| / observed on every observed cell of the grid (run, target)."""
     draws = law_draws(idata)
@@ -77,7 +84,7 @@ def test_one_budget_fits_and_warns_that_other_budgets_are_extrapolated():
     grid = simulate_grid(world(Design(fit_budgets=(32.0,), holdout_budgets=(), mixtures_per_budget=6)), seed=1)
     idata, caught = fit_warnings(grid)
     assert len(caught) == 1 and caught[0].startswith("every fit run has the same budget (32 volumes)"), caught
-    assert np.median(relative_errors(idata, grid)) < 0.05  # it still describes the runs it has
+    assert np.median(relative_errors(idata, grid)) < noise_bound()  # it still describes the runs it has
 
 
 def _own_domain_only(grid):
@@ -93,7 +100,7 @@ def test_no_cross_domain_variation_warns_and_keeps_transfer_as_wide_as_its_prior
     assert len(caught) == 1 and caught[0].startswith("transfer is not identified: no cross-domain variation"), caught
     # log T_ij has prior sd ~2 (mu_T ~ N(log 0.1, 1.5) plus hub, receptivity and pair terms): the data add nothing
     assert off_diagonal_log_T_sd(idata).min() > 1.0
-    assert np.median(relative_errors(idata, grid)[np.isfinite(grid["loss"].values)]) < 0.05
+    assert np.median(relative_errors(idata, grid)[np.isfinite(grid["loss"].values)]) < noise_bound()
 
 
 def test_runs_that_all_mix_the_sources_alike_do_not_identify_transfer_either():
@@ -119,7 +126,7 @@ def test_losses_from_1e_minus_6_to_1e3_and_data_from_1_to_1e12_fit_predict_and_a
     idata, caught = fit_warnings(grid)
     assert caught == []
     errors = relative_errors(idata, grid)
-    assert np.median(errors, axis=0).max() < 0.05  # every loss scale, not just the largest
+    assert np.median(errors, axis=0).max() < noise_bound()  # every loss scale, not just the largest
     from bayescale.optimise.allocate import allocate
 
     # HiGHS's QP solver used to run for hours on this program's subproblems (now it has a time limit)
