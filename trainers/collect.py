@@ -9,11 +9,14 @@ most the runs in flight. :func:`collect_grid` turns the records into the NetCDF 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from bayescale._files import write_text_atomic
 from bayescale.errors import InputError
 
 RECORD_FORMAT = "bayescale.trainers.record/1"
+LOCK_NAME = ".lock"  # held (flock) by the process training into a records folder
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -55,6 +59,45 @@ def read_record(path: Path) -> dict:
     if record["run"].get("id") != path.stem:
         raise InputError(f"{path}: holds run {record['run'].get('id')!r}, not {path.stem!r}")
     return record
+
+
+@contextlib.contextmanager
+def records_lock(records_dir: Path) -> Iterator[None]:
+    """Hold ``records_dir`` for one training process while it plans and writes runs.
+
+    A second ``bayescale train`` on the same records (a user starting one twice) stops with one line
+    instead of training the same pending runs again beside the first. ``flock``: the kernel drops
+    the lock when the holder ends, SIGKILL included, so a dead process never leaves it stuck. A
+    folder this process made and left empty is removed again."""
+    import fcntl
+
+    records_dir = Path(records_dir)
+    made = not records_dir.exists()
+    try:
+        records_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(records_dir / LOCK_NAME, "a+")
+    except OSError as error:
+        raise InputError(f"{records_dir}: cannot write run records there ({error.strerror or error})") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(f"{records_dir}: another bayescale train is training into these records ({holder}); "
+                         "wait for it to finish, or give --out another grid") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        lock = records_dir / LOCK_NAME
+        if made and [p.name for p in records_dir.iterdir()] == [LOCK_NAME]:
+            lock.unlink()
+            records_dir.rmdir()
+        handle.close()
 
 
 def read_records(records_dir: Path, *, config_hash: str | None = None, data_hash: str | None = None) -> dict[str, dict]:

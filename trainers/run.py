@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from bayescale.errors import InputError
-from trainers.collect import RECORD_FORMAT, collect_grid, read_records, write_record
+from trainers.collect import RECORD_FORMAT, collect_grid, read_records, records_lock, write_record
 from trainers.config import TrainConfig, config_hash, load_config
 from trainers.design import RunSpec, make_design, pool_order
 from trainers.domains import Manifest, PreparedData, load_manifest, prepare_data, stable_int
@@ -360,6 +360,14 @@ def train_grid(
     ensure_phantoms(config, console)
     manifest = load_manifest(config.data.manifest, config.data.validation_per_domain)
     runs, c_hash, d_hash = plan(config, manifest)
+    with records_lock(records_dir):
+        return _train_pending(config, manifest, runs, c_hash, d_hash, records_dir, out, description, executor=executor,
+                              address=address, workers=workers, progress=progress, console=console, max_runs=max_runs, t0=t0)
+
+
+def _train_pending(config, manifest, runs, c_hash, d_hash, records_dir, out, description, *, executor, address, workers,
+                   progress, console, max_runs, t0) -> GridResult:
+    """Train the runs without a record (the caller holds the records folder) and write the grid."""
     existing = read_records(records_dir, config_hash=c_hash, data_hash=d_hash)
     for spec in runs:
         if spec.id in existing and not spec.same_work(existing[spec.id]["run"]):

@@ -184,6 +184,43 @@ def test_kill_minus_9_then_rerun_resumes(tiny):
     assert json.loads(next(iter(done_before.values())))["format"] == "bayescale.trainers.record/1"
 
 
+def test_a_second_train_on_the_same_records_stops_with_one_line_and_the_first_finishes(tiny):
+    """A user starts `bayescale train` twice on one grid: the second stops at once (exit 2, one line
+    naming the records folder and the first process); the first trains every run once, and its grid
+    is the one a lone process makes."""
+    folder, path = tiny
+    path = write_config(folder, TINY_CONFIG.replace("steps = 8", "steps = 40"), name="twice.toml")
+    out, records = folder / "twice.nc", folder / "twice.nc.records"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "bayescale.cli", "train", str(path), "--out", str(out), "--workers", "1", "--no-progress"]
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and first.poll() is None and "process" not in _read(records / ".lock"):
+            time.sleep(0.1)
+        assert first.poll() is None, first.stderr.read()[-2000:]
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and second.stdout == "", second.stderr[-2000:]
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "twice.nc.records" in lines[0] and f"process {first.pid}" in lines[0], second.stderr
+        _, err = first.communicate(timeout=600)
+        assert first.returncode == 0, err[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    grid = load_grid(out)
+    assert grid.sizes["run"] == 7 and len(list(records.glob("*.json"))) == 7
+    alone = train_grid(path, folder / "alone.nc", progress=False, workers=1)
+    xr.testing.assert_identical(grid[["data", "loss", "loss_se"]], load_grid(folder / "alone.nc")[["data", "loss", "loss_se"]])
+
+
+def _read(path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def test_checkpoint_round_trip_reloads_the_same_model_and_refuses_foreign_files(tiny):
     import torch
 
