@@ -22,7 +22,9 @@ import logging
 import multiprocessing
 import os
 import queue as queue_mod
+import sys
 import time
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Callable
 
@@ -65,10 +67,28 @@ def _default_workers(config: TrainConfig) -> int:
 
 
 _WORKER_DATA: PreparedData | None = None
+#: Pools started again for the runs a dead worker took down (a worker killed by hand or by the OOM killer).
+WORKER_LOSS_RETRIES = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when the process that started it dies (prctl
+    PR_SET_PDEATHSIG): a training parent killed outright (SIGKILL, OOM) leaves no worker behind
+    to finish its run unseen, or to race the rerun for the same record. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took hold
+        os._exit(1)
 
 
 def _init_worker(data: PreparedData) -> None:
     global _WORKER_DATA
+    _die_with_parent()
     _WORKER_DATA = data
 
 
@@ -90,30 +110,52 @@ class LocalExecutor:
                 on_done(job.execute(spec, data, on_step))
             return
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager:
+        manager = SyncManager(ctx=ctx)
+        manager.start(_die_with_parent)
+        with manager:
             progress_queue = manager.Queue() if on_step is not None else None
-            pool = cf.ProcessPoolExecutor(max_workers=min(self.workers, len(runs)), mp_context=ctx,
-                                          initializer=_init_worker, initargs=(data,))
-            try:
-                futures = {pool.submit(_worker_execute, job, spec, progress_queue): spec for spec in runs}
-                remaining = set(futures)
-                while remaining:
-                    done, remaining = cf.wait(remaining, timeout=0.25, return_when=cf.FIRST_COMPLETED)
-                    _drain(progress_queue, on_step)
-                    for future in done:
-                        on_done(future.result())  # a failed run raises here
+            todo = list(runs)
+            for _ in range(1 + WORKER_LOSS_RETRIES):
+                todo = self._run_pool(ctx, job, todo, data, progress_queue, on_done, on_step)
+                if not todo:
+                    return
+            names = ", ".join(spec.id for spec in todo)
+            raise InputError(f"a worker process died while training {names} (killed, or out of memory?) in "
+                             f"{1 + WORKER_LOSS_RETRIES} attempts; finished runs are kept, rerun to resume")
+
+    def _run_pool(self, ctx, job, runs, data, progress_queue, on_done, on_step) -> list[RunSpec]:
+        """Train ``runs`` in a fresh pool; returns the runs a dead worker took down with it (to redo)."""
+        pool = cf.ProcessPoolExecutor(max_workers=min(self.workers, len(runs)), mp_context=ctx,
+                                      initializer=_init_worker, initargs=(data,))
+        lost = []
+        try:
+            futures = {pool.submit(_worker_execute, job, spec, progress_queue): spec for spec in runs}
+            remaining = set(futures)
+            while remaining:
+                done, remaining = cf.wait(remaining, timeout=0.25, return_when=cf.FIRST_COMPLETED)
                 _drain(progress_queue, on_step)
-            except KeyboardInterrupt:
-                # Ctrl-C: stop now. Finished runs have their records; the runs in flight (and the
-                # ones already queued to a worker) are dropped and rerun next time.
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # runs in flight finish and keep their records
-                raise
-            pool.shutdown(wait=True)
+                for future in done:
+                    try:
+                        record = future.result()  # a failed run raises here
+                    except cf.process.BrokenProcessPool:
+                        # A worker was killed (by hand, the OOM killer): the pool fails every run it
+                        # held; finished runs have their records, these are redone in a fresh pool.
+                        lost.append(futures[future])
+                        continue
+                    on_done(record)
+            _drain(progress_queue, on_step)
+        except KeyboardInterrupt:
+            # Ctrl-C: stop now. Finished runs have their records; the runs in flight (and the
+            # ones already queued to a worker) are dropped and rerun next time.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # runs in flight finish and keep their records
+            raise
+        pool.shutdown(wait=True)
+        return lost
 
 
 def _drain(progress_queue, on_step) -> None:

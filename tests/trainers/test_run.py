@@ -257,3 +257,88 @@ def test_checkpoint_round_trip_reloads_the_same_model_and_refuses_foreign_files(
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(InputError, match="not a bayescale encoder checkpoint"):
         load_checkpoint(other)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its parent's wait is missing
+
+
+def _busy_workers(parent: int, timeout: float = 240) -> list[int]:
+    """The parent's worker processes once two of them are training (CPU time rising)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        busy = [p for p in _children(parent) if _cpu_seconds(p) > 3.0]
+        if len(busy) >= 2:
+            return busy
+        time.sleep(0.2)
+    raise AssertionError("no two busy workers within the time")
+
+
+@pytest.mark.slow
+def test_parent_killed_leaves_no_worker_and_a_killed_worker_s_run_is_redone(tiny):
+    folder, path = tiny
+    path = write_config(folder, TINY_CONFIG.replace("steps = 8", "steps = 200"), name="workers.toml")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "bayescale.cli", "train", str(path), "--workers", "2", "--no-progress"]
+
+    # (1) the parent killed outright: its workers go with it; the rerun gives the lone process's grid
+    parent = subprocess.Popen([*cmd, "--out", str(folder / "killed.nc")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        workers = _busy_workers(parent.pid)
+        everyone = _children(parent.pid)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in everyone):
+        time.sleep(0.2)
+    assert not [p for p in everyone if _alive(p)], f"orphaned: {[p for p in everyone if _alive(p)]} of workers {workers}"
+    rerun = subprocess.run([*cmd, "--out", str(folder / "killed.nc")], env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+    # (2) one worker killed: its run is redone in the same command, nothing lost
+    proc = subprocess.Popen([*cmd, "--out", str(folder / "worker.nc")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        victim = max(_busy_workers(proc.pid), key=_cpu_seconds)
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+
+    alone = train_grid(path, folder / "alone.nc", progress=False, workers=1)
+    assert alone.runs == 7
+    for name in ("killed.nc", "worker.nc"):
+        grid = load_grid(folder / name)
+        xr.testing.assert_identical(grid[["data", "loss", "loss_se"]], load_grid(folder / "alone.nc")[["data", "loss", "loss_se"]])
