@@ -336,7 +336,8 @@ def path(problem: AllocationProblem, budgets) -> list[PathEntry]:
             Db = sol.D
             prev = (b, Db)
             fields = dict(
-                status="optimal" if sol.rel_gap <= GAP_TOL else "optimal_inaccurate",
+                # as the main solve's status (problem.polish): a certified gap and a converged SQP
+                status="optimal" if sol.rel_gap <= GAP_TOL and sol.converged else "optimal_inaccurate",
                 allocation=named(spec.sources, Db),
                 fractions=named(spec.sources, Db / Db.sum() if Db.sum() > 0 else Db),
                 objective_value=objective_values(sub, Db, spec.objective, v),

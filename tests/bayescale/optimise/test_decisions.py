@@ -135,6 +135,26 @@ def test_budget_path_matches_fresh_solves_and_moves_monotonically():
     assert "budget        100" in text and "budget        800" in text
 
 
+def test_a_path_entry_whose_iterations_stopped_short_is_not_called_optimal(monkeypatch):
+    """As the main solve: 'optimal' needs a converged SQP as well as a small certified gap."""
+    from bayescale.optimise import riskprog
+
+    solve = riskprog.RiskProgram.solve
+
+    def stopped_short(self, *args, **kwargs):
+        sol = solve(self, *args, **kwargs)
+        sol.converged = False  # an SQP at its iteration limit whose bound happens to be tight
+        return sol
+
+    draws = make_draws(S=150, seed=3)
+    honest = al.allocate(draws, objective="mean", budgets="100,200", **FAST)
+    assert [p["status"] for p in honest["path"]] == ["optimal", "optimal"]
+    monkeypatch.setattr(riskprog.RiskProgram, "solve", stopped_short)
+    result = al.allocate(draws, objective="mean", budgets="100,200", **FAST)
+    assert [p["relative_gap"] <= 1e-5 for p in result["path"]] == [True, True]
+    assert [p["status"] for p in result["path"]] == ["optimal_inaccurate", "optimal_inaccurate"]
+
+
 def test_path_marks_infeasible_budgets():
     draws = make_draws(S=200, seed=2)
     result = al.allocate(draws, 600, chance=["mri<=1.5@0.9"], budgets=[50, 600], **FAST)
