@@ -78,3 +78,55 @@ def test_bayescale_train_on_ray_as_a_new_user_runs_it_prints_no_warnings_or_bann
     assert proc.returncode == 0, output[-3000:]
     assert sorted(load_grid(tmp_path / "g.nc")["run"].values) == ["single-ct_a-n001-s0", "single-pet_c-n001-s0"]
     assert "not writable" not in output and "Started a local Ray instance" not in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_run_is_retried_and_the_grid_is_the_same(tmp_path, ray_cluster):
+    """Ray retries a task whose worker process died (max_retries): the run is redone, not lost."""
+    import signal
+    import threading
+    import time
+
+    write_dataset(tmp_path)
+    config = write_config(tmp_path, TWO_RUNS.replace("steps = 8", "steps = 300"))
+    outcome = {}
+
+    def train():
+        try:
+            outcome["result"] = train_grid(config, tmp_path / "ray.nc", executor="ray", progress=False)
+        except BaseException as error:  # handed to the test below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    victim, deadline = None, time.time() + 300
+    while victim is None and time.time() < deadline and thread.is_alive():
+        for pid, cpu in ray_task_processes("_ray_execute"):
+            if cpu > 3.0:  # training, not starting up
+                victim = pid
+                break
+        time.sleep(0.2)
+    assert victim is not None, f"no Ray worker was seen training: {outcome}"
+    os.kill(victim, signal.SIGKILL)
+    thread.join(900)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].trained == 2
+    train_grid(config, tmp_path / "local.nc", executor="local", workers=1, progress=False)
+    xr.testing.assert_identical(load_grid(tmp_path / "ray.nc")[["data", "loss", "loss_se"]],
+                                load_grid(tmp_path / "local.nc")[["data", "loss", "loss_se"]])
+
+
+def ray_task_processes(task: str) -> list[tuple[int, float]]:
+    """(pid, CPU seconds) of the Ray worker processes running ``task`` (Ray titles them 'ray::<task>')."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if cmdline.startswith(f"ray::{task}"):
+            found.append((int(entry.name), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")))
+    return found
