@@ -7,6 +7,7 @@ leaves no partial output behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -41,9 +42,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as error:
+        free = free_bytes(path.parent)
+        if out_of_space(error, free):
+            tmp_path.unlink(missing_ok=True)
+            raise InputError(f"{path}: no space left on its disk ({free:,} bytes free); nothing was written. "
+                             "Free some space and rerun") from None
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+#: A write that fails with less than this free beside it ran out of space, whatever the library
+#: reports (NetCDF/HDF5 says only "HDF error"; a plain write says ENOSPC).
+FULL_BELOW = 1 << 20
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged process may still write in ``folder``'s file system."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return -1
+    return stat.f_bavail * stat.f_frsize
+
+
+def out_of_space(error: BaseException, free: int) -> bool:
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return 0 <= free < FULL_BELOW
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:

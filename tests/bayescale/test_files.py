@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bayescale._files import read_saved
 
 
@@ -53,3 +55,48 @@ def test_a_writer_killed_mid_write_leaves_a_temporary_the_next_write_removes(tmp
         live.wait()
     assert target.read_text() == "full"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + ["result.json"])
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_with_nothing_left_and_the_rerun_completes(tmp_path, small_files):
+    """A posterior (NetCDF: HDF5 reports only 'HDF error') and a JSON result (ENOSPC) written to a
+    full file system: one line naming the file and the free space, exit 2, no file or temporary left;
+    once there is room the same commands complete. A real tmpfs of 96 KiB (root, as in CI)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    grid_path, fit_path = small_files
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(tiny)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        commands = [
+            ["fit", str(grid_path), "--out", str(tiny / "fit.nc"), "--chains", "1", "--warmup", "20", "--draws", "20",
+             "--no-extrapolation", "--no-progress"],
+            ["allocate", str(fit_path), "--budget", "100", "--json", str(tiny / "allocation.json")],
+        ]
+        filler = tiny / "filler"
+        filler.write_bytes(b"\0" * (90 * 1024))  # leaves a few KiB: less than either output needs
+        for args in commands:
+            proc = subprocess.run([sys.executable, "-m", "bayescale.cli", *args], capture_output=True, text=True,
+                                  timeout=600, env=env, cwd=tmp_path)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and "no space left" in lines[0] and Path(args[args.index("--out" if "--out" in args else "--json") + 1]).name in lines[0], proc.stderr
+            assert sorted(p.name for p in tiny.iterdir()) == ["filler"]
+        filler.unlink()
+        subprocess.run(["umount", str(tiny)], check=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(tiny)], check=True)
+        for args in commands:
+            proc = subprocess.run([sys.executable, "-m", "bayescale.cli", *args], capture_output=True, text=True,
+                                  timeout=600, env=env, cwd=tmp_path)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        assert sorted(p.name for p in tiny.iterdir()) == ["allocation.json", "fit.nc"]
+    finally:
+        subprocess.run(["umount", str(tiny)], capture_output=True)
