@@ -396,14 +396,22 @@ def test_bad_training_input_is_one_line_exit_2_and_leaves_nothing(train_files, t
     ids=["truncated posterior", "string loss CSV", "malformed chance", "output is a directory"],
 )
 def test_real_process_prints_one_line_and_no_traceback(bad, tmp_path, case_id, args, expected):
+    line = _one_line_exit_2(_format(args, bad, tmp_path), tmp_path)
+    assert expected in line
+
+
+def _one_line_exit_2(argv: list[str], cwd: Path) -> str:
+    """Run the real CLI; check exit 2, nothing on stdout, no traceback, one line on stderr and no
+    file left in ``cwd``; return that line."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "bayescale.cli", *_format(args, bad, tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "bayescale.cli", *argv], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=cwd)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stdout == "" and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], proc.stderr
-    assert _tree(tmp_path) == set()
+    assert len(lines) == 1, proc.stderr
+    assert _tree(cwd) == set()
+    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -419,14 +427,8 @@ def test_real_process_prints_one_line_and_no_traceback(bad, tmp_path, case_id, a
 def test_flags_of_the_wrong_type_are_one_line_with_exit_2(bad, tmp_path, args, flag):
     """typer/click refuse these before a command runs; the command line turns their usage block
     into one line that names the flag and where the help is."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "bayescale.cli", *_format(args, bad, tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stdout == "" and "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and flag in lines[0] and f"'bayescale {args[0]} --help'" in lines[0], proc.stderr
-    assert _tree(tmp_path) == set()
+    line = _one_line_exit_2(_format(args, bad, tmp_path), tmp_path)
+    assert flag in line and f"'bayescale {args[0]} --help'" in line
 
 
 def test_a_bare_command_group_still_shows_its_help():
