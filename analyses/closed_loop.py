@@ -294,6 +294,11 @@ def predicted_table(draws, allocations: dict[str, dict[str, float]], *, weights=
     - ``seed_mean``: the same for the mean of ``n_seeds`` independent runs;
     - ``law``: the credible interval of the expected loss (the law without noise).
 
+    All three include the law's error past the fit runs' data where the posterior carries one
+    (``slope_error``), as :func:`bayescale.evaluate.predict.predict` does: an allocation larger
+    than the largest fit run is an extrapolation, and its curve is less certain than the law's
+    parameters say.
+
     ``improvement[base]``: 1 - (weighted mean of the recommendation) / (that of ``base``) — > 0
     means the recommendation is better — for the law (``law``, with ``p_better``), for one pair of
     runs (``single_run``) and for the mean over ``n_seeds`` paired runs (``seed_mean``). The
@@ -301,6 +306,7 @@ def predicted_table(draws, allocations: dict[str, dict[str, float]], *, weights=
     ignore that runs of one seed share their initial weights.
     """
     from bayescale.evaluate.predict import add_observation_noise, loss_draws, parse_allocation
+    from bayescale.laws.noise import with_extrapolation_error
 
     if n_seeds < 1:
         raise InputError(f"n_seeds must be >= 1, got {n_seeds}")
@@ -317,10 +323,11 @@ def predicted_table(draws, allocations: dict[str, dict[str, float]], *, weights=
         raise InputError(f"weights {weights!r}: one weight >= 0 per target, not all 0")
     rel = np.zeros(J) if relative_se is None else np.asarray(relative_se, dtype=float)
     X = np.array([parse_allocation(draws, allocations[n], parameter=f"allocation {n}") for n in names])  # (K, I)
-    log_law = loss_draws(draws, X, log=True).astype(np.float64)  # (S, K, J)
+    # The law with its error past the fit runs' data: a curve-level error, so the runs of one draw share it.
+    log_law = with_extrapolation_error(loss_draws(draws, X, log=True).astype(np.float64), draws, X)  # (S, K, J)
     S, K, _ = log_law.shape
     rng = np.random.default_rng(seed)
-    noisy = add_observation_noise(np.broadcast_to(log_law[:, None], (S, n_seeds, K, J)).copy(), draws, rng)
+    noisy = add_observation_noise(np.broadcast_to(log_law[:, None], (S, n_seeds, K, J)).copy(), draws, rng)  # no amounts: added above
     noisy = noisy + rel * rng.standard_normal(noisy.shape)
     runs = np.exp(noisy)  # (S, n, K, J): the losses n new runs of each strategy would measure
     law = np.exp(log_law)  # (S, K, J)

@@ -153,20 +153,33 @@ def test_predicted_table_bands_and_improvements(small_draws):
     assert band(wider)["hi90"] - band(wider)["lo90"] > 1.2 * (band(pred)["hi90"] - band(pred)["lo90"])
 
 
-def test_single_run_band_is_the_held_out_predictive_of_check(small_draws):
-    """One new run's band equals bayescale.evaluate.check's held-out band for a run with that loss_se."""
-    allocations = _allocations(small_draws)
+def test_single_run_band_is_the_analytic_predictive_inside_and_past_the_fit_runs(small_draws):
+    """One new run's band against the closed form: per draw, its log loss is normal around the law
+    (plus the slope error past the fit runs' largest total) with sd sqrt(sigma^2 + relative_se^2);
+    the band's quantiles are those of the mixture over draws, found by root finding. The library
+    draws one noise sample per draw: each quantile may miss by its Monte Carlo error, at most 5 SE
+    (each draw repeated 16 times, the same mixture with a quarter of the error)."""
+    from tests.references import normal_mixture_quantiles, predictive_log_loss_mixture, quantile_standard_error
+
+    many = small_draws.subset(np.tile(np.arange(small_draws.n_draws), 16))
     targets = list(small_draws.targets)
-    rel = np.array([0.02, 0.05, 0.03, 0.08])[: len(targets)]
-    pred = cl.predicted_table(small_draws, {"recommended": allocations["recommended"]}, relative_se=rel, n_seeds=1)
-    data = np.array([[allocations["recommended"][s] for s in small_draws.sources]])
-    loss = np.ones((1, len(targets)))
-    grid = make_grid(["new"], list(small_draws.sources), targets, data, loss, split="holdout", loss_se=rel[None] * loss)
-    bands = holdout_predictions(small_draws, grid)
-    for j, t in enumerate(targets):
-        mine = pred["strategies"]["recommended"]["rows"][t]["single_run"]
-        for q in ("median", "lo50", "hi50", "lo90", "hi90"):  # Monte Carlo of two independent noise draws
-            assert mine[q] == pytest.approx(float(bands[q].sel(run="new", target=t)), rel=0.03)
+    rel = np.array([0.01, 0.02, 0.005, 0.015])[: len(targets)]  # about sigma: both must be right
+    probs = {"lo90": 0.05, "lo50": 0.25, "median": 0.5, "hi50": 0.75, "hi90": 0.95}
+    inside = _allocations(small_draws, budget=40.0)["recommended"]
+    past = {s: 5 * v for s, v in inside.items()}  # 200 raw units, past the fit runs' largest (reach)
+    assert sum(inside.values()) < small_draws.reach < sum(past.values())
+    pred = cl.predicted_table(many, {"inside": inside, "past": past}, relative_se=rel, n_seeds=1)
+    for name, allocation in (("inside", inside), ("past", past)):
+        mean, sd = predictive_log_loss_mixture(small_draws, np.array([allocation[s] for s in small_draws.sources]), rel)
+        q, density = normal_mixture_quantiles(mean, sd, list(probs.values()))
+        se = quantile_standard_error(list(probs.values()), density, many.n_draws)
+        for j, t in enumerate(targets):
+            got = np.log([pred["strategies"][name]["rows"][t]["single_run"][k] for k in probs])
+            assert np.all(np.abs(got - q[:, j]) <= 5 * se[:, j]), (name, t, got, q[:, j], se[:, j])
+        # the law's band past the fit runs carries the slope error as predict()'s credible interval does
+        lib = predict(small_draws, past, interval=0.9)["targets"]
+        for t in targets:
+            assert pred["strategies"]["past"]["rows"][t]["law"]["hi90"] == pytest.approx(lib[t]["hi"], rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------ measured vs predicted

@@ -20,6 +20,28 @@ def test_scores_match_their_definitions(small_draws, small_grid):
     assert np.all(pred["lo90"] <= pred["lo50"]) and np.all(pred["hi50"] <= pred["hi90"])
 
 
+def test_holdout_bands_are_the_analytic_predictive_of_each_run(small_draws, small_grid):
+    """Each held-out cell's band against the closed form, computed without the library's noise
+    code: per draw a normal around the law (plus the slope error past the fit runs' largest total)
+    with the draw's sigma; the quantiles of the mixture over draws by root finding. Runs past the
+    fit runs (most held-out runs) test the slope error; a Monte Carlo miss of 5 SE at most (each
+    draw repeated 16 times: the same mixture, a quarter of the error)."""
+    from tests.references import normal_mixture_quantiles, predictive_log_loss_mixture, quantile_standard_error
+
+    many = small_draws.subset(np.tile(np.arange(small_draws.n_draws), 16))
+    pred = holdout_predictions(many, small_grid)
+    held = select_split(small_grid, "holdout")
+    probs = {"lo90": 0.05, "lo50": 0.25, "median": 0.5, "hi50": 0.75, "hi90": 0.95}
+    totals = held["data"].sum("source").values
+    assert (totals > small_draws.reach).sum() >= 5  # the slope error is in play
+    for r, run in enumerate(held["run"].values):
+        mean, sd = predictive_log_loss_mixture(small_draws, held["data"].values[r])
+        q, density = normal_mixture_quantiles(mean, sd, list(probs.values()))
+        se = quantile_standard_error(list(probs.values()), density, many.n_draws)
+        got = np.log(np.array([pred[k].sel(run=run).values for k in probs]))  # (quantile, target)
+        assert np.all(np.abs(got - q) <= 5 * se), (str(run), got - q, se)
+
+
 def test_extrapolation_is_accurate_on_a_simulated_world(small_draws, small_grid):
     scores = check_holdout(small_draws, small_grid)
     assert scores["pearson_r"] >= 0.98

@@ -6,14 +6,7 @@ import pytest
 from bayescale.errors import InputError
 from bayescale.evaluate.predict import loss_draws, predict
 from bayescale.laws import transfer
-
-
-def numpy_loss(draws, D):
-    d = D / draws.data_scale
-    with np.errstate(divide="ignore"):
-        powered = np.where(d[None, :, None] > 0, d[None, :, None] ** draws.beta, 0.0)
-    x = draws.x0 + d @ draws.self_mask + np.einsum("sij,sij->sj", draws.T * (1 - draws.self_mask), powered)
-    return draws.E + draws.A * x ** -draws.alpha
+from tests.references import transfer_loss as numpy_loss
 
 
 def test_matches_an_independent_numpy_evaluation(small_draws):
