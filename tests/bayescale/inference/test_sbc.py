@@ -64,6 +64,16 @@ def test_run_sbc_resumes_and_refuses_a_folder_of_other_settings(tmp_path):
 RESULTS = Path(__file__).parents[3] / "benchmarks" / "results" / "sbc-transfer-k3"
 
 
+def test_the_committed_worlds_were_fitted_with_todays_model():
+    """The 100 committed SBC worlds (read, not refitted, by the slow test below) carry the hash of
+    the model's code and priors: an edit to the model fails here, in the default run, until they
+    are recomputed (``make bench-calibration``) or shown unchanged."""
+    settings = json.loads((RESULTS / "settings.json").read_text())
+    assert settings["model"] == sbc.model_hash(settings["law"]), "the committed SBC results are of another model"
+    assert {k: settings[k] for k in sbc.SAMPLER} == sbc.SAMPLER
+    assert len(list(RESULTS.glob("world-*.json"))) == 100
+
+
 @pytest.mark.slow
 def test_calibration_over_100_prior_worlds():
     """Ranks of alpha, E and T uniform (chi-square, p > 0.001) and held-out 50 % / 90 %
@@ -75,3 +85,41 @@ def test_calibration_over_100_prior_worlds():
         assert summary["quantities"][name]["chi2_p"] > 0.001, (name, summary["quantities"][name])
     assert abs(summary["holdout_coverage_50"] - 0.5) <= 0.05, json.dumps(summary)
     assert abs(summary["holdout_coverage_90"] - 0.9) <= 0.05, json.dumps(summary)
+
+
+SMALL_SBC = {"chains": 2, "warmup": 150, "draws": 150, "target_accept": 0.98, "thin_to": 19}
+
+
+def small_sbc_failures(results: list[dict]) -> list[str]:
+    """What a small SBC (short chains, 20 ranks per world) rejects, loosely but for real:
+    - a pooled rank histogram (5 bins) of any quantity, chi-square p < 1e-4 (about 0.001 over the
+      quantities, Bonferroni);
+    - held-out coverage of the 50 % / 90 % predictive intervals: one value per world (a world's cells
+      share its truth: one cluster), a two-sided t-test of the nominal level at 0.1 %."""
+    from scipy import stats
+
+    failures = [f"{name} ranks: chi-square p {q['chi2_p']:.1e}, histogram {q['histogram']}"
+                for name, q in sbc.summarise(results, bins=5)["quantities"].items() if q["chi2_p"] < 1e-4]
+    for level in (50, 90):
+        per_world = np.array([r[f"coverage_{level}"] for r in results])
+        half = stats.t.ppf(0.9995, per_world.size - 1) * per_world.std(ddof=1) / np.sqrt(per_world.size)
+        if abs(per_world.mean() - level / 100) > half:
+            failures.append(f"held-out {level} % coverage {per_world.mean():.3f} ± {half:.3f}")
+    return failures
+
+
+@pytest.mark.slow
+def test_a_small_sbc_refitted_now_passes_and_a_biased_fit_fails_it(tmp_path, monkeypatch):
+    """Refits 20 prior worlds with today's model on every run (the 100 committed ones are checked
+    against the model's hash above): calibrated. The same worlds fitted to log losses 0.1 too high
+    (a fit that conditions on data other than the world's, as a units or scaling bug would) fail."""
+    now = sbc.run_sbc(20, tmp_path / "now", domains=3, seed=7, **SMALL_SBC)
+    assert small_sbc_failures(now) == []
+    honest = sbc.SBCDesign.model_data
+
+    def biased(self, log_loss, runs, scales=None):
+        return honest(self, None if log_loss is None else np.asarray(log_loss) + 0.1, runs, scales)
+
+    monkeypatch.setattr(sbc.SBCDesign, "model_data", biased)
+    broken = sbc.run_sbc(20, tmp_path / "biased", domains=3, seed=7, **SMALL_SBC)
+    assert any("held-out 90 % coverage" in f for f in small_sbc_failures(broken)), small_sbc_failures(broken)
