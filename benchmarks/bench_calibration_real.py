@@ -14,7 +14,9 @@ Cases (each: fit on its fit runs, predict its held-out runs):
   a saturating world (curves flatten past a break), and noise shared by a run's targets;
 - ``regmix``: RegMix's 512 fixed-budget runs, a seeded random fifth held out, against
   RegMix's own predictor (LightGBM on the mixture weights) and the mixing law. Slow with NUTS
-  (17 sources x 13 targets): opt in, e.g. ``--cases regmix --method svi --laws transfer bend mixing``.
+  (17 sources x 13 targets): opt in, e.g. ``--cases regmix --method svi --laws transfer bend mixing
+  --out benchmarks/results/calibration-regmix`` (a law without SVI, the mixing law, is fitted with
+  its own method, NUTS, and its row says so).
 
 Prints one table: case, law, held-out cells, median |relative error|, pooled r, median
 per-target r and Spearman rho, 50 % / 90 % coverage with 95 % cluster-bootstrap intervals
@@ -114,6 +116,8 @@ def cases(selected) -> dict[str, xr.Dataset]:
 def stem_and_settings(name: str, law: str, settings: dict) -> tuple[str, dict]:
     """The file stem of a (case, law) result and the settings it is saved under."""
     stem = name.replace(":", "__").replace("/", "_") + f"__{law}"
+    if settings.get("method", "nuts") not in laws.get(law).methods:  # e.g. the mixing law has NUTS only
+        settings = {**settings, "method": laws.get(law).methods[0]}
     if laws.get(law).members:
         settings = {**settings, "members": list(laws.get(law).members)}  # a stack of other members is another result
     return stem, settings
@@ -126,8 +130,8 @@ def saved(name: str, law: str, settings: dict, folder: Path) -> bool:
 
 def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path, force: bool) -> tuple[dict, xr.Dataset]:
     family = laws.get(law)
-    fit_settings = dict(settings)
     stem, settings = stem_and_settings(name, law, settings)
+    fit_settings = {k: v for k, v in settings.items() if k != "members"}
     json_path, pred_path = folder / f"{stem}.json", folder / f"{stem}.nc"
     if not force and (saved := read_saved(json_path, settings, pred_path)) is not None:
         return saved, xr.load_dataset(pred_path)
@@ -183,6 +187,15 @@ def lightgbm_row(grid: xr.Dataset) -> dict:
     return {"case": "regmix", "law": "lightgbm (RegMix)", **point_scores(held["loss"].values, pred)}
 
 
+def law_label(row: dict) -> str:
+    """The row's law, with its method where it is not NUTS (an SVI row carries the guide's Pareto k-hat)."""
+    method = (row.get("settings") or {}).get("method", "nuts")
+    if method == "svi":
+        khat = (row.get("diagnostics") or {}).get("psis_khat")
+        return f"{row['law']} (SVI, k̂ {khat:.1f})" if khat is not None else f"{row['law']} (SVI)"
+    return row["law"]
+
+
 def markdown(rows: list[dict]) -> str:
     """The table as markdown (``summary.md`` beside ``summary.json``)."""
     def f(value, fmt):
@@ -195,7 +208,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| case | law | cells | median \\|rel. err\\| | r | r per target | Spearman per target | 50 % coverage | 90 % coverage | 90 % width | PIT KS p |",
              "|---|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['case']} | {row['law']} | {row['cells']} | {f(row['median_abs_rel_error'], '.2%')} | {f(row['pearson_r'], '.3f')} | "
+        lines.append(f"| {row['case']} | {law_label(row)} | {row['cells']} | {f(row['median_abs_rel_error'], '.2%')} | {f(row['pearson_r'], '.3f')} | "
                      f"{f(row.get('per_target_r'), '.3f')} | {f(row.get('per_target_spearman'), '.3f')} | {cover(row, 50)} | {cover(row, 90)} | "
                      f"{f(row.get('width_90'), '.1%')} | {f(row.get('pit_ks_p'), '.2g')} |")
     return "\n".join(lines) + "\n"
@@ -217,7 +230,7 @@ def print_table(rows: list[dict]) -> None:
         return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, fmt)
 
     for row in rows:
-        table.add_row(row["case"], row["law"], str(row["cells"]), f(row["median_abs_rel_error"], ".2%"), f(row["pearson_r"], ".3f"),
+        table.add_row(row["case"], law_label(row), str(row["cells"]), f(row["median_abs_rel_error"], ".2%"), f(row["pearson_r"], ".3f"),
                       f(row.get("per_target_r"), ".3f"), f(row.get("per_target_spearman"), ".3f"), cover(row, 50), cover(row, 90),
                       f(row.get("width_90"), ".2%"), f(row.get("pit_ks_p"), ".2g"), f(row.get("seconds"), ".0f"))
     Console(width=200).print(table)

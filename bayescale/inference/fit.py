@@ -111,6 +111,8 @@ def fit(
         stats = {}
         # The guide's Pareto k-hat: whether its draws can stand for the posterior (--strict reads it).
         extra_attrs = {"approximate": 1, "svi_steps": svi_steps, "svi_final_loss": final_loss, "psis_khat": fitted.psis_khat}
+        if fitted.step_schedule != "constant":
+            extra_attrs["svi_step_schedule"] = fitted.step_schedule
     idata = to_datatree(family, samples, stats, data, coords, model_kwargs)
     idata.attrs.update(
         {

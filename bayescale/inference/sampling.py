@@ -116,9 +116,10 @@ class SVIFit(tuple):
     """What :func:`approximate_svi` returns: unpacks as ``(samples, final_loss)``; ``psis_khat`` (the
     Pareto k-hat of the guide, :func:`guide_psis_khat`) rides along, for the posterior's attrs."""
 
-    def __new__(cls, samples: dict, final_loss: float, psis_khat: float):
+    def __new__(cls, samples: dict, final_loss: float, psis_khat: float, step_schedule: str = "constant"):
         fitted = super().__new__(cls, (samples, final_loss))
         fitted.psis_khat = float(psis_khat)
+        fitted.step_schedule = step_schedule  # "decaying" where the constant step diverged
         return fitted
 
     @property
@@ -172,15 +173,22 @@ def approximate_svi(model, data, model_kwargs: dict, key, *, n_draws: int, steps
     from numpyro.infer.autoguide import AutoMultivariateNormal
 
     guide = AutoMultivariateNormal(model, init_loc_fn=init_to_median(num_samples=init_samples))
-    svi = SVI(model, guide, optim.ClippedAdam(step_size=0.01), Trace_ELBO())
     fit_key, draw_key = jax.random.split(key)
     psis_key = jax.random.fold_in(key, 1)  # a stream of its own: the draws above stay what they were
 
-    def optimise():
+    def optimise(step_size):
+        svi = SVI(model, guide, optim.ClippedAdam(step_size=step_size), Trace_ELBO())
         result = svi.run(fit_key, steps, data, progress_bar=progress, **model_kwargs)
         return result, np.asarray(result.losses)
 
-    result, losses = interruptible(optimise)
+    result, losses = interruptible(optimise, 0.01)
+    schedule = "constant"
+    if not np.isfinite(losses[-1]):
+        # A constant step of 0.01 can blow up late in the run on a large grid (RegMix's 17 x 13:
+        # a non-finite ELBO at step 3,658 of 5,000); steps that decay tenfold over the run settle
+        # instead. Only then: a fit that converged at the constant step stays what it was.
+        result, losses = interruptible(optimise, lambda i: 0.01 * 0.1 ** (i / steps))
+        schedule = "decaying"
     if not np.isfinite(losses[-1]):
         raise InputError("method: SVI diverged (non-finite ELBO); use method 'nuts' for this grid", parameter="method")
     # Ask for every latent and deterministic site: by default Predictive returns only
@@ -192,4 +200,4 @@ def approximate_svi(model, data, model_kwargs: dict, key, *, n_draws: int, steps
     samples = {k: np.asarray(v)[None] for k, v in draws.items() if k != "log_loss"}
     khat = interruptible(guide_psis_khat, model, guide, result.params, data, model_kwargs, psis_key,
                          max(n_draws, PSIS_DRAWS))
-    return SVIFit(samples, float(np.mean(losses[-100:])), khat)
+    return SVIFit(samples, float(np.mean(losses[-100:])), khat, schedule)
