@@ -305,8 +305,7 @@ def predicted_table(draws, allocations: dict[str, dict[str, float]], *, weights=
     noise of different runs is drawn independently (as in the model), so the run-level intervals
     ignore that runs of one seed share their initial weights.
     """
-    from bayescale.evaluate.predict import add_observation_noise, loss_draws, parse_allocation
-    from bayescale.laws.noise import with_extrapolation_error
+    from bayescale.evaluate.predict import add_observation_noise, loss_draws, parse_allocation, with_extrapolation_error
 
     if n_seeds < 1:
         raise InputError(f"n_seeds must be >= 1, got {n_seeds}")
