@@ -116,10 +116,11 @@ def cases(selected) -> dict[str, xr.Dataset]:
 def stem_and_settings(name: str, law: str, settings: dict) -> tuple[str, dict]:
     """The file stem of a (case, law) result and the settings it is saved under."""
     stem = name.replace(":", "__").replace("/", "_") + f"__{law}"
-    if settings.get("method", "nuts") not in laws.get(law).methods:  # e.g. the mixing law has NUTS only
-        settings = {**settings, "method": laws.get(law).methods[0]}
-    if laws.get(law).members:
-        settings = {**settings, "members": list(laws.get(law).members)}  # a stack of other members is another result
+    family = laws.get(law)
+    if settings.get("method", "nuts") not in family.methods:  # e.g. the mixing law has NUTS only
+        settings = {**settings, "method": family.methods[0]}
+    if family.members:
+        settings = {**settings, "members": list(family.members)}  # a stack of other members is another result
     return stem, settings
 
 

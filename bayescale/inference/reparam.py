@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from bayescale.inference.sampling import interruptible
+from bayescale.inference.sampling import interruptible, tenfold_decay
 from bayescale.laws.base import LawFamily
 
 __all__ = ["PILOT_STEPS", "centring_attr", "choose_centring"]
@@ -70,7 +70,7 @@ def choose_centring(family: LawFamily, data, model_kwargs: dict, key, *, steps: 
     guide = AutoNormal(model, init_loc_fn=init_to_median(num_samples=init_samples), init_scale=1.0)
     # Clipped steps that decay tenfold over the run: the guide's scales settle instead of
     # jittering (plain Adam at 0.01 had not settled after 6,000 steps on a K = 8 world, and diverged by 15,000).
-    svi = SVI(model, guide, optim.ClippedAdam(step_size=lambda i: 0.02 * 0.1 ** (i / steps), clip_norm=10.0), Trace_ELBO())
+    svi = SVI(model, guide, optim.ClippedAdam(step_size=tenfold_decay(0.02, steps), clip_norm=10.0), Trace_ELBO())
     result = interruptible(lambda: svi.run(key, steps, non_centred, progress_bar=False, **model_kwargs))
     if not np.all(np.isfinite(np.asarray(result.losses[-100:]))):
         return {}

@@ -109,6 +109,12 @@ def sample_nuts(model, data, model_kwargs: dict, key, *, chains: int, warmup: in
     return interruptible(sample)
 
 
+def tenfold_decay(start: float, steps: int):
+    """An SVI step size that falls from ``start`` tenfold over ``steps`` steps: the guide settles
+    instead of jittering, or blowing up, at a constant step."""
+    return lambda i: start * 0.1 ** (i / steps)
+
+
 PSIS_DRAWS = 1000  # at least this many guide draws for the Pareto k-hat of an SVI fit
 
 
@@ -187,7 +193,7 @@ def approximate_svi(model, data, model_kwargs: dict, key, *, n_draws: int, steps
         # A constant step of 0.01 can blow up late in the run on a large grid (RegMix's 17 x 13:
         # a non-finite ELBO at step 3,658 of 5,000); steps that decay tenfold over the run settle
         # instead. Only then: a fit that converged at the constant step stays what it was.
-        result, losses = interruptible(optimise, lambda i: 0.01 * 0.1 ** (i / steps))
+        result, losses = interruptible(optimise, tenfold_decay(0.01, steps))
         schedule = "decaying"
     if not np.isfinite(losses[-1]):
         raise InputError("method: SVI diverged (non-finite ELBO); use method 'nuts' for this grid", parameter="method")
