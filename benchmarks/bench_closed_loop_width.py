@@ -28,13 +28,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_calibration_real  # noqa: E402
+import bench_calibration_real
 
-from bayescale.data import grid as grids  # noqa: E402
-from bayescale.evaluate import check  # noqa: E402
-from bayescale.evaluate.predict import add_observation_noise, loss_draws  # noqa: E402
-from bayescale.inference import posterior  # noqa: E402
-from bayescale.laws.noise import extrapolation_distance  # noqa: E402
+from bayescale.data import grid as grids
+from bayescale.evaluate import check
+from bayescale.evaluate.predict import add_observation_noise, loss_draws
+from bayescale.inference import posterior
+from bayescale.laws.noise import extrapolation_distance
 
 DEFAULT = ROOT / "benchmarks" / "results" / "calibration-real" / "closed-loop__transfer.posterior.nc"
 
