@@ -520,12 +520,13 @@ def train(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Runs in parallel (default: CPU cores / threads per run).")] = None,
     collect_only: Annotated[bool, typer.Option("--collect-only", help="Only rebuild the grid from the finished runs' records.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    design: Annotated[Path | None, typer.Option("--design", help=r"Also train the explicit runs of this design file (\[\[design.runs]]; e.g. from bayescale propose --design).")] = None,  # \[: rich would read [..] as markup
 ):
     """Train the config's runs (skipping finished ones) and write their loss grid."""
-    refuse_overwrite_of_input(out, config)
+    refuse_overwrite_of_input(out, config, design)
     run = _import_trainers("trainers.run")
     result = run.train_grid(config, out, executor=executor, address=address, workers=workers, collect_only=collect_only,
-                            progress=progress, console=console)
+                            progress=progress, console=console, design=design)
     from bayescale.data.grid import grid_summary, load_grid
     from bayescale.render.text import format_grid_summary
 

@@ -38,6 +38,9 @@ message names the file and the key. A config looks like::
     holdout_budgets = [32, 48]
     mixtures_per_budget = 2
     seeds = [0]
+
+A design file (``bayescale train --design FILE``, e.g. from ``bayescale propose --design``) holds
+only ``[[design.runs]]``; :func:`with_extra_runs` appends its runs to a config's design.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import hashlib
 import json
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,7 @@ class ExplicitRun:
     data: dict[str, int]
     seed: int = 0
     split: str = "fit"
+    source: Path | None = field(default=None, compare=False)  # the design file it came from, if not the config
 
 
 @dataclass(frozen=True)
@@ -438,24 +442,7 @@ def _read_design(t: _Table, where: str) -> DesignConfig:
         if not isinstance(domains, list) or not domains or any(not isinstance(x, str) for x in domains):
             raise t.fail("domains", f"is {domains!r}; expected a list of domain names")
         domains = tuple(domains)
-    runs = []
-    raw_runs = t.raw("runs", [])
-    if not isinstance(raw_runs, list):
-        raise t.fail("runs", "must be an array of tables ([[design.runs]])")
-    for k, item in enumerate(raw_runs):
-        if not isinstance(item, dict):
-            raise t.fail("runs", f"entry {k + 1} is not a table")
-        r = _Table(item, where, f"design.runs[{k + 1}].")
-        run_id = r.str("id", required=True)
-        amounts = r.raw("data", None)
-        if not isinstance(amounts, dict) or not amounts:
-            raise r.fail("data", "must be a table of domain = volumes, e.g. data = { ct_abdomen = 4 }")
-        for name, n in amounts.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise r.fail("data", f"gives {name} = {n!r}; volumes must be integers >= 0")
-        runs.append(ExplicitRun(id=run_id, data=dict(amounts), seed=r.int("seed", 0, minimum=0),
-                                split=r.str("split", "fit", choices=("fit", "holdout"))))
-        r.done()
+    runs = _read_runs(t, where)
     design = DesignConfig(
         fit_budgets=tuple(sorted(set(fit_budgets))),
         holdout_budgets=tuple(sorted(set(holdout_budgets))),
@@ -480,3 +467,51 @@ def _read_design(t: _Table, where: str) -> DesignConfig:
         raise InputError(f"{where}: the design has no runs; set design.fit_budgets or add [[design.runs]]")
     return design
 
+
+def _read_runs(t: _Table, where: str, source: Path | None = None) -> tuple[ExplicitRun, ...]:
+    """The ``[[design.runs]]`` of the design table ``t``; ``source`` is the file when it is not the config."""
+    runs = []
+    raw_runs = t.raw("runs", [])
+    if not isinstance(raw_runs, list):
+        raise t.fail("runs", "must be an array of tables ([[design.runs]])")
+    for k, item in enumerate(raw_runs):
+        if not isinstance(item, dict):
+            raise t.fail("runs", f"entry {k + 1} is not a table")
+        r = _Table(item, where, f"design.runs[{k + 1}].")
+        run_id = r.str("id", required=True)
+        amounts = r.raw("data", None)
+        if not isinstance(amounts, dict) or not amounts:
+            raise r.fail("data", "must be a table of domain = volumes, e.g. data = { ct_abdomen = 4 }")
+        for name, n in amounts.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise r.fail("data", f"gives {name} = {n!r}; volumes must be integers >= 0")
+        runs.append(ExplicitRun(id=run_id, data=dict(amounts), seed=r.int("seed", 0, minimum=0),
+                                split=r.str("split", "fit", choices=("fit", "holdout")), source=source))
+        r.done()
+    return tuple(runs)
+
+
+def read_design_runs(path: str | Path) -> tuple[ExplicitRun, ...]:
+    """The explicit runs of a design file: ``[[design.runs]]`` tables and nothing else (as
+    ``bayescale propose --design`` writes them)."""
+    path = Path(path)
+    where = str(path)
+    top = _Table(read_toml(path, "design"), where)
+    t = top.table("design")
+    runs = _read_runs(t, where, source=path)
+    t.done()  # a ladder or any other [design] key belongs in the config, not here
+    top.done()
+    if not runs:
+        raise InputError(f"{where}: no [[design.runs]]; a design file lists explicit runs")
+    return runs
+
+
+def with_extra_runs(config: TrainConfig, design_path: str | Path) -> TrainConfig:
+    """``config`` with the explicit runs of the design file appended to its design.
+
+    A run id the config's design already has is refused by :func:`trainers.design.make_design`
+    (which knows the generated ids), naming the id and the design file. The results part of the
+    config is unchanged, so :func:`config_hash` and the existing records stay valid.
+    """
+    extra = read_design_runs(design_path)
+    return replace(config, design=replace(config.design, runs=config.design.runs + extra))

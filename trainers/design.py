@@ -8,7 +8,9 @@ From ``[design]`` of the config:
   (design_seed, budget, k), so every seed replicates the same mixtures;
 - held-out runs (``split = "holdout"``) at budgets above every fit run: mixtures
   (``holdout_mixtures_per_budget``) and, with ``holdout_single_domain``, ladders continued;
-- explicit runs (``[[design.runs]]``) with their own id, data, seed and split.
+- explicit runs (``[[design.runs]]``) with their own id, data, seed and split, from the config or
+  from a design file (:func:`trainers.config.with_extra_runs`); errors about a run from a design
+  file name that file.
 
 A run's data vector is the number of unique training volumes of each domain it may use; a run with
 seed s uses the first n volumes of a fixed permutation of the domain's pool that depends only on
@@ -91,14 +93,16 @@ def make_design(config: TrainConfig, available: dict[str, int]) -> list[RunSpec]
     else:
         domains = manifest_domains
     runs: list[RunSpec] = []
+    origins: list[str] = []  # the file that defines each run, for its error messages
 
-    def add(run_id, amounts, seed, split, kind):
+    def add(run_id, amounts, seed, split, kind, origin=where):
         data = {d: int(amounts.get(d, 0)) for d in domains}
         budget = sum(data.values())
         if budget <= 0:
-            raise InputError(f"{where}: run {run_id!r} has no training data")
+            raise InputError(f"{origin}: run {run_id!r} has no training data")
         runs.append(RunSpec(id=run_id, data=data, seed=seed, split=split, kind=kind,
                             steps=training.steps_for(budget), order=len(runs)))
+        origins.append(origin)
 
     mixture_budgets = design.mixture_budgets if design.mixture_budgets is not None else tuple(b for b in design.fit_budgets if b >= 2)
     fit_max = max(design.fit_budgets, default=0)
@@ -121,24 +125,26 @@ def make_design(config: TrainConfig, available: dict[str, int]) -> list[RunSpec]
                     counts = dirichlet_counts(domains, b, design.concentration, [design.design_seed, b, 1000 + k])
                     add(f"holdout-mix-b{b:03d}-m{k}-s{seed}", counts, seed, "holdout", "mixture")
     for r in design.runs:
+        origin = where if r.source is None else str(r.source)
         for d in r.data:
             if d not in domains:
-                raise InputError(f"{where}: run {r.id!r} names domain {d!r}, which is not a design domain ({', '.join(domains)})")
-        add(r.id, r.data, r.seed, r.split, "explicit")
+                raise InputError(f"{origin}: run {r.id!r} names domain {d!r}, which is not a design domain ({', '.join(domains)})")
+        add(r.id, r.data, r.seed, r.split, "explicit", origin)
 
-    seen = {}
-    for run in runs:
+    seen: dict[str, str] = {}  # run id -> the file that defines it
+    for run, origin in zip(runs, origins):
         if run.id in seen:
-            raise InputError(f"{where}: run id {run.id!r} appears twice in the design")
-        seen[run.id] = run
+            first = "" if seen[run.id] == origin else f" (first in {seen[run.id]})"
+            raise InputError(f"{origin}: run id {run.id!r} appears twice in the design{first}")
+        seen[run.id] = origin
         for d, n in run.data.items():
             if n > available[d]:
                 raise InputError(
-                    f"{where}: run {run.id!r} asks for {n} volumes of domain {d!r}, which has only {available[d]} "
+                    f"{origin}: run {run.id!r} asks for {n} volumes of domain {d!r}, which has only {available[d]} "
                     "training volumes (after the validation split)"
                 )
         if run.split == "holdout" and fit_max and run.budget <= fit_max:
-            raise InputError(f"{where}: held-out run {run.id!r} has budget {run.budget}, not above the largest fit budget {fit_max}")
+            raise InputError(f"{origin}: held-out run {run.id!r} has budget {run.budget}, not above the largest fit budget {fit_max}")
     if mixture_budgets and fit_max and max(mixture_budgets) > fit_max:
         raise InputError(f"{where}: design.mixture_budgets go up to {max(mixture_budgets)}, above the largest fit budget {fit_max}")
     return runs

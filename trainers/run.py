@@ -29,7 +29,7 @@ import numpy as np
 
 from bayescale.errors import InputError
 from trainers.collect import RECORD_FORMAT, collect_grid, read_records, records_lock, write_record
-from trainers.config import TrainConfig, config_hash, load_config
+from trainers.config import TrainConfig, config_hash, load_config, with_extra_runs
 from trainers.design import RunSpec, make_design, pool_order
 from trainers.domains import Manifest, PreparedData, load_manifest, prepare_data, stable_int
 
@@ -337,16 +337,21 @@ def train_grid(
     progress: bool = True,
     console=None,
     max_runs: int | None = None,
+    design: str | Path | None = None,
 ) -> GridResult:
     """Train every unfinished run of the config's design and write the loss grid to ``out``.
 
     Re-running skips runs whose record exists; ``collect_only`` only rebuilds the grid from the
     records there are. ``max_runs`` stops after that many new runs (for tests and partial grids).
+    ``design`` is a design file whose explicit runs (``[[design.runs]]``) are trained too: the
+    config's hash leaves the design out, so they join the records (and grid) already there.
     """
     t0 = time.perf_counter()
     out = Path(out)
     _check_out(out)
     config = load_config(config_path)
+    if design is not None:
+        config = with_extra_runs(config, design)  # read even with collect_only: a bad file fails loudly
     records_dir = default_records_dir(config, out)
     if executor not in ("local", "ray"):
         raise InputError(f"--executor {executor!r}: expected local or ray")

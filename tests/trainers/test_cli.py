@@ -47,6 +47,39 @@ def test_train_with_progress_bars(tmp_path):
     assert "done single-ct_a-n001-s0" in result.output
 
 
+def test_train_with_a_design_file_appends_its_runs_to_the_grid(tmp_path):
+    """The loop a user runs: train a grid, let propose recommend a run, train it into the same grid."""
+    write_dataset(tmp_path, n=3)
+    config = write_config(tmp_path, TINY_CONFIG.replace("fit_budgets = [1, 2]\nmixtures_per_budget = 1", "fit_budgets = [1]"))
+    out, records = tmp_path / "grid.nc", tmp_path / "grid.nc.records"
+    first = runner.invoke(app, ["train", str(config), "--out", str(out), "--workers", "1", "--no-progress"])
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_text() for p in records.glob("*.json")}  # finished_at and losses included
+    assert len(before) == 3
+
+    design = tmp_path / "proposed.toml"
+    design.write_text('[design]\n[[design.runs]]\nid = "propose-r1-mix"\ndata = { ct_a = 1, mri_b = 1, pet_c = 0 }\nseed = 0\nsplit = "fit"\n')
+    args = ["train", str(config), "--out", str(out), "--design", str(design), "--workers", "1", "--no-progress"]
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "(4 runs; trained 1, skipped 3 finished" in second.output
+    ds = load_grid(out)
+    assert list(ds["run"].values) == [*sorted(r.removesuffix(".json") for r in before), "propose-r1-mix"]
+    added = ds.sel(run="propose-r1-mix")
+    assert dict(zip(ds["source"].values, added["data"].values.tolist())) == {"ct_a": 1.0, "mri_b": 1.0, "pet_c": 0.0}
+    assert str(added["split"].values) == "fit" and str(added["kind"].values) == "explicit"
+    for name, text in before.items():  # the old runs were skipped, not retrained
+        assert (records / name).read_text() == text
+
+    out.unlink()
+    collected = runner.invoke(app, ["train", str(config), "--out", str(out), "--design", str(design), "--collect-only"])
+    assert collected.exit_code == 0, collected.output
+    assert "(4 runs; collected" in collected.output and load_grid(out).sizes["run"] == 4
+
+    overwrite = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "d.nc"), "--design", str(tmp_path / "d.nc")])
+    assert overwrite.exit_code == 2 and "would overwrite the input file" in overwrite.output
+
+
 @pytest.mark.parametrize(
     "change, expected",
     [
