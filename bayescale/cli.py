@@ -370,6 +370,63 @@ def allocate(
 
 @app.command()
 @exits_cleanly
+def propose(
+    posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
+    grid: Annotated[Path, typer.Argument(help="The grid it was fitted to (the scale of generated candidates).")],
+    budget: Annotated[float, typer.Option("--budget", help="The allocation budget the decision is about (as in allocate).")],
+    candidates: Annotated[str, typer.Option("--candidates", help="auto (single domains, pairs and Dirichlet mixtures at a ladder of budgets) or a CSV with a column per source (optional name, cost).")] = "auto",
+    batch: Annotated[int, typer.Option("--batch", help="Runs to propose.")] = 8,
+    criterion: Annotated[str, typer.Option("--criterion", help="evoi: expected improvement of the allocation's objective | variance: expected fall of its posterior variance.")] = "evoi",
+    run_cost: Annotated[str, typer.Option("--run-cost", help="volumes (a run costs its total data) or a TOML file of source = cost per unit.")] = "volumes",
+    max_run_budget: Annotated[Optional[float], typer.Option("--max-run-budget", help="Largest total data of a generated candidate (default: the grid's largest fit run).")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="mean | cvar:GAMMA | minimax")] = "mean",
+    weights: Annotated[Optional[str], typer.Option("--weights", help="Target weights, e.g. ct=2,pet=1 (default 1 each).")] = None,
+    normalise: Annotated[bool, typer.Option("--normalise", help="Divide each target's loss by its posterior-mean loss at the uniform split.")] = False,
+    cost: Annotated[Optional[str], typer.Option("--cost", help="Cost per data unit of a source in the allocation, e.g. pet=3 (default 1).")] = None,
+    max_: Annotated[Optional[str], typer.Option("--max", help="Available data per source, e.g. ct=400,pet=80.")] = None,
+    min_: Annotated[Optional[str], typer.Option("--min", help="Least data per source, e.g. pet=10.")] = None,
+    fixed: Annotated[Optional[str], typer.Option("--fixed", help="Sources held at an amount, e.g. mri_t1_brain=40.")] = None,
+    group: Annotated[Optional[list[str]], typer.Option("--group", help="Share of the budget for matching sources, e.g. 'ct_*>=0.3' (repeatable).")] = None,
+    outcomes: Annotated[int, typer.Option("--outcomes", help="Simulated outcomes per batch.")] = 128,
+    decisions: Annotated[int, typer.Option("--decisions", help="Per-draw optima in the decision set, besides the recommendation.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the draw split, the outcomes and generated mixtures.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the proposal as JSON (- for stdout, the table then on stderr).")] = None,
+    design: Annotated[Optional[Path], typer.Option("--design", help="Also write the batch as a design file for bayescale train CONFIG --design FILE.")] = None,
+):
+    """Which runs to train next: the batch whose losses are expected to improve the allocation most per unit of run cost."""
+    from bayescale.data.grid import load_grid
+    from bayescale.inference.posterior import law_draws, load_posterior, require_amounts
+    from bayescale.optimise.candidates import make_candidates
+    from bayescale.optimise.propose import design_toml, propose as choose
+    from bayescale.render.text import format_proposal
+
+    from bayescale._files import check_writable
+
+    for flag, out in (("--json", json_out), ("--design", design)):
+        if out is not None and str(out) != "-":
+            check_writable(out, flag)
+            if out.resolve() in (posterior.resolve(), grid.resolve()):
+                raise InputError(f"{flag} {out} would overwrite an input file")
+    draws = require_amounts(law_draws(load_posterior(posterior)), "propose")
+    pool = make_candidates(draws.sources, load_grid(grid), candidates, run_cost=run_cost, max_run_budget=max_run_budget, seed=seed)
+    options = dict(objective=objective, weights=parse_mapping(weights, "--weights") or None, normalise=normalise,
+                   costs=parse_mapping(cost, "--cost") or None, upper=parse_mapping(max_, "--max") or None,
+                   lower=parse_mapping(min_, "--min") or None, fixed=parse_mapping(fixed, "--fixed") or None,
+                   groups=group or None)
+    result = choose(draws, budget, pool, batch=batch, criterion=criterion, options=options, outcomes=outcomes,
+                    decisions=decisions, seed=seed)
+    text = design_toml(result) if design is not None else None  # before any file is written: whole volumes or nothing
+    if json_out:
+        write_json(json_out, result.to_dict())
+    if design is not None:
+        from bayescale._files import write_text_atomic
+
+        write_text_atomic(design, text)
+    console.print(format_proposal(result), highlight=False, markup=False)
+
+
+@app.command()
+@exits_cleanly
 def hubs(
     posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit` (transfer or linear law).")],
     reference_data: Annotated[Optional[float], typer.Option("--reference-data", help="Amount of source data (raw units) at which transfer is measured (default D0).")] = None,

@@ -289,6 +289,22 @@ def baseline_entry(problem: AllocationProblem, law_all, D_b, B, v, interval, min
 
 def uncertainty(problem: AllocationProblem, D, B, n, interval, seed) -> DecisionUncertainty:
     """Per-draw optima of ``n`` optimisation draws, solved together."""
+    try:
+        out, mode = per_draw_allocations(problem, D, B, n, seed)
+    except Exception as exc:  # noqa: BLE001 - a summary that failed must not sink the recommendation
+        return DecisionUncertainty(draws=min(n, problem.law.S), error=f"{type(exc).__name__}: {exc}")
+    summary = dec.summarise_decisions(out["D"], out["ok"], problem.spec.sources, problem.spec.costs, interval, D)
+    what = ("least spend meeting every chance target in each draw"
+            + (" (the loss one run observes, with that draw's noise)" if problem.chance_noise is not None else "")
+            if mode == "spend" else
+            "optimal allocation under each draw's own loss (same linear constraints; "
+            "chance constraints are not per-draw)")
+    return DecisionUncertainty.from_summary(summary, seconds=out["seconds"], what=what)
+
+
+def per_draw_allocations(problem: AllocationProblem, D, B, n, seed) -> tuple[dict, str]:
+    """The optima of ``n`` optimisation draws (chosen with ``seed``), each under its own loss, solved
+    together from ``D``: (``dec.per_draw_optima``'s dict with ``D`` (n, I) and ``ok`` (n,), mode)."""
     spec, v, law = problem.spec, problem.effective_weights(), problem.law
     idx = np.sort(np.random.default_rng(seed + 1).choice(law.S, size=min(n, law.S), replace=False))
     obj = spec.objective
@@ -300,20 +316,10 @@ def uncertainty(problem: AllocationProblem, D, B, n, interval, seed) -> Decision
     else:
         mode, obj_v, con = "sum", [problem.pad(np.where(v > 0, v, 0.0))], []
     spend_cap = 1e3 * float(spec.costs @ D) + 1.0
-    b = problem.rhs(B)
-    try:
-        out = dec.per_draw_optima(law, idx, mode=mode, obj_v=obj_v, con=con, costs=spec.costs, lower=spec.lower,
-                                  upper=spec.upper, fixed=spec.fixed, A_lin=problem.A_lin, b_lin=b,
-                                  unit=problem.unit, start=D, spend_cap=spend_cap)
-    except Exception as exc:  # noqa: BLE001 - a summary that failed must not sink the recommendation
-        return DecisionUncertainty(draws=int(idx.size), error=f"{type(exc).__name__}: {exc}")
-    summary = dec.summarise_decisions(out["D"], out["ok"], spec.sources, spec.costs, interval, D)
-    what = ("least spend meeting every chance target in each draw"
-            + (" (the loss one run observes, with that draw's noise)" if problem.chance_noise is not None else "")
-            if mode == "spend" else
-            "optimal allocation under each draw's own loss (same linear constraints; "
-            "chance constraints are not per-draw)")
-    return DecisionUncertainty.from_summary(summary, seconds=out["seconds"], what=what)
+    out = dec.per_draw_optima(law, idx, mode=mode, obj_v=obj_v, con=con, costs=spec.costs, lower=spec.lower,
+                              upper=spec.upper, fixed=spec.fixed, A_lin=problem.A_lin, b_lin=problem.rhs(B),
+                              unit=problem.unit, start=D, spend_cap=spend_cap)
+    return out, mode
 
 
 def path(problem: AllocationProblem, budgets) -> list[PathEntry]:

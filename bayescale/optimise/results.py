@@ -306,3 +306,52 @@ class AllocationResult(Record):
     def to_dict(self) -> dict[str, Any]:
         """The JSON of ``bayescale allocate --json``: plain dicts, lists, numbers, strings, None."""
         return self._ordered(self.KEYS, omit_none=self.OPTIONAL)
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class ProposedRun(Record):
+    """One run of a proposed batch, in the order it was chosen (see :mod:`bayescale.optimise.propose`)."""
+
+    name: str  #: the candidate's name
+    amounts: dict[str, float]  #: raw data units per source (sources with data)
+    cost: float  #: its run cost (``cost_unit``)
+    gain: float  #: expected gain it adds to the runs chosen before it (objective units; variance units for "variance")
+    gain_se: float  #: Monte Carlo standard error of that gain over the simulated outcomes
+    gain_per_cost: float  #: gain / cost, what the greedy step maximised
+    effective_draws: float  #: mean effective sample size of the importance weights with it added
+    informs: dict[str, float]  #: the parameters whose posterior sd it shrinks most: expected sd after / before
+
+    def to_dict(self):
+        return self._ordered(("name", "amounts", "cost", "gain", "gain_se", "gain_per_cost", "effective_draws", "informs"))
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class ProposalResult(Record):
+    """What ``bayescale propose --json`` writes: the batch of runs to train next and what they are expected to buy."""
+
+    criterion: str  #: "evoi" (expected improvement of the allocation's objective) or "variance"
+    objective: str  #: the allocation objective ("mean", "cvar:0.9", "minimax")
+    budget: float  #: the allocation budget the decision is about (cost units of allocate)
+    recommendation: dict[str, float]  #: today's recommended allocation
+    value_now: float  #: today's best objective over the decision set (variance: the recommendation's posterior variance)
+    value_after: float  #: its expected value once the batch's losses are known
+    expected_gain: float  #: value_now - value_after (>= 0): the batch's expected value of information
+    expected_gain_se: float  #: its Monte Carlo standard error over the simulated outcomes
+    cost: float  #: the batch's run cost
+    cost_unit: str  #: "volumes" (a run costs its total data) or the cost file's name
+    batch: list[ProposedRun]  #: the runs, in the order chosen
+    candidates: int  #: candidate runs scored
+    decisions: int  #: allocations in the decision set (the recommendation and per-draw optima)
+    evaluation_draws: int  #: posterior draws reweighted
+    outcomes: int  #: simulated outcomes per batch
+    effective_draws: float  #: mean effective sample size of the whole batch's importance weights
+    method: str  #: how the posterior after the batch was approximated
+    notes: list[str]  #: warnings (few effective draws)
+    seconds: float  #: wall-clock time
+
+    KEYS = ("criterion", "objective", "budget", "recommendation", "value_now", "value_after", "expected_gain", "expected_gain_se", "cost",
+            "cost_unit", "batch", "candidates", "decisions", "evaluation_draws", "outcomes", "effective_draws", "method",
+            "notes", "seconds")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._ordered(self.KEYS)

@@ -113,6 +113,27 @@ def format_allocation(result: Mapping) -> str:
     return "\n".join(lines)
 
 
+def format_proposal(result: Mapping) -> str:
+    """A proposal (``bayescale propose``) as plain text: the batch in the order chosen, what each run
+    is expected to buy and why. ``result``: a :class:`~bayescale.optimise.results.ProposalResult` or its JSON."""
+    evoi = result["criterion"] == "evoi"
+    what = (f"expected improvement of {result['objective']} at budget {result['budget']:g}" if evoi else
+            f"expected fall of the posterior variance of {result['objective']} at budget {result['budget']:g}")
+    lines = [f"{len(result['batch'])} runs to train next, {result['cost']:g} {result['cost_unit']} in all: {what} "
+             f"{result['expected_gain']:.3g} ± {result['expected_gain_se']:.2g} "
+             f"(from {result['value_now']:.6g}; {result['candidates']} candidates, {result['decisions']} decisions)",
+             f"{'#':>2} {'run':<28} {'data':<34} {'cost':>6} {'gain':>10} {'± se':>9} {'gain/cost':>10}  shrinks most (sd after / before)"]
+    for k, run in enumerate(result["batch"], start=1):
+        data = ", ".join(f"{s} {a:g}" for s, a in run["amounts"].items())
+        why = ", ".join(f"{name} {ratio:.2f}" for name, ratio in run["informs"].items())
+        lines.append(f"{k:>2} {run['name']:<28} {data:<34} {run['cost']:>6g} {run['gain']:>10.3g} {run['gain_se']:>9.2g} "
+                     f"{run['gain_per_cost']:>10.3g}  {why}")
+    lines.append(f"posterior after each outcome: {result['method']}; {result['effective_draws']:.0f} effective draws "
+                 f"of {result['evaluation_draws']} on average over {result['outcomes']} simulated outcomes")
+    lines += [f"warning: {note}" for note in result.get("notes", [])]
+    return "\n".join(lines)
+
+
 def transfer_baseline_line(result: Mapping) -> str:
     """Which comparison stands for ignoring transfer in ``value_of_transfer``, and what it is."""
     value = result.get("value_of_transfer") or {}

@@ -283,14 +283,16 @@ def test_check_bad_flags_are_one_line_errors(small_files, tmp_path, args, messag
 
 
 @pytest.mark.parametrize("command", [["allocate", "{fit}", "--budget", "100"], ["predict", "{fit}", "--alloc", "{alloc}"],
-                                     ["hubs", "{fit}"]], ids=["allocate", "predict", "hubs"])
+                                     ["hubs", "{fit}"], ["propose", "{fit}", "{grid}", "--budget", "100", "--batch", "1",
+                                                         "--outcomes", "8", "--decisions", "2"]],
+                         ids=["allocate", "predict", "hubs", "propose"])
 def test_json_dash_puts_the_json_alone_on_stdout(tmp_path, small_files, command):
     """``--json -``: stdout is the JSON and nothing else (a pipe into jq reads it), the table goes to
     stderr, and no file named '-' appears. In a real process: HiGHS or a library printing to the
     C-level stdout would show here."""
     grid_path, fit_path = small_files
     sources = [str(s) for s in load_grid(grid_path)["source"].values]
-    args = [a.format(fit=fit_path, alloc=",".join(f"{s}=2" for s in sources)) for a in command]
+    args = [a.format(fit=fit_path, grid=grid_path, alloc=",".join(f"{s}=2" for s in sources)) for a in command]
     proc = subprocess.run([sys.executable, "-m", "bayescale.cli", *args, "--json", "-"], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -310,3 +312,37 @@ def timeless(value):
     if isinstance(value, list):
         return [timeless(v) for v in value]
     return value
+
+
+def test_propose_writes_the_batch_as_json_and_as_a_design_the_trainers_read(tmp_path, small_files):
+    from trainers.config import read_design_runs
+
+    grid_path, fit_path = small_files
+    sources = [str(s) for s in load_grid(grid_path)["source"].values]
+    (tmp_path / "c.csv").write_text("name," + ",".join(sources) + "\none,4,0,0,0\ntwo,0,4,4,0\nthree,2,2,2,2\n")
+    r = invoke("propose", fit_path, grid_path, "--budget", "100", "--candidates", tmp_path / "c.csv", "--batch", "2",
+               "--outcomes", "16", "--decisions", "4", "--json", tmp_path / "p.json", "--design", tmp_path / "d.toml")
+    assert r.exit_code == 0, r.output
+    payload = json.loads((tmp_path / "p.json").read_text())
+    chosen = [run["name"] for run in payload["batch"]]
+    assert len(chosen) == 2 and set(chosen) <= {"one", "two", "three"}
+    assert [run.id for run in read_design_runs(tmp_path / "d.toml")] == [f"propose-{k}-{n}" for k, n in enumerate(chosen, 1)]
+    assert "2 runs to train next" in r.output and all(name in r.output for name in chosen)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--criterion", "entropy"], "--criterion: 'entropy'"),
+    (["--objective", "worst"], "--objective: propose cannot score 'worst'"),
+    (["--candidates", "{tmp}/nothing.csv"], "--candidates {tmp}/nothing.csv: no such file"),
+    (["--run-cost", "{tmp}/nothing.toml"], "--run-cost {tmp}/nothing.toml: neither 'volumes' nor a file"),
+    (["--batch", "0"], "--batch: 0"),
+    (["--design", "{tmp}/d.toml", "--max-run-budget", "3.3"], "--design: run"),  # 3.3 and its halvings: not whole volumes
+])
+def test_propose_bad_flags_are_one_line_errors_and_write_nothing(tmp_path, small_files, extra, message):
+    grid_path, fit_path = small_files
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    r = invoke("propose", fit_path, grid_path, "--budget", "100", "--outcomes", "8", "--decisions", "2", "--batch", "1",
+               *extra, "--json", tmp_path / "p.json")
+    assert r.exit_code == 2, r.output
+    assert message.format(tmp=tmp_path) in r.output and r.output.strip().count("\n") == 0, r.output
+    assert not (tmp_path / "p.json").exists() and not (tmp_path / "d.toml").exists()
