@@ -40,6 +40,8 @@ from bayescale.evaluate.hubs import hub_island_table
 from bayescale.inference.fit import fit
 from bayescale.inference.posterior import diagnostics, law_draws, load_posterior, require_amounts, save_posterior
 from bayescale.optimise.allocate import allocate
+from bayescale.optimise.candidates import make_candidates
+from bayescale.optimise.propose import propose
 from bayescale.records import plain
 from bayescale.render.report import write_report
 from bayescale.render.text import (
@@ -172,7 +174,25 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
     return write_report(
         out, idata=idata, grid=grid, allocation=allocation, holdout=holdout, scores=scores,
         diagnostics=diag if diag is not None else diagnostics(idata), hubs=hubs, loo=loo_summary(idata),
+        proposal=proposal_for(draws, grid, allocation, upper=upper),
     )
+
+
+#: Runs the report proposes to train next.
+REPORT_BATCH = 6
+
+
+def proposal_for(draws, grid: xr.Dataset, allocation, *, upper: dict | None = None):
+    """The report's "what to train next": ``bayescale propose`` at the allocation's budget and objective
+    over the auto candidates, or a one-line reason why there is none."""
+    if allocation.get("mode") == "min_budget":
+        return "No runs were proposed: the least-budget allocation has no objective for a run to improve."
+    try:
+        pool = make_candidates(draws.sources, grid)
+        return propose(draws, float(allocation["budget"]), pool, batch=REPORT_BATCH,
+                       options={"objective": allocation["objective"], "upper": upper})
+    except InputError as exc:
+        return f"No runs were proposed: {exc}"
 
 
 def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None, config_path: Path = DEFAULT_CONFIG) -> dict:
@@ -242,7 +262,7 @@ def run_demo(out: Path, *, grid: Path | None = None, seed: int = 0, console=None
     timings["check"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report_path = report_for(idata, ds, out, allocation=allocation, grid_name=str(grid_path), diag=diag)
+    report_path = report_for(idata, ds, out, allocation=allocation, grid_name=str(grid_path), diag=diag, upper=upper)
     timings["report"] = time.perf_counter() - t0
 
     table = allocation_table(allocation, budget, str(ds.attrs.get("data_unit", "units")), objective)

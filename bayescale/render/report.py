@@ -400,6 +400,35 @@ def allocation_view(allocation, unit: str) -> dict:
             "uncertainty": uncertainty, "path": path}
 
 
+def proposal_view(proposal, unit: str) -> dict:
+    """The batch of runs ``bayescale propose`` would train next (a ProposalResult or its JSON, or a
+    one-line reason why there is none)."""
+    if proposal is None or isinstance(proposal, str):
+        return _absent(proposal or "No proposal was computed, so this section is omitted.")
+    evoi = proposal["criterion"] == "evoi"
+    what = "improve the recommendation's" if evoi else "narrow the posterior of the recommendation's"
+    lead = (f"The {len(proposal['batch'])} runs whose losses are expected to {what} {proposal['objective']} at budget "
+            f"{_fmt(proposal['budget'], 'g')} {unit} most per {proposal['cost_unit']} of training, chosen greedily from "
+            f"{proposal['candidates']} candidates (bayescale propose; expected value of information for the decision over "
+            f"{proposal['decisions']} allocations):")
+    rows = []
+    for k, run in enumerate(proposal["batch"], start=1):
+        data = ", ".join(f"{s} {_fmt(a, 'g')}" for s, a in run["amounts"].items())
+        why = ", ".join(f"{name} sd ×{_fmt(ratio, '.2f')}" for name, ratio in run["informs"].items())
+        rows.append([cell(str(k)), cell(run["name"], "text"), cell(data, "text"), cell(_fmt(run["cost"], "g")),
+                     cell(f"{_fmt(run['gain'], '.3g')} ± {_fmt(run['gain_se'], '.2g')}"), cell(why, "text")])
+    facts_ = [fact("Expected gain of the whole batch: ", f"{_fmt(proposal['expected_gain'], '.3g')} ± "
+                   f"{_fmt(proposal['expected_gain_se'], '.2g')}",
+                   f" in {proposal['objective']} (today {_fmt(proposal['value_now'], '.5g')}), for "
+                   f"{_fmt(proposal['cost'], 'g')} {proposal['cost_unit']}."),
+              fact("Posterior after each outcome: ", "", f"{proposal['method']}; {proposal['effective_draws']:.0f} effective "
+                   f"draws of {proposal['evaluation_draws']} on average.")]
+    facts_ += [fact("Warning: ", "", note) for note in proposal.get("notes", [])]
+    return {"present": True, "lead": lead, "facts": facts_,
+            "table": table(["#", "run", f"data ({unit})", "cost", "expected gain ± MC se", "shrinks most (sd after / before)"],
+                           rows, text_columns=(1, 2, 5))}
+
+
 def holdout_view(holdout: xr.Dataset | None, scores: dict | None) -> dict:
     if holdout is None and scores is None:
         return _absent("No held-out predictions were given, so this section is omitted.")
@@ -544,7 +573,7 @@ def _figure_view(name: str, png: bytes) -> dict:
 
 def build_view(*, title: str, draws: LawDraws, grid: xr.Dataset, idata, allocation=None, holdout: xr.Dataset | None = None,
                scores: dict | None = None, diagnostics: dict | None = None, hubs: xr.Dataset | None = None,
-               loo: dict | None = None, pngs: dict[str, bytes] | None = None) -> dict:
+               loo: dict | None = None, pngs: dict[str, bytes] | None = None, proposal=None) -> dict:
     """Everything the template shows, as plain dicts and lists of formatted strings.
 
     ``pngs``: the rendered figures by name (those missing are not shown).
@@ -558,6 +587,7 @@ def build_view(*, title: str, draws: LawDraws, grid: xr.Dataset, idata, allocati
         "recommendation": recommendation_view(allocation, unit),
         "trust": trust_view(scores, diagnostics, fingerprint),
         "allocation": allocation_view(allocation, unit),
+        "proposal": proposal_view(proposal, unit),
         "holdout": holdout_view(holdout, scores),
         "hubs": hubs_view(hubs),
         "diagnostics": diagnostics_view(diagnostics, loo),
@@ -577,6 +607,7 @@ def write_report(
     diagnostics: dict | None = None,
     hubs: xr.Dataset | None = None,
     loo: dict | None = None,
+    proposal=None,
     title: str = "bayescale report",
 ) -> Path:
     """Write the figures as PNG files and ``report.html`` (figures embedded) into the folder ``out``.
@@ -584,7 +615,8 @@ def write_report(
     Sections whose input is None are left out with a note. ``allocation`` is the result of
     :func:`bayescale.optimise.allocate.allocate` (read by key); ``hubs`` a
     :func:`bayescale.evaluate.hubs.hub_island_table`; ``loo`` the PSIS-LOO summary of
-    :func:`bayescale.evaluate.compare.loo_summary`. Returns the HTML path.
+    :func:`bayescale.evaluate.compare.loo_summary`; ``proposal`` what :func:`bayescale.optimise.propose.propose`
+    returns (or a string: why there is none). Returns the HTML path.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -617,7 +649,7 @@ def write_report(
             (out / f"{name}.png").unlink()
 
     view = build_view(title=title, draws=draws, grid=grid, idata=idata, allocation=allocation, holdout=holdout,
-                      scores=scores, diagnostics=diagnostics, hubs=hubs, loo=loo, pngs=pngs)
+                      scores=scores, diagnostics=diagnostics, hubs=hubs, loo=loo, pngs=pngs, proposal=proposal)
     path = out / "report.html"
     write_text_atomic(path, render_report(view))
     return path

@@ -23,6 +23,8 @@ import bayescale.render
 from bayescale.evaluate.check import calibration_verdict, holdout_predictions, score_predictions
 from bayescale.evaluate.compare import loo_summary
 from bayescale.optimise.allocate import allocate
+from bayescale.optimise.candidates import make_candidates
+from bayescale.optimise.propose import propose
 from bayescale.render import figures, html, report
 from bayescale.inference.fit import fit
 from bayescale.evaluate.hubs import hub_island_table
@@ -34,7 +36,7 @@ EMBEDDED = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 BUDGET = 200.0
 UPPER = {"d1": 120.0, "d2": 90.0, "d3": 60.0}
 # The page in reading order: the answer, then the details, the grid and its provenance last.
-HEADINGS = ("Recommendation", "How far to trust it", "Allocation details", "Held-out check", "Scaling curves",
+HEADINGS = ("Recommendation", "How far to trust it", "Allocation details", "What to train next", "Held-out check", "Scaling curves",
             "Transfer between domains", "Hubs and islands", "Convergence diagnostics", "Grid and provenance")
 
 
@@ -56,6 +58,8 @@ def world():
         "diagnostics": diagnostics(idata),
         "hubs": hub_island_table(idata),
         "loo": loo_summary(idata),
+        "proposal": propose(draws, BUDGET, make_candidates(draws.sources, grid).subset(np.arange(0, 40, 2)), batch=2,
+                            options={"upper": UPPER}, outcomes=16, decisions=4),
     }
 
 
@@ -72,6 +76,7 @@ def full_report(world, tmp_path_factory):
         diagnostics=world["diagnostics"],
         hubs=world["hubs"],
         loo=world["loo"],
+        proposal=world["proposal"],
         title="Report <for> CT & MRI",
     )
     return out, path, path.read_text()
@@ -162,6 +167,18 @@ def test_full_report_shows_the_input_numbers(world, full_report):
         assert f">{entry['budget']:.4g}<" in text
     # at 300 the caps (270 in all) bind and the rest of the budget stays unspent
     assert sum(alloc["path"][-1]["allocation"].values()) == pytest.approx(sum(UPPER.values()), rel=1e-6)
+
+
+def test_full_report_shows_the_runs_to_train_next(world, full_report):
+    _, _, text = full_report
+    section = text[text.index('<section id="proposal">'):text.index("</section>", text.index('<section id="proposal">'))]
+    proposal = world["proposal"]
+    for k, run in enumerate(proposal["batch"], start=1):
+        assert f">{run['name']}<" in section and f"{run['gain']:.3g} ± {run['gain_se']:.2g}" in section
+        for name, ratio in run["informs"].items():
+            assert str(escape(f"{name} sd ×{ratio:.2f}")) in section
+    assert f"<b>{proposal['expected_gain']:.3g} ± {proposal['expected_gain_se']:.2g}</b>" in section
+    assert f"{proposal['candidates']} candidates" in section
 
 
 def test_the_answer_comes_before_the_details(world, full_report):
@@ -271,6 +288,7 @@ def test_report_without_optional_inputs_omits_their_sections(world, tmp_path):
     assert "No held-out predictions were given" in text
     assert "No diagnostics were given" in text
     assert "No hub and island table was given" in text
+    assert "No proposal was computed" in text
     assert "fig-allocation_path" not in text and "fig-calibration" not in text and "PSIS-LOO" not in text
     assert 'id="fig-allocation"' not in text and 'id="fig-holdout"' not in text
     assert "shadow price" not in text and "coverage" not in text
