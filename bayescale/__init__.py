@@ -53,6 +53,8 @@ _PUBLIC = {
     "hub_island_table": ("bayescale.evaluate.hubs", "hub_island_table"),
     "compare_fits": ("bayescale.evaluate.compare", "compare_fits"),
     "allocate": ("bayescale.optimise.allocate", "allocate"),
+    "make_candidates": ("bayescale.optimise.candidates", "make_candidates"),
+    "propose": ("bayescale.optimise.propose", "propose"),
     "report": ("bayescale.workflows", "report_for"),
 }
 

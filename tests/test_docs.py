@@ -59,7 +59,7 @@ def test_every_public_name_appears_in_the_site(site):
 
 
 def test_the_long_form_pages_are_built(site):
-    for page in ("index", "commands", "law", "allocation", "calibration", "closed-loop", "real-grids", "trainers",
+    for page in ("index", "commands", "law", "allocation", "propose", "calibration", "closed-loop", "real-grids", "trainers",
                  "reliability"):
         assert (site / f"{page}.html").exists(), page
     # a measured figure moved from the README survives in the docs
