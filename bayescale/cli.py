@@ -413,8 +413,11 @@ def propose(
                    costs=parse_mapping(cost, "--cost") or None, upper=parse_mapping(max_, "--max") or None,
                    lower=parse_mapping(min_, "--min") or None, fixed=parse_mapping(fixed, "--fixed") or None,
                    groups=group or None)
-    result = choose(draws, budget, pool, batch=batch, criterion=criterion, options=options, outcomes=outcomes,
-                    decisions=decisions, seed=seed)
+    with console.status(f"propose: scoring {len(pool)} candidates ...") as status:
+        result = choose(draws, budget, pool, batch=batch, criterion=criterion, options=options, outcomes=outcomes,
+                        decisions=decisions, seed=seed,
+                        progress=lambda scored, total: status.update(f"propose: {scored} scorings of {total} candidates "
+                                                                     f"(batch of {batch}) ..."))
     text = design_toml(result) if design is not None else None  # before any file is written: whole volumes or nothing
     if json_out:
         write_json(json_out, result.to_dict())

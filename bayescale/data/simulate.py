@@ -236,14 +236,28 @@ def design_runs(world: World, rng: np.random.Generator) -> tuple[list[str], np.n
     return runs, np.array(data), splits, seeds
 
 
+def simulate_runs(world: World, amounts, seed: int | np.random.Generator = 0) -> np.ndarray:
+    """Observed losses (N, K) of runs with data ``amounts`` (N, K) in raw units: the world's law
+    times log-normal noise (sd ``world.sigma`` per target), and the run effect shared by a run's
+    targets (sd ``world.run_sigma``) where the world has one. ``seed``: an int or a Generator
+    (drawn from, not copied: :func:`simulate_grid` passes the one that made its design)."""
+    rng = np.random.default_rng(seed)
+    amounts = np.atleast_2d(np.asarray(amounts, dtype=float))
+    if amounts.shape[1] != len(world.domains):
+        raise InputError(f"amounts has {amounts.shape[1]} columns; the world has {len(world.domains)} domains",
+                         parameter="amounts")
+    mean = world.loss(amounts)
+    loss = mean * np.exp(world.sigma * rng.standard_normal(mean.shape))
+    if world.run_sigma:
+        loss = loss * np.exp(world.run_sigma * rng.standard_normal((mean.shape[0], 1)))
+    return loss
+
+
 def simulate_grid(world: World, seed: int = 0) -> xr.Dataset:
     """Evaluate the world's design on every domain with log-normal noise; truth in attrs."""
     rng = np.random.default_rng(seed)
     runs, data, splits, seeds = design_runs(world, rng)
-    mean = world.loss(data)
-    loss = mean * np.exp(world.sigma * rng.standard_normal(mean.shape))
-    if world.run_sigma:
-        loss = loss * np.exp(world.run_sigma * rng.standard_normal((mean.shape[0], 1)))
+    loss = simulate_runs(world, data, rng)
     # The trivial predictor's loss: the law with no data at all.
     baseline = world.loss(np.zeros((1, len(world.domains))))[0]
     return grids.make_grid(
