@@ -1,6 +1,6 @@
 """Time and accuracy of ``bayescale propose`` against a real refit per candidate (a benchmark, not a test).
 
-    .venv/bin/python benchmarks/bench_propose.py [--domains 8] [--batch 8] [--mixtures 56] [--checks 3]
+    .venv/bin/python benchmarks/bench_propose.py [--domains 8] [--batch 8] [--mixtures 90] [--checks 3]
         [--objective mean] [--out-dir benchmarks/results/propose]
 
 On ``bench_scaling``'s world (``draw_world(K, seed=0)``, 4 budgets x (K ladders + 2K mixtures)), fitted
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--mixtures", type=int, default=56, help="Dirichlet mixtures per budget among the candidates")
+    parser.add_argument("--mixtures", type=int, default=90, help="Dirichlet mixtures per budget among the candidates (90: 504 for K = 8)")
     parser.add_argument("--checks", type=int, default=3, help="runs whose cheap update is compared with a real refit")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--objective", default="mean")
