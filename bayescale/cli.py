@@ -49,6 +49,15 @@ class _Flags(dict):
 FLAGS = _Flags(FLAG_NAMES)
 
 
+# Allocation options that allocate and propose share (the decision propose scores is allocate's).
+WeightsOption = Annotated[Optional[str], typer.Option("--weights", help="Target weights, e.g. ct=2,pet=1 (default 1 each).")]
+NormaliseOption = Annotated[bool, typer.Option("--normalise", help="Divide each target's loss by its posterior-mean loss at the uniform split.")]
+CostOption = Annotated[Optional[str], typer.Option("--cost", help="Cost per data unit of a source, e.g. pet=3 (default 1).")]
+MaxOption = Annotated[Optional[str], typer.Option("--max", help="Available data per source, e.g. ct=400,pet=80.")]
+MinOption = Annotated[Optional[str], typer.Option("--min", help="Least data per source, e.g. pet=10.")]
+FixedOption = Annotated[Optional[str], typer.Option("--fixed", help="Sources held at an amount, e.g. mri_t1_brain=40.")]
+
+
 def exits_cleanly(fn):
     """Run a command; bad input becomes one line on stderr and exit status 2 (no traceback)."""
 
@@ -308,12 +317,12 @@ def allocate(
     posterior: Annotated[Path, typer.Argument(help="Posterior from `bayescale fit`.")],
     budget: Annotated[Optional[float], typer.Option("--budget", help="Total data budget (cost-weighted) in the grid's data units.")] = None,
     objective: Annotated[str, typer.Option("--objective", help="mean | cvar:GAMMA | worst | minimax | minimax:cvar:GAMMA | minimax:worst")] = "mean",
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Target weights, e.g. ct=2,pet=1 (default 1 each).")] = None,
-    normalise: Annotated[bool, typer.Option("--normalise", help="Divide each target's loss by its posterior-mean loss at the uniform split.")] = False,
-    cost: Annotated[Optional[str], typer.Option("--cost", help="Cost per data unit of a source, e.g. pet=3 (default 1).")] = None,
-    max_: Annotated[Optional[str], typer.Option("--max", help="Available data per source, e.g. ct=400,pet=80.")] = None,
-    min_: Annotated[Optional[str], typer.Option("--min", help="Least data per source, e.g. pet=10.")] = None,
-    fixed: Annotated[Optional[str], typer.Option("--fixed", help="Sources held at an amount, e.g. mri_t1_brain=40.")] = None,
+    weights: WeightsOption = None,
+    normalise: NormaliseOption = False,
+    cost: CostOption = None,
+    max_: MaxOption = None,
+    min_: MinOption = None,
+    fixed: FixedOption = None,
     group: Annotated[Optional[list[str]], typer.Option("--group", help="Share of the budget for matching sources (of the spend with --min-budget), e.g. 'ct_*>=0.3' (repeatable).")] = None,
     chance: Annotated[Optional[list[str]], typer.Option("--chance", help="Chance constraint TARGET<=LOSS@PROB, e.g. 'mri_t2_abdomen<=0.12@0.95' (repeatable).")] = None,
     chance_on: Annotated[str, typer.Option("--chance-on", help="predictive (default): --chance is about the loss one run will observe, the law's noise included | expected: about the law's expected loss.")] = "predictive",
@@ -380,12 +389,12 @@ def propose(
     run_cost: Annotated[str, typer.Option("--run-cost", help="volumes (a run costs its total data) or a TOML file of source = cost per unit.")] = "volumes",
     max_run_budget: Annotated[Optional[float], typer.Option("--max-run-budget", help="Largest total data of a generated candidate (default: the grid's largest fit run).")] = None,
     objective: Annotated[str, typer.Option("--objective", help="mean | cvar:GAMMA | minimax")] = "mean",
-    weights: Annotated[Optional[str], typer.Option("--weights", help="Target weights, e.g. ct=2,pet=1 (default 1 each).")] = None,
-    normalise: Annotated[bool, typer.Option("--normalise", help="Divide each target's loss by its posterior-mean loss at the uniform split.")] = False,
-    cost: Annotated[Optional[str], typer.Option("--cost", help="Cost per data unit of a source in the allocation, e.g. pet=3 (default 1).")] = None,
-    max_: Annotated[Optional[str], typer.Option("--max", help="Available data per source, e.g. ct=400,pet=80.")] = None,
-    min_: Annotated[Optional[str], typer.Option("--min", help="Least data per source, e.g. pet=10.")] = None,
-    fixed: Annotated[Optional[str], typer.Option("--fixed", help="Sources held at an amount, e.g. mri_t1_brain=40.")] = None,
+    weights: WeightsOption = None,
+    normalise: NormaliseOption = False,
+    cost: CostOption = None,
+    max_: MaxOption = None,
+    min_: MinOption = None,
+    fixed: FixedOption = None,
     group: Annotated[Optional[list[str]], typer.Option("--group", help="Share of the budget for matching sources, e.g. 'ct_*>=0.3' (repeatable).")] = None,
     outcomes: Annotated[int, typer.Option("--outcomes", help="Simulated outcomes per batch.")] = 128,
     decisions: Annotated[int, typer.Option("--decisions", help="Per-draw optima in the decision set, besides the recommendation.")] = 64,
