@@ -247,7 +247,8 @@ def propose(
     """The ``batch`` candidate runs whose losses are expected to improve the allocation of ``budget``
     most per unit of run cost (see the module's docstring). ``options``: the allocation options of
     :func:`~bayescale.optimise.allocate.allocate` (objective, weights, costs, upper, lower, fixed, groups,
-    normalise). ``exhaustive``: re-score every candidate at every greedy step (default: lazily).
+    normalise); candidates that ask for more of a source than ``upper`` allows are left out (a note
+    says how many). ``exhaustive``: re-score every candidate at every greedy step (default: lazily).
     ``progress(scored, candidates)`` is called after each chunk of candidates scored."""
     t0 = time.perf_counter()
     options = dict(options or {})
@@ -265,6 +266,16 @@ def propose(
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "decisions" else 2):
             raise ParameterError(Name(name), f": {value!r}; expected a whole number >= {0 if name == 'decisions' else 2}")
     recommendation, spec, v, allocations = decision_set(draws, B, options, decisions=decisions, max_draws=max_draws, seed=seed)
+    # A proxy run cannot train on more of a source than exists: the decision's caps (upper, the
+    # available data) bound every candidate too.
+    available = np.array([float((options.get("upper") or {}).get(src, np.inf)) for src in candidates.sources])
+    within = np.all(candidates.amounts <= available[None] * (1 + 1e-12), axis=1)
+    notes = [] if within.all() else [f"{int((~within).sum())} of {len(candidates)} candidates ask for more of a source "
+                                     "than the caps (upper) make available; left out"]
+    if not within.any():
+        raise InputError("candidates: every candidate asks for more of some source than the caps (upper) allow",
+                         parameter="candidates")
+    candidates = candidates.subset(np.flatnonzero(within))
 
     # Evaluation draws score the decisions; the other draws generate the outcomes.
     order = np.random.default_rng([seed, 31]).permutation(draws.n_draws)
@@ -335,7 +346,6 @@ def propose(
         base, current = new, after
     gain = float(np.mean(current))
     ess = float(np.mean(effective_sample_size(normalised(base))))
-    notes = []
     if ess < LOW_ESS:
         notes.append(f"the batch's importance weights rest on {ess:.0f} effective draws on average (< {LOW_ESS:g}): "
                      "the cheap update is coarse here; refit after training the first runs, or fit with more draws")

@@ -201,3 +201,14 @@ def test_bad_settings_are_one_line_errors(small_draws, small_grid, kwargs, messa
     pool = make_candidates(small_draws.sources, small_grid).subset(np.arange(4))
     with pytest.raises(InputError, match=message):
         propose(small_draws, 100.0, pool, **kwargs)
+
+
+def test_candidates_beyond_the_available_data_are_left_out(small_draws, small_grid):
+    pool = make_candidates(small_draws.sources, small_grid).subset(np.arange(20))
+    cap = {small_draws.sources[0]: 1.0}
+    result = propose(small_draws, 100.0, pool, batch=3, options={"upper": cap}, outcomes=16, decisions=4)
+    assert all(run.amounts.get(small_draws.sources[0], 0.0) <= 1.0 for run in result.batch)
+    dropped = int(np.sum(pool.amounts[:, 0] > 1.0))
+    assert dropped > 0 and any(f"{dropped} of 20 candidates ask for more" in note for note in result.notes)
+    with pytest.raises(InputError, match="^candidates: every candidate asks for more"):
+        propose(small_draws, 100.0, pool.subset(np.flatnonzero(pool.amounts[:, 0] > 1.0)), options={"upper": cap})
