@@ -52,7 +52,9 @@ def settings_from(config_path: Path, smoke: bool) -> dict:
     fit_cfg = dict(config.get("fit", {}))
     if smoke:
         fit_cfg.update(SMOKE["fit"])
-    return {"grid": str((Path(config_path).resolve().parent / config["grid"]).resolve()), "fit": fit_cfg,
+    grid = (Path(config_path).resolve().parent / config["grid"]).resolve()
+    shown = str(grid.relative_to(REPO)) if grid.is_relative_to(REPO) else str(grid)
+    return {"grid": shown, "fit": fit_cfg,
             "budget": float(alloc.get("budget", 144)), "objective": alloc.get("objective", "mean"),
             "caps": {k: float(v) for k, v in (alloc.get("available") or {}).items()} or None}
 
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
         if args.draws is not None:
             settings["fit"]["draws"] = args.draws
         batch = SMOKE["batch"] if args.smoke else args.batch
-        shipped = grids.load_grid(settings["grid"])
+        shipped = grids.load_grid(REPO / settings["grid"])
         idata = posterior_for(shipped, settings, args.posterior, out, "fit.nc", console)
         draws = law_draws(idata)
         sources = list(draws.sources)
