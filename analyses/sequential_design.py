@@ -3,7 +3,7 @@ than a fixed design? (issue 17)
 
     .venv/bin/python analyses/sequential_design.py [--out analyses/results/sequential-design]
         [--worlds 10] [--rounds 4] [--round-cost 96] [--budget 64] [--method svi|nuts]
-        [--strategies propose,fixed,random] [--extrapolation] [--force]
+        [--strategies propose,fixed,random,propose-refit] [--extrapolation] [--force]
 
 Each *world* is a hidden truth: ``bayescale.data.simulate.draw_world(K, seed=w)`` for
 ``w = 0 .. worlds - 1`` (K = 5 domains, each a source and a target; a hub and an island). A study
@@ -25,6 +25,10 @@ in one world:
      mixtures at 32, 16, 8 and 4 volumes); its batch is taken in order, a run that would
      overspend the round skipped; if that leaves cost unspent, propose is asked again on the
      candidates that fit the rest (and were not taken this round), until the round is spent.
+   - ``propose-refit``: the same, but each batch stops where propose's reweighted posterior would
+     rest on fewer than 20 effective draws (its default ``min_effective_draws``), and that batch is
+     simulated and the law refitted before the next is proposed (``propose`` above asks for the whole
+     round on one posterior, ``min_effective_draws=0``, as first measured).
    - ``fixed``: the ladder-and-mixture design continued (``simulate.design_runs`` and
      ``trainers/design.py`` style): levels at 2x, 4x, ... the seed's largest run (16, 32, ...
      volumes), each every domain alone and 3 Dirichlet mixtures, taken in that order.
@@ -90,7 +94,8 @@ from bayescale.errors import InputError
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "analyses" / "results" / "sequential-design"
 FORMAT = "bayescale.sequential_design/1"
-STRATEGIES = ("propose", "fixed", "random")
+STRATEGIES = ("propose", "fixed", "random", "propose-refit")
+DEFAULT_STRATEGIES = ("propose", "fixed", "random")  # propose-refit: asked for by name
 SEED_SINGLES = (4, 8)  # every domain alone at these volumes
 SEED_MIXTURES = 5  # Dirichlet mixtures at the largest seed budget
 FIXED_MIXTURES = 3  # Dirichlet mixtures per level of the fixed design
@@ -285,7 +290,8 @@ def fill_by_propose(draws, settings: dict, pool, cost: float, seed: int) -> tupl
         sub = pool.subset(fits)
         batch = int(min(settings["max_batch"], max(1, left // pool.costs.min()), len(sub)))
         result = propose(draws, settings["budget"], sub, batch=batch, options={"objective": "mean"},
-                         outcomes=settings["outcomes"], decisions=settings["decisions"], seed=seed + len(calls))
+                         outcomes=settings["outcomes"], decisions=settings["decisions"], seed=seed + len(calls),
+                         min_effective_draws=0.0)  # the whole batch on one posterior (as first measured)
         calls.append({"batch": [r.name for r in result.batch], "expected_gain": result.expected_gain,
                       "expected_gain_se": result.expected_gain_se, "value_now": result.value_now,
                       "effective_draws": result.effective_draws, "notes": list(result.notes),
@@ -298,6 +304,40 @@ def fill_by_propose(draws, settings: dict, pool, cost: float, seed: int) -> tupl
                 left -= run.cost
     info["propose_calls"] = calls
     return taken, info
+
+
+def fill_by_propose_and_refit(world, observed: list[dict], draws, settings: dict, pool, cost: float, seed: int,
+                              round_id: int) -> tuple[list, list, object, dict]:
+    """Runs of total cost ``cost`` from propose's batches stopped where its reweighted posterior thins
+    out (``min_effective_draws``, 20), each batch simulated and the law refitted before the next:
+    (the round's runs, their observations, the last posterior, info)."""
+    from bayescale.optimise.propose import propose
+
+    taken, seen, left, calls = [], [], cost, []
+    available = np.ones(len(pool), dtype=bool)
+    while left > 0:
+        fits = np.flatnonzero(available & (pool.costs <= left + 1e-9))
+        if fits.size == 0:
+            raise InputError(f"propose-refit: no candidate run fits the {left:g} volumes left of the round")
+        sub = pool.subset(fits)
+        batch = int(min(settings["max_batch"], max(1, left // pool.costs.min()), len(sub)))
+        result = propose(draws, settings["budget"], sub, batch=batch, options={"objective": "mean"},
+                         outcomes=settings["outcomes"], decisions=settings["decisions"], seed=seed + len(calls))
+        step = []
+        for run in result.batch:
+            if run.cost <= left + 1e-9:
+                k = pool.names.index(run.name)
+                step.append((run.name, pool.amounts[k].copy()))
+                available[k] = False
+                left -= run.cost
+        new = observe(world, step, np.random.default_rng([settings["seed"], 7, seed, len(calls)]))
+        seen += [{"id": f"r{round_id}-c{len(calls)}-{k}-{x['name']}", **x} for k, x in enumerate(new)]
+        taken += step
+        calls.append({"batch": [r.name for r in result.batch], "taken": len(step), "expected_gain": result.expected_gain,
+                      "effective_draws": result.effective_draws, "notes": list(result.notes)})
+        if left > 0:  # refit before the next batch; the round's last refit is the caller's
+            draws, _ = fit_draws(grid_of(world, observed + seen), settings, seed=seed + 1000 + len(calls))
+    return taken, seen, draws, {"propose_calls": calls}
 
 
 def fill_at_random(pool, cost: float, rng) -> list:
@@ -357,13 +397,19 @@ def run_unit(world_id: int, strategy: str, settings: dict, start: SeedState, cos
             runs = schedule[r - 1]
         elif strategy == "random":
             runs = fill_at_random(pool, cost, np.random.default_rng([settings["seed"], world_id, index, r]))
+        elif strategy == "propose-refit":
+            runs, new, _, info = fill_by_propose_and_refit(world, observed, draws, settings, pool, cost,
+                                                           seed=settings["seed"] + 100 * world_id + r, round_id=r)
         else:
             runs, info = fill_by_propose(draws, settings, pool, cost, seed=settings["seed"] + 100 * world_id + r)
         spent = float(sum(a.sum() for _, a in runs))
         if abs(spent - cost) > 1e-9:
             raise AssertionError(f"{strategy} spent {spent:g} volumes in round {r}, not {cost:g}")
-        new = observe(world, runs, np.random.default_rng([settings["seed"], world_id, 100 + index, r]))
-        observed += [{"id": f"r{r}-{k}-{x['name']}", **x} for k, x in enumerate(new)]
+        if strategy == "propose-refit":  # observed batch by batch, as it chose them
+            observed += new
+        else:
+            new = observe(world, runs, np.random.default_rng([settings["seed"], world_id, 100 + index, r]))
+            observed += [{"id": f"r{r}-{k}-{x['name']}", **x} for k, x in enumerate(new)]
         draws, fit_info = fit_draws(grid_of(world, observed), settings, seed=settings["seed"] + r)
         added += spent
         record = {"round": r, "added_cost": added, "total_cost": float(sum(sum(x["data"]) for x in observed)),
@@ -436,7 +482,7 @@ def summarise(units: dict[tuple[int, str], dict]) -> dict:
                          "better_than_fixed": None if not better else int(sum(better)),
                          "compared": len(better)})
     headline = {}
-    for s in ("propose", "random"):
+    for s in ("propose", "propose-refit", "random"):
         pairs = [w for w in worlds if (w, s) in units and (w, "fixed") in units]
         if not pairs:
             continue
@@ -559,7 +605,8 @@ def main(argv=None, log=print) -> int:
     parser.add_argument("--round-cost", type=positive_float, default=96.0, help="volumes per round (default 96)")
     parser.add_argument("--budget", type=positive_float, default=64.0, help="allocation budget B in volumes (default 64)")
     parser.add_argument("--max-run", type=positive_float, default=32.0, help="largest candidate run (default 32 volumes)")
-    parser.add_argument("--strategies", type=strategy_list, default=list(STRATEGIES), help="comma-separated (default all)")
+    parser.add_argument("--strategies", type=strategy_list, default=list(DEFAULT_STRATEGIES),
+                        help="comma-separated of propose, fixed, random, propose-refit (default the first three)")
     parser.add_argument("--method", choices=("svi", "nuts"), default="svi", help="how every posterior is fitted (default svi)")
     parser.add_argument("--draws", type=positive_int, default=None, help="posterior draws (svi 1000; nuts per chain 500)")
     parser.add_argument("--svi-steps", type=positive_int, default=5000)

@@ -398,6 +398,7 @@ def propose(
     group: Annotated[Optional[list[str]], typer.Option("--group", help="Share of the budget for matching sources, e.g. 'ct_*>=0.3' (repeatable).")] = None,
     outcomes: Annotated[int, typer.Option("--outcomes", help="Simulated outcomes per batch.")] = 128,
     decisions: Annotated[int, typer.Option("--decisions", help="Per-draw optima in the decision set, besides the recommendation.")] = 64,
+    min_effective_draws: Annotated[float, typer.Option("--min-effective-draws", help="Stop the batch early where one more run would leave the reweighted posterior on fewer effective draws (0: never).")] = 20.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the draw split, the outcomes and generated mixtures.")] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the proposal as JSON (- for stdout, the table then on stderr).")] = None,
     design: Annotated[Optional[Path], typer.Option("--design", help="Also write the batch as a design file for bayescale train CONFIG --design FILE.")] = None,
@@ -424,7 +425,7 @@ def propose(
                    groups=group or None)
     with console.status(f"propose: scoring {len(pool)} candidates ...") as status:
         result = choose(draws, budget, pool, batch=batch, criterion=criterion, options=options, outcomes=outcomes,
-                        decisions=decisions, seed=seed,
+                        decisions=decisions, seed=seed, min_effective_draws=min_effective_draws,
                         progress=lambda scored, total: status.update(f"propose: {scored} scorings of {total} candidates "
                                                                      f"(batch of {batch}) ..."))
     text = design_toml(result) if design is not None else None  # before any file is written: whole volumes or nothing

@@ -26,7 +26,8 @@ How it is computed, cheaply and exactly over a finite set:
   make every batch look like perfect information when the weights are few).
 - **The batch.** Greedy: each step adds the candidate with the largest gain in EVOI per unit of run
   cost, the batch's likelihoods summed (runs are independent given a draw), so a run that repeats the
-  information of one already chosen adds little. Each step reports its gain, its Monte Carlo SE over
+  information of one already chosen adds little. It stops early where one more run would leave the
+  weights on fewer than ``min_effective_draws`` (20) effective draws: beyond that it would rank on noise. Each step reports its gain, its Monte Carlo SE over
   the outcomes, the importance weights' effective sample size, and the parameters whose posterior
   spread the run shrinks most (why it was chosen).
 
@@ -167,12 +168,12 @@ def decision_set(draws: LawDraws, budget: float, options: dict, *, decisions: in
     if options.get("chance"):
         raise ParameterError(Name("chance"), ": propose scores the objective; chance constraints are not supported "
                              "(the value of a run for a constrained decision is not computed)")
-    recommendation = allocate(draws, budget, baselines=False, uncertainty=0, max_draws=max_draws, seed=seed, **options)
     spec = build_spec(draws, **options)
     objective = spec.objective
     if objective.risk == "worst" or (objective.minimax and objective.risk != "mean"):
         raise ParameterError(Name("objective"), f": propose cannot score {objective.name!r} (reweighting the draws never moves "
                              "a worst case); use mean, cvar:GAMMA or minimax")
+    recommendation = allocate(draws, budget, baselines=False, uncertainty=0, max_draws=max_draws, seed=seed, **options)
     problem, _, _ = build_problem(draws, spec, budget, min_budget=False, max_draws=max_draws, holdout=0.0, seed=seed)
     D = np.array([recommendation.allocation[s] for s in spec.sources])
     others = np.zeros((0, D.size))
@@ -241,6 +242,7 @@ def propose(
     eval_draws: int = EVAL_DRAWS,
     max_draws: int = 2000,
     seed: int = 0,
+    min_effective_draws: float = LOW_ESS,
     exhaustive: bool = False,
     progress=None,
 ) -> ProposalResult:
@@ -248,7 +250,9 @@ def propose(
     most per unit of run cost (see the module's docstring). ``options``: the allocation options of
     :func:`~bayescale.optimise.allocate.allocate` (objective, weights, costs, upper, lower, fixed, groups,
     normalise); candidates that ask for more of a source than ``upper`` allows are left out (a note
-    says how many). ``exhaustive``: re-score every candidate at every greedy step (default: lazily).
+    says how many). The batch stops early (a note says where) once one more run would leave the
+    importance weights on fewer than ``min_effective_draws`` effective draws on average (0: never);
+    the first run is always proposed. ``exhaustive``: re-score every candidate at every greedy step (default: lazily).
     ``progress(scored, candidates)`` is called after each chunk of candidates scored."""
     t0 = time.perf_counter()
     options = dict(options or {})
@@ -262,6 +266,8 @@ def propose(
     if tuple(candidates.sources) != tuple(draws.sources):
         raise InputError(f"candidates: sources {', '.join(candidates.sources)} differ from the posterior's "
                          f"({', '.join(draws.sources)})", parameter="candidates")
+    if not (isinstance(min_effective_draws, int | float) and min_effective_draws >= 0):
+        raise ParameterError(Name("min_effective_draws"), f": {min_effective_draws!r}; expected a number >= 0")
     for name, value in (("outcomes", outcomes), ("eval_draws", eval_draws), ("decisions", decisions)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "decisions" else 2):
             raise ParameterError(Name(name), f": {value!r}; expected a whole number >= {0 if name == 'decisions' else 2}")
@@ -308,6 +314,7 @@ def propose(
             progress(scored, len(candidates))
         return after, np.mean(after - current[None], axis=1)
 
+    stopped = None
     for step in range(min(batch, len(candidates))):
         fresh: dict[int, tuple[np.ndarray, float]] = {}
         # Lazy greedy (Minoux 1978): score candidates in order of their last gain per cost and stop
@@ -328,6 +335,14 @@ def propose(
         after, gain_c = fresh[c]
         new = base + log_lik[c]
         weights_before, weights_after = normalised(base), normalised(new)
+        ess_after = float(np.mean(effective_sample_size(weights_after)))
+        if chosen and ess_after < min_effective_draws:
+            # Past here the update would rest on a handful of draws and the greedy would rank on noise
+            # (measured: the simulated study's 16-run rounds fell to 2.3 effective draws of 500).
+            stopped = (f"stopped after {len(chosen)} of {batch} runs: the next ({candidates.names[c]}) would leave the "
+                       f"importance weights on {ess_after:.1f} effective draws (< {min_effective_draws:g}); "
+                       "train these, refit and propose again")
+            break
         spread_before = weighted_variance(params, weights_before).mean(axis=0)
         spread_after = weighted_variance(params, weights_after).mean(axis=0)
         ratio = np.sqrt(np.where(spread_before > 0, spread_after / np.where(spread_before > 0, spread_before, 1.0), 1.0))
@@ -339,14 +354,16 @@ def propose(
             gain=gain_c,
             gain_se=float(np.std(after - current, ddof=1) / np.sqrt(outcomes)),
             gain_per_cost=gain_c / float(candidates.costs[c]),
-            effective_draws=float(np.mean(effective_sample_size(weights_after))),
+            effective_draws=ess_after,
             informs={names[k]: float(ratio[k]) for k in top},
         ))
         stale[c] = -np.inf  # taken
         base, current = new, after
     gain = float(np.mean(current))
     ess = float(np.mean(effective_sample_size(normalised(base))))
-    if ess < LOW_ESS:
+    if stopped:
+        notes.append(stopped)
+    elif ess < LOW_ESS:
         notes.append(f"the batch's importance weights rest on {ess:.0f} effective draws on average (< {LOW_ESS:g}): "
                      "the cheap update is coarse here; refit after training the first runs, or fit with more draws")
     return ProposalResult(

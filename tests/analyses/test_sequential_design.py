@@ -85,7 +85,7 @@ def tiny_study(tmp_path_factory):
 
 def test_a_tiny_study_spends_equal_costs_and_scores_regret_against_the_truth(tiny_study):
     out, lines = tiny_study
-    units = {s: json.loads((out / "units" / f"world00-{s}.json").read_text()) for s in sd.STRATEGIES}
+    units = {s: json.loads((out / "units" / f"world00-{s}.json").read_text()) for s in sd.DEFAULT_STRATEGIES}
     world = draw_world(3, seed=0)
     best = sd.oracle(world, 32.0)
     for strategy, unit in units.items():
@@ -105,7 +105,7 @@ def test_a_tiny_study_spends_equal_costs_and_scores_regret_against_the_truth(tin
     assert units["fixed"]["records"][1]["new_runs"] == [f"single-{d}-16" for d in world.domains[:2]]
     assert units["propose"]["records"][1]["propose_calls"][0]["batch"]
     summary = json.loads((out / "summary.json").read_text())
-    assert {row["strategy"] for row in summary["rows"]} == {"seed design", *sd.STRATEGIES}
+    assert {row["strategy"] for row in summary["rows"]} == {"seed design", *sd.DEFAULT_STRATEGIES}
     share = summary["headline"]["propose"]["shares"][0]
     final_fixed = units["fixed"]["records"][-1]["regret"]
     reached = [r["added_cost"] / 32.0 for r in units["propose"]["records"] if r["regret"] <= final_fixed]
@@ -137,3 +137,16 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys, argv, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "error: " in err[-1] and message in err[-1]
+
+
+def test_propose_refit_refits_between_batches_and_spends_the_round(tmp_path):
+    """propose-refit: batches stop where the reweighted posterior thins out, each is observed and the
+    law refitted before the next; the round's cost is spent exactly, every run observed once."""
+    out = tmp_path / "refit"
+    assert sd.main([*TINY, "--strategies", "propose-refit,fixed", "--out", str(out)], log=lambda _: None) == 0
+    unit = json.loads((out / "units" / "world00-propose-refit.json").read_text())
+    last = unit["records"][-1]
+    assert last["added_cost"] == pytest.approx(json.loads((out / "units" / "world00-fixed.json").read_text())["records"][-1]["added_cost"])
+    calls = last["propose_calls"]
+    assert calls and sum(call["taken"] for call in calls) == len(last["new_runs"])
+    assert all(len(call["batch"]) == 1 or call["effective_draws"] >= 20 or call["notes"] for call in calls)

@@ -212,3 +212,14 @@ def test_candidates_beyond_the_available_data_are_left_out(small_draws, small_gr
     assert dropped > 0 and any(f"{dropped} of 20 candidates ask for more" in note for note in result.notes)
     with pytest.raises(InputError, match="^candidates: every candidate asks for more"):
         propose(small_draws, 100.0, pool.subset(np.flatnonzero(pool.amounts[:, 0] > 1.0)), options={"upper": cap})
+
+
+def test_the_batch_stops_where_the_reweighted_posterior_thins_out(small_draws, small_grid):
+    pool = make_candidates(small_draws.sources, small_grid).subset(np.arange(0, 80, 4))
+    strict = propose(small_draws, 100.0, pool, batch=4, outcomes=16, decisions=4, min_effective_draws=499.0)
+    assert len(strict.batch) == 1 and any(note.startswith("stopped after 1 of 4 runs") for note in strict.notes)
+    free = propose(small_draws, 100.0, pool, batch=4, outcomes=16, decisions=4, min_effective_draws=0)
+    assert len(free.batch) == 4 and free.batch[0].name == strict.batch[0].name
+    assert free.batch[1].effective_draws < 499.0  # why the strict batch stopped
+    with pytest.raises(InputError, match="^min_effective_draws: -1"):
+        propose(small_draws, 100.0, pool, min_effective_draws=-1)

@@ -48,7 +48,7 @@ def test_every_figure_of_the_report_loads_in_headless_chromium(browser, small_fi
     assert browser.title == "bayescale report"
     headings = browser.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
     # the answer first, then the details, the grid and its provenance last
-    assert headings == ["Recommendation", "How far to trust it", "Allocation details", "Held-out check", "Scaling curves",
+    assert headings == ["Recommendation", "How far to trust it", "Allocation details", "What to train next", "Held-out check", "Scaling curves",
                         "Transfer between domains", "Hubs and islands", "Convergence diagnostics", "Grid and provenance"]
     # the recommendation is in the first screenful a person sees
     top = browser.execute_script("return document.querySelector('#recommendation table').getBoundingClientRect().bottom")
