@@ -276,8 +276,8 @@ def propose(
     # available data) bound every candidate too.
     available = np.array([float((options.get("upper") or {}).get(src, np.inf)) for src in candidates.sources])
     within = np.all(candidates.amounts <= available[None] * (1 + 1e-12), axis=1)
-    notes = [] if within.all() else [f"{int((~within).sum())} of {len(candidates)} candidates ask for more of a source "
-                                     "than the caps (upper) make available; left out"]
+    notes = [] if within.all() else [(f"{int((~within).sum())} of {len(candidates)} candidates ask for more of a source "
+                                      "than the caps (upper) make available; left out")]
     if not within.any():
         raise InputError("candidates: every candidate asks for more of some source than the caps (upper) allow",
                          parameter="candidates")
