@@ -277,33 +277,42 @@ def decide(draws, world, budget: float, best: float) -> dict:
 # ------------------------------------------------------------------------------------ strategies
 
 
-def fill_by_propose(draws, settings: dict, pool, cost: float, seed: int) -> tuple[list, dict]:
-    """Runs of total cost ``cost`` from propose's batches (see the module docstring)."""
+def propose_within(draws, settings: dict, pool, available, left: float, seed: int, strategy: str, **options):
+    """One propose call on the candidates still available that fit the ``left`` volumes of the round,
+    and the runs of its batch taken in order while they fit: (result, [(name, amounts)], volumes left).
+    ``available`` (a mask over ``pool``) is updated."""
     from bayescale.optimise.propose import propose
 
-    taken, left, calls, info = [], cost, [], {}
+    fits = np.flatnonzero(available & (pool.costs <= left + 1e-9))
+    if fits.size == 0:
+        raise InputError(f"{strategy}: no candidate run fits the {left:g} volumes left of the round")
+    sub = pool.subset(fits)
+    batch = int(min(settings["max_batch"], max(1, left // pool.costs.min()), len(sub)))
+    result = propose(draws, settings["budget"], sub, batch=batch, options={"objective": "mean"},
+                     outcomes=settings["outcomes"], decisions=settings["decisions"], seed=seed, **options)
+    step = []
+    for run in result.batch:
+        if run.cost <= left + 1e-9:
+            k = pool.names.index(run.name)
+            step.append((run.name, pool.amounts[k].copy()))
+            available[k] = False
+            left -= run.cost
+    return result, step, left
+
+
+def fill_by_propose(draws, settings: dict, pool, cost: float, seed: int) -> tuple[list, dict]:
+    """Runs of total cost ``cost`` from propose's batches (see the module docstring)."""
+    taken, left, calls = [], cost, []
     available = np.ones(len(pool), dtype=bool)
     while left > 0:
-        fits = np.flatnonzero(available & (pool.costs <= left + 1e-9))
-        if fits.size == 0:
-            raise InputError(f"propose: no candidate run fits the {left:g} volumes left of the round")
-        sub = pool.subset(fits)
-        batch = int(min(settings["max_batch"], max(1, left // pool.costs.min()), len(sub)))
-        result = propose(draws, settings["budget"], sub, batch=batch, options={"objective": "mean"},
-                         outcomes=settings["outcomes"], decisions=settings["decisions"], seed=seed + len(calls),
-                         min_effective_draws=0.0)  # the whole batch on one posterior (as first measured)
+        result, step, left = propose_within(draws, settings, pool, available, left, seed + len(calls), "propose",
+                                            min_effective_draws=0.0)  # the whole batch on one posterior (as first measured)
         calls.append({"batch": [r.name for r in result.batch], "expected_gain": result.expected_gain,
                       "expected_gain_se": result.expected_gain_se, "value_now": result.value_now,
                       "effective_draws": result.effective_draws, "notes": list(result.notes),
                       "seconds": round(result.seconds, 2)})
-        for run in result.batch:
-            if run.cost <= left + 1e-9:
-                k = pool.names.index(run.name)
-                taken.append((run.name, pool.amounts[k].copy()))
-                available[k] = False
-                left -= run.cost
-    info["propose_calls"] = calls
-    return taken, info
+        taken += step
+    return taken, {"propose_calls": calls}
 
 
 def fill_by_propose_and_refit(world, observed: list[dict], draws, settings: dict, pool, cost: float, seed: int,
@@ -311,25 +320,10 @@ def fill_by_propose_and_refit(world, observed: list[dict], draws, settings: dict
     """Runs of total cost ``cost`` from propose's batches stopped where its reweighted posterior thins
     out (``min_effective_draws``, 20), each batch simulated and the law refitted before the next:
     (the round's runs, their observations, the last posterior, info)."""
-    from bayescale.optimise.propose import propose
-
     taken, seen, left, calls = [], [], cost, []
     available = np.ones(len(pool), dtype=bool)
     while left > 0:
-        fits = np.flatnonzero(available & (pool.costs <= left + 1e-9))
-        if fits.size == 0:
-            raise InputError(f"propose-refit: no candidate run fits the {left:g} volumes left of the round")
-        sub = pool.subset(fits)
-        batch = int(min(settings["max_batch"], max(1, left // pool.costs.min()), len(sub)))
-        result = propose(draws, settings["budget"], sub, batch=batch, options={"objective": "mean"},
-                         outcomes=settings["outcomes"], decisions=settings["decisions"], seed=seed + len(calls))
-        step = []
-        for run in result.batch:
-            if run.cost <= left + 1e-9:
-                k = pool.names.index(run.name)
-                step.append((run.name, pool.amounts[k].copy()))
-                available[k] = False
-                left -= run.cost
+        result, step, left = propose_within(draws, settings, pool, available, left, seed + len(calls), "propose-refit")
         new = observe(world, step, np.random.default_rng([settings["seed"], 7, seed, len(calls)]))
         seen += [{"id": f"r{round_id}-c{len(calls)}-{k}-{x['name']}", **x} for k, x in enumerate(new)]
         taken += step
