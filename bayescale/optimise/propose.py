@@ -191,7 +191,7 @@ def per_draw_terms(draws: LawDraws, allocations: np.ndarray, v: np.ndarray, mini
     """The weighted loss of each decision under each draw: (S, A), or (S, A, J) per target for minimax."""
     law = LawEval(draws)
     keep = v > 0
-    losses = np.stack([np.where(keep, law.values(a), 0.0) * v for a in allocations], axis=1)  # (S, A, J)
+    losses = np.where(keep, law.many(allocations), 0.0) * v  # (S, A, J)
     return losses if minimax else losses.sum(axis=-1)
 
 
