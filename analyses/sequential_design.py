@@ -2,7 +2,7 @@
 than a fixed design? (issue 17)
 
     .venv/bin/python analyses/sequential_design.py [--out analyses/results/sequential-design]
-        [--worlds 10] [--rounds 4] [--round-cost 96] [--budget 64] [--method svi|nuts]
+        [--worlds 10] [--rounds 4] [--round-cost 96] [--budget 64] [--method nuts|svi]
         [--strategies propose,fixed,random,propose-refit] [--extrapolation] [--force]
 
 Each *world* is a hidden truth: ``bayescale.data.simulate.draw_world(K, seed=w)`` for
@@ -51,11 +51,12 @@ in one world:
    tolerance; also reported relative to the oracle's loss. For scale, each world also records
    the regret of the uniform split of B.
 
-**Fits**: ``fit(grid, method="svi")`` by default (a full-rank Gaussian guide, 5000 steps, 1000
-draws): 8-16 s per fit on two shared cores (most of it tracing and compiling for the grid's new
-size), against minutes for NUTS, which 130 fits per study cannot afford; the same for every
-strategy. The guide is a rough stand-in for the posterior (each fit records its Pareto k-hat,
-mostly well above 0.7), and ``propose`` reweights its draws. ``--method nuts`` uses short chains (2 x (300 + 500)).
+**Fits**: ``fit(grid, method="nuts")`` by default, short chains (2 x (300 warm-up + 500 draws)):
+25-45 s per fit on the two cores, about 9 minutes per world for the three strategies.
+``--method svi`` (a full-rank Gaussian guide, 5000 steps, 1000 draws; 8-16 s a fit) was the first
+default and is kept for comparison: its guides' Pareto k-hat was 2.2-10.3 on every fit, and with
+them ``propose``, which reweights the posterior's draws, lost to the fixed design (the results in
+``analyses/results/sequential-design-svi``); with NUTS it does not (``docs/propose.md``).
 ``extrapolation=False`` by default (the leave-future-out slope error doubles every fit; the worlds
 follow the law exactly, so there is no misfit for it to find); ``--extrapolation`` turns it on.
 
@@ -601,7 +602,7 @@ def main(argv=None, log=print) -> int:
     parser.add_argument("--max-run", type=positive_float, default=32.0, help="largest candidate run (default 32 volumes)")
     parser.add_argument("--strategies", type=strategy_list, default=list(DEFAULT_STRATEGIES),
                         help="comma-separated of propose, fixed, random, propose-refit (default the first three)")
-    parser.add_argument("--method", choices=("svi", "nuts"), default="svi", help="how every posterior is fitted (default svi)")
+    parser.add_argument("--method", choices=("nuts", "svi"), default="nuts", help="how every posterior is fitted (default nuts)")
     parser.add_argument("--draws", type=positive_int, default=None, help="posterior draws (svi 1000; nuts per chain 500)")
     parser.add_argument("--svi-steps", type=positive_int, default=5000)
     parser.add_argument("--chains", type=positive_int, default=2, help="NUTS chains (default 2)")

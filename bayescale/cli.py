@@ -405,7 +405,7 @@ def propose(
 ):
     """Which runs to train next: the batch whose losses are expected to improve the allocation most per unit of run cost."""
     from bayescale.data.grid import load_grid
-    from bayescale.inference.posterior import law_draws, load_posterior, require_amounts
+    from bayescale.inference.posterior import diagnostics, law_draws, load_posterior, require_amounts
     from bayescale.optimise.candidates import make_candidates
     from bayescale.optimise.propose import design_toml, propose as choose
     from bayescale.render.text import format_proposal
@@ -417,7 +417,8 @@ def propose(
             check_writable(out, flag)
             if out.resolve() in (posterior.resolve(), grid.resolve()):
                 raise InputError(f"{flag} {out} would overwrite an input file")
-    draws = require_amounts(law_draws(load_posterior(posterior)), "propose")
+    idata = load_posterior(posterior)
+    draws = require_amounts(law_draws(idata), "propose")
     pool = make_candidates(draws.sources, load_grid(grid), candidates, run_cost=run_cost, max_run_budget=max_run_budget, seed=seed)
     options = dict(objective=objective, weights=parse_mapping(weights, "--weights") or None, normalise=normalise,
                    costs=parse_mapping(cost, "--cost") or None, upper=parse_mapping(max_, "--max") or None,
@@ -426,6 +427,7 @@ def propose(
     with console.status(f"propose: scoring {len(pool)} candidates ...") as status:
         result = choose(draws, budget, pool, batch=batch, criterion=criterion, options=options, outcomes=outcomes,
                         decisions=decisions, seed=seed, min_effective_draws=min_effective_draws,
+                        diagnostics=diagnostics(idata),
                         progress=lambda scored, total: status.update(f"propose: {scored} scorings of {total} candidates "
                                                                      f"(batch of {batch}) ..."))
     text = design_toml(result) if design is not None else None  # before any file is written: whole volumes or nothing

@@ -171,10 +171,11 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
                               unaware=law_draws(unaware))
     # A law without transfer (independent) has no hubs or islands to find.
     hubs = hub_island_table(idata) if laws.of_draws(draws).transfer else None
+    diag = diag if diag is not None else diagnostics(idata)
     return write_report(
         out, idata=idata, grid=grid, allocation=allocation, holdout=holdout, scores=scores,
-        diagnostics=diag if diag is not None else diagnostics(idata), hubs=hubs, loo=loo_summary(idata),
-        proposal=proposal_for(draws, grid, allocation, upper=upper),
+        diagnostics=diag, hubs=hubs, loo=loo_summary(idata),
+        proposal=proposal_for(draws, grid, allocation, upper=upper, diagnostics=diag),
     )
 
 
@@ -182,7 +183,7 @@ def report_for(idata, grid: xr.Dataset, out: Path, *, budget: float | None = Non
 REPORT_BATCH = 6
 
 
-def proposal_for(draws, grid: xr.Dataset, allocation, *, upper: dict | None = None):
+def proposal_for(draws, grid: xr.Dataset, allocation, *, upper: dict | None = None, diagnostics: dict | None = None):
     """The report's "what to train next": ``bayescale propose`` at the allocation's budget and objective
     over the auto candidates, or a one-line reason why there is none."""
     if allocation.get("mode") == "min_budget":
@@ -190,7 +191,7 @@ def proposal_for(draws, grid: xr.Dataset, allocation, *, upper: dict | None = No
     try:
         pool = make_candidates(draws.sources, grid)
         return propose(draws, float(allocation["budget"]), pool, batch=REPORT_BATCH,
-                       options={"objective": allocation["objective"], "upper": upper})
+                       options={"objective": allocation["objective"], "upper": upper}, diagnostics=diagnostics)
     except InputError as exc:
         return f"No runs were proposed: {exc}"
 

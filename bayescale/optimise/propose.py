@@ -244,6 +244,7 @@ def propose(
     seed: int = 0,
     min_effective_draws: float = LOW_ESS,
     exhaustive: bool = False,
+    diagnostics: dict | None = None,
     progress=None,
 ) -> ProposalResult:
     """The ``batch`` candidate runs whose losses are expected to improve the allocation of ``budget``
@@ -253,6 +254,8 @@ def propose(
     says how many). The batch stops early (a note says where) once one more run would leave the
     importance weights on fewer than ``min_effective_draws`` effective draws on average (0: never);
     the first run is always proposed. ``exhaustive``: re-score every candidate at every greedy step (default: lazily).
+    ``diagnostics``: the posterior's (:func:`bayescale.inference.posterior.diagnostics`); an SVI
+    posterior whose guide fails its check gets a note, since the update reweights its draws as the posterior's.
     ``progress(scored, candidates)`` is called after each chunk of candidates scored."""
     t0 = time.perf_counter()
     options = dict(options or {})
@@ -282,6 +285,12 @@ def propose(
         raise InputError("candidates: every candidate asks for more of some source than the caps (upper) allow",
                          parameter="candidates")
     candidates = candidates.subset(np.flatnonzero(within))
+    if diagnostics and diagnostics.get("approximate") and not diagnostics.get("ok", True):
+        khat = diagnostics.get("psis_khat", float("nan"))
+        notes.append(f"the posterior is an SVI guide that fails its check (PSIS k-hat {khat:.2f} > "
+                     f"{diagnostics.get('khat_limit', 0.7):g}); propose reweights its draws as if they were the "
+                     "posterior's, and in simulated studies its proposals then lost to a fixed design "
+                     "(docs/propose.md): refit with --method nuts")
 
     # Evaluation draws score the decisions; the other draws generate the outcomes.
     order = np.random.default_rng([seed, 31]).permutation(draws.n_draws)

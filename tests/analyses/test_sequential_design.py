@@ -23,7 +23,7 @@ _spec = importlib.util.spec_from_file_location("sequential_design", SCRIPT)
 sd = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sd)
 
-TINY = ["--worlds", "1", "--domains", "3", "--rounds", "1", "--round-cost", "32", "--max-run", "8", "--budget", "32",
+TINY = ["--method", "svi", "--worlds", "1", "--domains", "3", "--rounds", "1", "--round-cost", "32", "--max-run", "8", "--budget", "32",
         "--svi-steps", "400", "--draws", "200", "--outcomes", "8", "--decisions", "4"]
 
 

@@ -223,3 +223,15 @@ def test_the_batch_stops_where_the_reweighted_posterior_thins_out(small_draws, s
     assert free.batch[1].effective_draws < 499.0  # why the strict batch stopped
     with pytest.raises(InputError, match="^min_effective_draws: -1"):
         propose(small_draws, 100.0, pool, min_effective_draws=-1)
+
+
+def test_an_svi_guide_that_fails_its_check_is_named_in_the_notes(small_draws, small_grid, small_fit):
+    from bayescale.inference.posterior import diagnostics
+
+    pool = make_candidates(small_draws.sources, small_grid).subset(np.arange(8))
+    failing = {"method": "svi", "approximate": True, "psis_khat": 3.21, "khat_limit": 0.7, "ok": False}
+    result = propose(small_draws, 100.0, pool, batch=1, outcomes=8, decisions=2, diagnostics=failing)
+    assert any("SVI guide that fails its check (PSIS k-hat 3.21 > 0.7)" in note for note in result.notes)
+    for fine in ({**failing, "psis_khat": 0.4, "ok": True}, diagnostics(small_fit), None):
+        quiet = propose(small_draws, 100.0, pool, batch=1, outcomes=8, decisions=2, diagnostics=fine)
+        assert not any("SVI" in note for note in quiet.notes)
