@@ -87,6 +87,7 @@ from typing import NamedTuple
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import jax
 import numpy as np
 
 from bayescale._files import read_saved, write_text_atomic
@@ -647,6 +648,9 @@ def main(argv=None, log=print) -> int:
                 unit = run_unit(w, strategy, settings, start, costs, log=log)
                 write_text_atomic(path, json.dumps(unit, indent=1) + "\n")
                 units[(w, strategy)] = unit
+                # Every round's grid has a new size, so a new compiled sampler: XLA keeps them all, and
+                # about 60 of them exhausted the process's memory maps (LLVM "Cannot allocate memory").
+                jax.clear_caches()
                 computed += time.perf_counter() - t0
                 log(f"world {w} {strategy}: done in {time.perf_counter() - t0:.0f} s, final regret "
                     f"{unit['records'][-1]['regret']:.4g}")
