@@ -542,7 +542,8 @@ def markdown(summary: dict, settings: dict, seconds: float | None = None) -> str
             + ", ".join(f"w{w} {_share(x)}" for w, x in zip(h["worlds"], h["shares"])) + ".")
         lines.append("")
     if seconds is not None:
-        lines.append(f"Computed units took {seconds / 60:.1f} min in all.")
+        lines.append(f"The strategies' rounds took {seconds / 60:.1f} min in all (each unit's own time, whichever run "
+                     "computed it; the seed designs' fits not counted).")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -629,7 +630,7 @@ def main(argv=None, log=print) -> int:
     (out / "units").mkdir(parents=True, exist_ok=True)
     log(f"sequential design: {args.worlds} worlds x {', '.join(args.strategies)}; rounds of "
         f"{', '.join(f'{c:g}' for c in costs)} volumes; B = {args.budget:g}; fits {args.method}; results in {out}")
-    units, computed = {}, 0.0
+    units = {}
     try:
         for w in range(args.worlds):
             start = None
@@ -651,7 +652,6 @@ def main(argv=None, log=print) -> int:
                 # Every round's grid has a new size, so a new compiled sampler: XLA keeps them all, and
                 # about 60 of them exhausted the process's memory maps (LLVM "Cannot allocate memory").
                 jax.clear_caches()
-                computed += time.perf_counter() - t0
                 log(f"world {w} {strategy}: done in {time.perf_counter() - t0:.0f} s, final regret "
                     f"{unit['records'][-1]['regret']:.4g}")
     except KeyboardInterrupt:
@@ -661,7 +661,7 @@ def main(argv=None, log=print) -> int:
         log(f"error: {error}")
         return 2
     summary = summarise(units)
-    text = markdown(summary, settings, computed if computed else None)
+    text = markdown(summary, settings, sum(unit["seconds"] for unit in units.values()))
     write_text_atomic(out / "summary.md", text)
     write_text_atomic(out / "summary.json", json.dumps({"settings": settings, **summary}, indent=1) + "\n")
     log("")
