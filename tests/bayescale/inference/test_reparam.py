@@ -82,10 +82,13 @@ def test_an_unknown_centring_is_refused_before_any_sampling():
 @pytest.fixture(scope="module")
 def two_fits():
     grid = informative_grid(0.02)
-    # Seed 2: both fits converge here. At seed 1 this K = 3 grid's centred fit does not mix (191
-    # divergences, r-hat 1.24, measured): the centred path is fragile at K = 3 (docs/speed.md), and
-    # this test compares two posteriors, so both samplers must have found theirs.
-    kwargs = {"chains": 2, "warmup": 400, "draws": 600, "seed": 2, "extrapolation": False}
+    # The linear law (the transfer hierarchy h, r, u without beta's b): both samplers converge on this
+    # K = 3 grid at fit seeds 1, 2 and 3 (r-hat <= 1.026, <= 10 divergences of 1200, measured). The
+    # transfer law's centred fit does not mix reliably here (seed 2 converged on one install and gave
+    # r-hat 1.09, ESS 25 on a fresh one; 2 x (800 + 600) or noise 0.01 or 0.005 did not fix both):
+    # the centred path is fragile at K = 3 (docs/speed.md), and this test compares two posteriors, so
+    # both samplers must have found theirs. That centring keeps any entry's prior is tested above.
+    kwargs = {"law": "linear", "chains": 2, "warmup": 400, "draws": 600, "seed": 2, "extrapolation": False}
     centred = fit(grid, centring="auto", **kwargs)
     non_centred = fit(grid, centring="none", dense_mass=False, **kwargs)
     return grid, centred, non_centred
@@ -96,7 +99,7 @@ def test_the_centred_fit_is_the_same_posterior(two_fits):
 
     _, centred, non_centred = two_fits
     assert "centring" in centred.attrs and "centring" not in non_centred.attrs
-    assert set(json.loads(centred.attrs["centring"])) == set(HIERARCHICAL_SITES)
+    assert set(json.loads(centred.attrs["centring"])) == set(HIERARCHICAL_SITES) - {"b"}
     for d in (diagnostics(centred), diagnostics(non_centred)):
         # both converged; a few divergences would bias a mean, which the comparison below would show
         assert d["max_rhat"] < 1.05 and d["divergences"] <= 0.02 * d["draws"], d
@@ -109,8 +112,10 @@ def test_the_centred_fit_is_the_same_posterior(two_fits):
         assert bool((diff <= tolerance).all()), (name, float((diff / tolerance).max()))
 
 
-def test_the_stored_log_likelihood_is_the_laws_recomputed_from_its_parameters(two_fits):
-    grid, centred, _ = two_fits
+def test_the_stored_log_likelihood_is_the_laws_recomputed_from_its_parameters():
+    grid = informative_grid(0.02)
+    # a centred transfer fit (beta free); whether it mixed does not matter to this identity
+    centred = fit(grid, centring="auto", chains=1, warmup=150, draws=600, seed=2, extrapolation=False)
     post = centred["posterior"].to_dataset()
     data, _ = laws.get("transfer").model_data(grid)
     d = data.d
