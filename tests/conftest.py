@@ -19,6 +19,18 @@ _hypothesis_settings.register_profile("bayescale", derandomize=True)
 _hypothesis_settings.load_profile("bayescale")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Each test module compiles its own samplers; XLA keeps every one, and a worker that ran a few
+    hundred of them exhausted its memory maps (vm.max_map_count) and died in an XLA compile (a
+    segfault in CI; LLVM "Cannot allocate memory" in the sequential-design study). Release them
+    after every module."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def small_world():
     return draw_world(4, seed=11)
