@@ -427,7 +427,8 @@ def propose(
     with console.status(f"propose: scoring {len(pool)} candidates ...") as status:
         result = choose(draws, budget, pool, batch=batch, criterion=criterion, options=options, outcomes=outcomes,
                         decisions=decisions, seed=seed, min_effective_draws=min_effective_draws,
-                        diagnostics=diagnostics(idata),
+                        # only an approximate posterior can get the note: skip r-hat and ESS over a NUTS one
+                        diagnostics=diagnostics(idata) if idata.attrs.get("approximate") or "stack_members" in idata.attrs else None,
                         progress=lambda scored, total: status.update(f"propose: {scored} scorings of {total} candidates "
                                                                      f"(batch of {batch}) ..."))
     text = design_toml(result) if design is not None else None  # before any file is written: whole volumes or nothing
