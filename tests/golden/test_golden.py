@@ -13,7 +13,7 @@ from tests.golden import commands
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    return commands.run_all(tmp_path_factory.mktemp("golden"))
+    return commands.run_all_pinned(tmp_path_factory.mktemp("golden"))
 
 
 @pytest.mark.slow
@@ -29,3 +29,12 @@ def test_the_comparison_sees_a_change_beyond_the_tolerance():
     assert commands.differences({"a": [1.0, {"b": 2.0}]}, {"a": [1.0, {"b": 2.0 * (1 + 1e-8)}]}) != []
     assert commands.differences({"a": 1}, {"a": 1, "c": 2}) == ["/c: unexpected"]
     assert commands.differences({"s": "x"}, {"s": "y"}) == ["/s: 'y' != 'x'"]
+    # A duality gap is zero to the solver's tolerance; the same size elsewhere is a change.
+    assert commands.differences({"gap": 1e-13}, {"gap": 3e-13}) == []
+    assert commands.differences({"gap": 1e-13}, {"gap": 1e-6}) != []
+    assert commands.differences({"allocation": 1e-13}, {"allocation": 3e-13}) != []
+
+
+def test_the_commands_run_with_xla_pinned_to_one_instruction_set():
+    env = commands.pinned_env()
+    assert commands.PINNED_XLA_FLAGS in env["XLA_FLAGS"].split()
