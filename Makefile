@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test docs test-slow bench bench-allocate bench-predict bench-scaling bench-fit bench-calibration bench-trainers clean
+.PHONY: demo test docs test-slow test-stats bench bench-allocate bench-predict bench-scaling bench-fit bench-calibration bench-trainers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "bayescale needs Python >= 3.12, found " + sys.version'
@@ -33,8 +33,13 @@ test: $(VENV)/.full
 docs: $(VENV)/.full
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
+# One process: the fits' chains already use both cores (two pytest workers made it 51 min, not faster).
 test-slow: $(VENV)/.full
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m 'slow and not ci_too_long' --durations=15
+
+# The slow tests that do not fit in CI's 90 minutes beside the rest (recovery over ten NUTS worlds).
+test-stats: $(VENV)/.full
+	$(BIN)/python -m pytest -q -m ci_too_long --durations=15
 
 bench: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_pipeline.py
