@@ -7,13 +7,14 @@ cells cover at their nominal rates — *if* the sampler is right. Deviations say
 wrong: a U-shaped rank histogram means over-confident posteriors, a hump under-confident
 ones, a slope bias.
 
-The model's priors adapt to the grid: ``E`` is scaled by the smallest observed loss of a
-target, ``A`` by its median, a bend's break by the largest fit budget (see
-:mod:`bayescale.laws.transfer`). A prior draw cannot reproduce that empirical-Bayes step, so
-worlds are drawn with unit scales (``loss_floor = loss_scale = 1``) and each world is then
+The model's priors adapt to the grid in one place: a target's level (log loss at its
+reference allocation) is centred on its median observed loss, with a spread far wider than the
+data pin it (see :mod:`bayescale.laws.transfer`); a bend's break and the reference allocations
+follow the run design, which every world shares. A prior draw cannot reproduce the centring,
+so worlds are drawn with unit scales (``loss_floor = loss_scale = 1``) and each world is then
 fitted with the scales ``fit`` computes from its own simulated fit runs
 (:func:`bayescale.laws.transfer.loss_scales`): what is calibrated is the prior users get,
-and a rank histogram that bends in ``E`` or ``A`` says the data-adapted scales mislead.
+and a rank histogram that bends in ``E`` or ``A`` says the data-adapted centre misleads.
 
 Every world uses the same run design (single-domain ladders and Dirichlet mixtures at fit
 budgets, mixtures above every fit budget held out), so the sampler is compiled once and
@@ -38,7 +39,7 @@ from bayescale.data.simulate import Design, design_runs, draw_world
 from bayescale.errors import InputError
 from bayescale.inference.sampling import ensure_host_devices
 from bayescale.laws.base import LawFamily, self_mask_for
-from bayescale.laws.transfer import ModelData, break_centre, loss_scales
+from bayescale.laws.transfer import ModelData, break_centre, loss_scales, reference_allocations
 
 # The scalar quantities whose ranks are recorded: per-target parameters and the
 # off-diagonal entries of the transfer matrices.
@@ -66,15 +67,19 @@ class SBCDesign:
         k = len(self.domains)
         obs_run, obs_target = np.meshgrid(np.arange(runs.sum()), np.arange(k), indexing="ij")
         floor, scale = scales if scales is not None else (np.ones(k), np.ones(k))
+        fit_obs_run, fit_obs_target = np.meshgrid(np.arange(self.fit.sum()), np.arange(k), indexing="ij")
+        self_mask = self_mask_for(self.domains, self.domains)
         return ModelData(
             d=self.d[runs],
             obs_run=obs_run.ravel(),
             obs_target=obs_target.ravel(),
             log_loss=None if log_loss is None else np.asarray(log_loss).reshape(-1),
             log_se=np.zeros(obs_run.size),
-            self_mask=self_mask_for(self.domains, self.domains),
+            self_mask=self_mask,
             loss_floor=np.asarray(floor, dtype=np.float64),
             loss_scale=np.asarray(scale, dtype=np.float64),
+            # Always the fit runs' references: held-out runs are predicted with the fit's E and A.
+            reference_d=reference_allocations(self.d[self.fit], fit_obs_run.ravel(), fit_obs_target.ravel(), self_mask),
             break_centre=break_centre(self.d[self.fit]),
         )
 
@@ -203,7 +208,7 @@ def model_hash(law: str) -> str:
     # The model's code and priors only: an edit elsewhere in the family's class keeps the results.
     parts = [law, inspect.getsource(transfer.transfer_law_model), inspect.getsource(power.log_loss),
              inspect.getsource(power.log_reducible), inspect.getsource(power.effective_data),
-             repr((transfer.E_PRIOR, transfer.E_CAP, transfer.RUN_EFFECT_SCALE))]
+             repr((transfer.E_PRIOR, transfer.E_SHARE_SPREAD, transfer.LEVEL_SD, transfer.RUN_EFFECT_SCALE)), inspect.getsource(transfer.reference_allocations)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

@@ -21,8 +21,11 @@ def test_prior_worlds_share_one_design_and_differ_in_their_truth():
     truth_b, _ = sbc.draw_prior_world(design, jax.random.PRNGKey(1))
     assert loss_a.shape == design.d.shape and np.all(np.isfinite(loss_a))
     assert not np.allclose(truth_a["alpha"], truth_b["alpha"])
-    # worlds are drawn at unit loss scales: E = 1.1 sigmoid(e) exactly
-    np.testing.assert_allclose(truth_a["E"], 1.1 / (1 + np.exp(-truth_a["e"])), rtol=1e-6)
+    # worlds are drawn at unit loss scales: a level's prior centre is log 1 = 0, and E is a share of it
+    e = truth_a["mu_e"] + truth_a["tau_e"] * truth_a["z_e"]
+    np.testing.assert_allclose(truth_a["E"], np.exp(truth_a["level"]) / (1 + np.exp(-e)), rtol=1e-5)
+    fit_only = design.model_data(None, design.fit)
+    assert np.all(fit_only.reference_d == design.model_data(None, ~design.fit).reference_d)  # the fit runs' references
 
 
 def test_ranks_count_draws_below_the_truth_and_skip_fixed_entries():

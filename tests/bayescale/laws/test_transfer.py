@@ -25,6 +25,7 @@ from bayescale.laws.transfer import (
     identification_warnings,
     loss_draws,
     model_data,
+    reference_allocations,
     transfer_law_model,
 )
 
@@ -92,13 +93,27 @@ def test_model_data_turns_a_hand_made_grid_into_the_arrays_worked_out_by_hand(ha
     log_se = [0.0 if np.isnan(LOSS_SE[r][t]) else LOSS_SE[r][t] / LOSS[r][t] for r, t in cells]
     np.testing.assert_allclose(data.log_se, log_se, rtol=1e-15)
     assert data.log_se[1] == 0.0 and data.log_se[0] == pytest.approx(0.01)
-    # E's upper bound: the smallest observed fit loss per target (h1's 0.1 is holdout, not counted).
+    # The bootstrap's cap on E: the smallest observed fit loss per target (h1's 0.1 is holdout, not counted).
     np.testing.assert_array_equal(data.loss_floor, [1.9, 1.5, 2.6])
     np.testing.assert_array_equal(data.loss_scale, [2.5, 2.1, 2.95])  # medians of the observed fit losses
+    # Every target's reference is r5, the fit run with the most data (24 / 4 = 6 law units).
+    np.testing.assert_array_equal(data.reference_d, np.tile(expected_d[4], (3, 1)))
     np.testing.assert_array_equal(data.self_mask, OWN)
     assert coords["source"] == SOURCES and coords["target"] == TARGETS
     assert list(coords["obs_run"][1]) == [f"r{r + 1}" for r, _ in cells]
     assert list(coords["obs_target"][1]) == [TARGETS[t] for _, t in cells]
+
+
+def test_a_targets_reference_is_the_run_observing_it_with_the_most_data_then_the_most_of_its_own():
+    d = np.array([[4.0, 0.0], [0.0, 4.0], [1.0, 3.0], [9.0, 9.0], [0.0, 1.0]])
+    own = np.eye(2)
+    # run 3 (the most data) is not observed on either target; on target 0 runs 0-2 tie at 4 and
+    # run 0 has the most of target 0's own data; target 1 sees runs 1, 2 and 4: run 1 (4 of its own).
+    obs_run = np.array([0, 1, 2, 1, 2, 4])
+    obs_target = np.array([0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(reference_allocations(d, obs_run, obs_target, own), [[4.0, 0.0], [0.0, 4.0]])
+    # a target no source feeds (no own data) takes the run of the most data it observes
+    np.testing.assert_array_equal(reference_allocations(d, np.array([4, 2]), np.array([0, 0]), np.zeros((2, 1))), [[1.0, 3.0]])
 
 
 def test_a_shared_validation_error_is_not_cell_noise_and_the_bend_prior_sits_at_the_largest_fit_budget(hand_grid):
@@ -126,16 +141,27 @@ def test_a_loss_se_of_unknown_kind_is_a_one_line_error(hand_grid):
 
 def _check_common(draws, data):
     own = data.self_mask.astype(bool)
-    E = draws["E"]
-    # E = 1.1 floor sigmoid(e), e ~ N(logit(0.5 / 1.1), 1.5): inside (0, 1.1 floor), with 10 % to
-    # spare above the (noisy) smallest loss, half of it in the median.
-    assert np.all(E > 0) and np.all(E < 1.1 * data.loss_floor[None, :])
-    np.testing.assert_allclose(E, 1.1 * data.loss_floor[None, :] / (1 + np.exp(-draws["e"])), rtol=1e-5)
-    n = draws["e"].size
-    assert abs(np.mean(draws["e"]) - np.log(0.5 / 0.6)) < 4 * 1.5 / np.sqrt(n)  # sd of a mean of n N(., 1.5) draws
-    assert abs(np.median(E / data.loss_floor[None, :]) - 0.5) < 0.1
+    E, level = draws["E"], draws["level"]
+    # level ~ N(log median loss, 1) per target: a prior draw's mean within 4 sd of a mean of n draws.
+    n = level.shape[0]
+    assert np.all(np.abs(level.mean(axis=0) - np.log(data.loss_scale)) < 4 * 1.0 / np.sqrt(n))
+    # E = L_ref sigmoid(e), e ~ N(mu_e, tau_e), mu_e ~ N(0, 1.5), tau_e ~ HN(1): below the law's loss
+    # at the reference, half of it in the median. The draws' mean logit share: within 4 sd of a mean of
+    # n draws (targets of one draw share mu_e, so n counts draws; marginal sd sqrt(1.5^2 + 1)).
+    L_ref = np.exp(level)
+    assert np.all(E > 0) and np.all(E < L_ref)
+    np.testing.assert_allclose(E, L_ref / (1 + np.exp(-(draws["mu_e"][:, None] + draws["tau_e"][:, None] * draws["z_e"]))),
+                               rtol=1e-5)
+    logit_share = np.log(E / (L_ref - E))
+    assert abs(np.mean(logit_share)) < 4 * np.sqrt(1.5**2 + 1.0) / np.sqrt(n)
+    assert abs(np.median(E / L_ref) - 0.5) < 0.1
     for name in ("A", "alpha", "x0", "sigma"):
         assert np.all(draws[name] > 0) and np.all(np.isfinite(draws[name])), name
+    # A follows: the law written out by hand at each target's reference allocation gives L_ref.
+    for k in range(0, n, 40):
+        at_reference = law_log_loss_by_hand(data.reference_d, E[k], draws["A"][k], draws["alpha"][k], draws["x0"][k],
+                                            draws["T"][k], draws["beta"][k], own)
+        np.testing.assert_allclose(np.diagonal(at_reference), level[k], rtol=0, atol=2e-5)
     T, beta = draws["T"], draws["beta"]
     assert T.shape == beta.shape == (E.shape[0],) + data.self_mask.shape
     assert np.all(T[:, own] == 1.0) and np.all(beta[:, own] == 1.0)
