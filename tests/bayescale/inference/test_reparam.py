@@ -66,8 +66,8 @@ def test_the_pilot_centres_entries_the_data_pin_down_and_not_those_they_do_not()
 
 def test_a_law_without_transfer_sites_and_the_mixing_law_get_what_they_have():
     grid = informative_grid(0.02)
-    assert set(pilot(grid, "independent")) == {"z_alpha", "z_x0", "z_sigma"}
-    assert set(pilot(grid, "linear")) == {"z_alpha", "z_x0", "z_sigma", "h", "r", "u"}
+    assert set(pilot(grid, "independent")) == {"z_e", "z_alpha", "z_x0", "z_sigma"}
+    assert set(pilot(grid, "linear")) == {"z_e", "z_alpha", "z_x0", "z_sigma", "h", "r", "u"}
     mixing = laws.get("mixing")
     assert mixing.hierarchical_sites == () and mixing.dense_blocks == ()
 
