@@ -74,7 +74,7 @@ LIKELIHOODS = ("normal", "student_t")
 E_PRIOR = (0.0, 1.5)
 E_SHARE_SPREAD = 1.0
 #: level_j = log L_ref_j ~ Normal(log median observed loss_j, LEVEL_SD). The data pin a level to
-#: about sigma_j / sqrt(runs near the reference) (~0.01-0.03), so a centre taken from the data moves
+#: a posterior sd of 0.01-0.05 (phantom, closed-loop and OpenLM grids), so a centre taken from the data moves
 #: the posterior by a negligible amount while the prior stays one a world can be drawn from.
 LEVEL_SD = 1.0
 #: Sites drawn by partially_centred_normal (centring chosen per grid): per-target E share, alpha, x0,
