@@ -285,7 +285,10 @@ def propose_within(draws, settings: dict, pool, available, left: float, seed: in
     ``available`` (a mask over ``pool``) is updated."""
     from bayescale.optimise.propose import propose
 
-    fits = np.flatnonzero(available & (pool.costs <= left + 1e-9))
+    # Only runs after which the rest of the round can still be filled exactly: taking every
+    # 1-volume run early once left 1 volume that no run fitted.
+    fits = np.array([k for k in np.flatnonzero(available & (pool.costs <= left + 1e-9))
+                     if can_fill(left - pool.costs[k], pool.costs[available & (np.arange(len(pool)) != k)])], dtype=int)
     if fits.size == 0:
         raise InputError(f"{strategy}: no candidate run fits the {left:g} volumes left of the round")
     sub = pool.subset(fits)
@@ -294,12 +297,25 @@ def propose_within(draws, settings: dict, pool, available, left: float, seed: in
                      outcomes=settings["outcomes"], decisions=settings["decisions"], seed=seed, **options)
     step = []
     for run in result.batch:
-        if run.cost <= left + 1e-9:
-            k = pool.names.index(run.name)
+        k = pool.names.index(run.name)
+        if run.cost <= left + 1e-9 and can_fill(left - run.cost, pool.costs[available & (np.arange(len(pool)) != k)]):
             step.append((run.name, pool.amounts[k].copy()))
             available[k] = False
             left -= run.cost
     return result, step, left
+
+
+def can_fill(left: float, costs) -> bool:
+    """Whether some of the runs of ``costs`` (each at most once) add up to ``left`` exactly: a
+    subset sum over whole volumes (check_costs makes every cost a whole number of the smallest)."""
+    target = round(left)
+    if abs(left - target) > 1e-6 or target < 0:
+        return False
+    reachable = 1  # bit s set: a subset sums to s
+    for c in np.rint(np.asarray(costs, dtype=np.float64)).astype(int):
+        if 0 < c <= target:
+            reachable |= (reachable << int(c)) & ((1 << (target + 1)) - 1)
+    return bool(reachable >> target & 1)
 
 
 def fill_by_propose(draws, settings: dict, pool, cost: float, seed: int) -> tuple[list, dict]:

@@ -150,3 +150,15 @@ def test_propose_refit_refits_between_batches_and_spends_the_round(tmp_path):
     calls = last["propose_calls"]
     assert calls and sum(call["taken"] for call in calls) == len(last["new_runs"])
     assert all(len(call["batch"]) == 1 or call["effective_draws"] >= 20 or call["notes"] for call in calls)
+
+
+@pytest.mark.parametrize("left, costs, expected", [
+    (4, [2, 2], True), (3, [2, 2], False), (5, [4, 2, 1], True), (7, [4, 2, 1], True), (8, [4, 2, 1], False),
+    (0, [], True), (1, [2, 4], False), (1.5, [1, 1], False), (6, [1, 1, 1, 1, 2], True),
+])
+def test_a_round_is_filled_only_where_the_runs_left_add_up(left, costs, expected):
+    """The subset sum behind propose's rounds, against enumeration of every subset."""
+    import itertools
+
+    brute = any(abs(sum(c) - left) < 1e-9 for r in range(len(costs) + 1) for c in itertools.combinations(costs, r))
+    assert sd.can_fill(left, costs) is brute is expected

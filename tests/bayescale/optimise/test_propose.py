@@ -133,7 +133,9 @@ def test_outcomes_are_drawn_from_the_model_the_update_weighs_them_with(small_dra
 @pytest.fixture(scope="module")
 def proposal(small_draws, small_grid):
     pool = make_candidates(small_draws.sources, small_grid, max_run_budget=32.0)
-    return pool, propose(small_draws, 100.0, pool, batch=3, options={"objective": "cvar:0.9"}, outcomes=64, decisions=16)
+    # min_effective_draws=0: the whole batch, whose bookkeeping this checks (the stop has its own test)
+    return pool, propose(small_draws, 100.0, pool, batch=3, options={"objective": "cvar:0.9"}, outcomes=64, decisions=16,
+                         min_effective_draws=0)
 
 
 def test_a_proposal_on_a_real_posterior_adds_up(proposal):
