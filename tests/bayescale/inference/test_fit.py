@@ -37,7 +37,7 @@ def test_only_fit_runs_are_used(small_fit, small_grid):
 
 
 def test_sampler_converged(small_fit):
-    # The shared fixture is deliberately short (2 x 500 draws), so this asks for a usable
+    # The shared fixture is deliberately short (2 x 1000 draws), so this asks for a usable
     # sample rather than the --strict standard (r-hat <= 1.01, bulk ESS >= 400).
     diag = diagnostics(small_fit)
     assert diag["max_rhat"] < 1.05

@@ -2,7 +2,7 @@
 ``validate_posterior`` and ``load_posterior`` refuse, that ``save_posterior`` round-trips
 exactly and atomically, and that ``law_draws``, ``diagnostics`` and ``require_amounts`` say
 what the posterior holds. Every broken posterior is a mutated copy of a real NUTS fit (the
-session's ``small_fit``: 2 chains x 500 draws of the small simulated world)."""
+session's ``small_fit``: 2 chains x 1000 draws of the small simulated world)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_fit_writes_the_five_groups_and_the_law_variables_with_their_dims(small_
         assert post[name].dims == ("chain", "draw", "source", "target"), name
     assert [str(s) for s in post["source"].values] == sources
     assert [str(t) for t in post["target"].values] == targets
-    assert post.sizes["chain"] == 2 and post.sizes["draw"] == 500
+    assert post.sizes["chain"] == 2 and post.sizes["draw"] == 1000
     # Positivity of the law's parameters (the model writes them as exp / sigmoid of reals).
     for name in TARGET_VARS:
         assert np.all(post[name].values > 0), name
@@ -316,7 +316,7 @@ def test_diagnostics_agree_with_arviz_computed_here(small_fit):
     assert diag["worst_rhat_entry"] == rhat_at and diag["worst_ess_entry"] == ess_at
     assert diag["worst_rhat_variable"] == rhat_at.split("(")[0] and diag["worst_ess_variable"] == ess_at.split("(")[0]
     assert diag["divergences"] == int(small_fit["sample_stats"]["diverging"].values.sum())
-    assert diag["draws"] == 1000 and diag["chains"] == 2
+    assert diag["draws"] == 2000 and diag["chains"] == 2
     assert 1.0 <= diag["max_rhat"] < 1.1  # a real, if short, fit: near-converged
     assert np.isfinite(diag["min_ess_tail"]) and diag["min_ess_tail"] > 0
     assert diag["ok"] == (diag["max_rhat"] <= 1.01 and diag["divergences"] == 0 and diag["min_ess_bulk"] >= 400)
