@@ -16,12 +16,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # The core installs light (no torch); the test stamp adds the trainers' torch/MONAI/Ray.
-$(VENV)/.core: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+# Installs take the versions in constraints.txt: the golden files hold numbers to 1e-9, and a
+# fresh install would otherwise take whatever jax the index has that day.
+$(VENV)/.core: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.full: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[dev,train,ray]'
+$(VENV)/.full: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,train,ray]'
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core

@@ -36,6 +36,10 @@ PHANTOM = REPO / "data" / "grids" / "phantom-mae.nc"
 SIMULATED = REPO / "data" / "grids" / "default.nc"
 MIXING = INPUTS / "mixing.nc"
 RTOL = 1e-9
+#: The packages whose versions move the golden numbers (a new jax moves a NUTS trajectory); --record
+#: writes the installed ones to RECORDED_WITH, and constraints.txt must pin the same.
+NUMERIC_PACKAGES = ("jax", "jaxlib", "numpyro", "numpy", "scipy", "cvxpy", "clarabel", "arviz", "xarray")
+RECORDED_WITH = Path(__file__).resolve().parent / "recorded_with.json"
 # Figures XLA reduces in float32 in an order that may vary run to run (measured: the SVI final loss
 # moved by 1.7e-7 relative between two runs of the same command): compared at float32 precision.
 FLOAT32_RTOL = {"svi_final_loss": 1e-6}
@@ -241,6 +245,22 @@ def differences(expected, actual, where: str = "", rtol: float = RTOL, atol: flo
     return out
 
 
+def installed_versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in NUMERIC_PACKAGES}
+
+
+def version_mismatch() -> str | None:
+    """Why this environment cannot reproduce the golden files (None where it can)."""
+    recorded, now = json.loads(RECORDED_WITH.read_text()), installed_versions()
+    moved = [f"{name} {recorded.get(name)} -> {now[name]}" for name in NUMERIC_PACKAGES if recorded.get(name) != now[name]]
+    if not moved:
+        return None
+    return (f"the golden files were recorded with other versions ({', '.join(moved)}): install with "
+            f"make (pip -c constraints.txt), or re-record them and update constraints.txt")
+
+
 def pinned_env() -> dict[str, str]:
     """This process's environment with XLA's CPU instruction set pinned (read when JAX starts)."""
     flags = os.environ.get("XLA_FLAGS", "")
@@ -280,6 +300,7 @@ def main(argv=None) -> int:
         value = strip_volatile(value)
         if args.record:
             GOLDEN.mkdir(parents=True, exist_ok=True)
+            RECORDED_WITH.write_text(json.dumps(installed_versions(), indent=1) + "\n")
             path.write_text(json.dumps(value, indent=1, sort_keys=True, allow_nan=True) + "\n")
             continue
         diffs = differences(json.loads(path.read_text()), value)

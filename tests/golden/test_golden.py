@@ -13,6 +13,10 @@ from tests.golden import commands
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
+    # Other numeric libraries give other numbers (or a command that no longer succeeds): say so
+    # plainly instead of failing on the first changed digit.
+    if (why := commands.version_mismatch()) is not None:
+        pytest.fail(why)
     return commands.run_all_pinned(tmp_path_factory.mktemp("golden"))
 
 
@@ -38,3 +42,23 @@ def test_the_comparison_sees_a_change_beyond_the_tolerance():
 def test_the_pin_keeps_the_callers_own_xla_flags(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     assert commands.pinned_env()["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", commands.PINNED_XLA_FLAGS]
+
+
+def test_constraints_pin_the_versions_that_recorded_the_golden_files():
+    pins = {}
+    for line in (commands.REPO / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower()] = version.strip()
+    recorded = json.loads(commands.RECORDED_WITH.read_text())
+    assert set(recorded) == set(commands.NUMERIC_PACKAGES)
+    assert {name: pins.get(name) for name in commands.NUMERIC_PACKAGES} == recorded
+
+
+def test_a_moved_version_is_named(monkeypatch):
+    recorded = json.loads(commands.RECORDED_WITH.read_text())
+    monkeypatch.setattr(commands, "installed_versions", lambda: {**recorded, "jax": "99.0"})
+    why = commands.version_mismatch()
+    assert why is not None and f"jax {recorded['jax']} -> 99.0" in why and "constraints.txt" in why
+    monkeypatch.setattr(commands, "installed_versions", lambda: dict(recorded))
+    assert commands.version_mismatch() is None
