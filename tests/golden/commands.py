@@ -294,13 +294,14 @@ def main(argv=None) -> int:
         results = run_all(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if args.record:
+        RECORDED_WITH.write_text(json.dumps(installed_versions(), indent=1) + "\n")
     failed = 0
     for name, value in results.items():
         path = GOLDEN / f"{name}.json"
         value = strip_volatile(value)
         if args.record:
             GOLDEN.mkdir(parents=True, exist_ok=True)
-            RECORDED_WITH.write_text(json.dumps(installed_versions(), indent=1) + "\n")
             path.write_text(json.dumps(value, indent=1, sort_keys=True, allow_nan=True) + "\n")
             continue
         diffs = differences(json.loads(path.read_text()), value)
