@@ -288,7 +288,7 @@ def propose_within(draws, settings: dict, pool, available, left: float, seed: in
     # Only runs after which the rest of the round can still be filled exactly: taking every
     # 1-volume run early once left 1 volume that no run fitted.
     fits = np.array([k for k in np.flatnonzero(available & (pool.costs <= left + 1e-9))
-                     if can_fill(left - pool.costs[k], pool.costs[available & (np.arange(len(pool)) != k)])], dtype=int)
+                     if can_fill(left - pool.costs[k], pool.costs[others(available, k)])], dtype=int)
     if fits.size == 0:
         raise InputError(f"{strategy}: no candidate run fits the {left:g} volumes left of the round")
     sub = pool.subset(fits)
@@ -298,11 +298,16 @@ def propose_within(draws, settings: dict, pool, available, left: float, seed: in
     step = []
     for run in result.batch:
         k = pool.names.index(run.name)
-        if run.cost <= left + 1e-9 and can_fill(left - run.cost, pool.costs[available & (np.arange(len(pool)) != k)]):
+        if run.cost <= left + 1e-9 and can_fill(left - run.cost, pool.costs[others(available, k)]):
             step.append((run.name, pool.amounts[k].copy()))
             available[k] = False
             left -= run.cost
     return result, step, left
+
+
+def others(available, k: int):
+    """``available`` without run ``k``: what is left to fill the round once ``k`` is taken."""
+    return available & (np.arange(available.size) != k)
 
 
 def can_fill(left: float, costs) -> bool:
