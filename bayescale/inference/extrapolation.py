@@ -53,7 +53,8 @@ def lfo_misses(draws, runs: xr.Dataset, fitted_up_to: float, seed: int = 0) -> t
     targets = list(draws.targets)
     amounts = runs["data"].sel(source=list(draws.sources)).transpose("run", "source").values
     log_pred = np.asarray(loss_draws(draws, amounts, log=True), dtype=np.float64)
-    predictive = add_observation_noise(log_pred, draws, np.random.default_rng(seed))  # without amounts: no slope error yet
+    # The amounts set each run's misfit sd (noise_slope); these draws carry no slope error yet.
+    predictive = add_observation_noise(log_pred, draws, np.random.default_rng(seed), amounts)
     observed = runs["loss"].reindex(target=targets).transpose("run", "target").values
     with np.errstate(divide="ignore", invalid="ignore"):
         log_obs = np.log(observed)

@@ -40,10 +40,11 @@ from bayescale.errors import InputError
 from bayescale.inference.sampling import ensure_host_devices
 from bayescale.laws.base import LawFamily, self_mask_for
 from bayescale.laws.transfer import ModelData, break_centre, loss_scales, reference_allocations
+from bayescale.laws.noise import log_budgets
 
 # The scalar quantities whose ranks are recorded: per-target parameters and the
 # off-diagonal entries of the transfer matrices.
-TARGET_QUANTITIES = ("alpha", "E", "A", "x0", "sigma", "delta", "sigma_run")
+TARGET_QUANTITIES = ("alpha", "E", "A", "x0", "sigma", "delta", "sigma_run", "noise_slope")
 PAIR_QUANTITIES = ("T", "beta")
 LEVELS = (0.5, 0.9)
 # The sampler of the calibration study: 2 chains x 300 draws after 300 warmup at the
@@ -81,6 +82,7 @@ class SBCDesign:
             # Always the fit runs' references: held-out runs are predicted with the fit's E and A.
             reference_d=reference_allocations(self.d[self.fit], fit_obs_run.ravel(), fit_obs_target.ravel(), self_mask),
             break_centre=break_centre(self.d[self.fit]),
+            log_budget=log_budgets(self.d[runs].sum(axis=1), self.d[self.fit].sum(axis=1)),
         )
 
 
@@ -208,7 +210,7 @@ def model_hash(law: str) -> str:
     # The model's code and priors only: an edit elsewhere in the family's class keeps the results.
     parts = [law, inspect.getsource(transfer.transfer_law_model), inspect.getsource(power.log_loss),
              inspect.getsource(power.log_reducible), inspect.getsource(power.effective_data),
-             repr((transfer.E_PRIOR, transfer.E_SHARE_SPREAD, transfer.LEVEL_SD, transfer.RUN_EFFECT_SCALE)), inspect.getsource(transfer.reference_allocations)]
+             repr((transfer.E_PRIOR, transfer.E_SHARE_SPREAD, transfer.LEVEL_SD, transfer.RUN_EFFECT_SCALE, transfer.NOISE_SLOPE_SCALE)), inspect.getsource(transfer.reference_allocations)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

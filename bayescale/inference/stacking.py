@@ -139,6 +139,7 @@ def combine(members: dict, weights: dict, total: int, seed: int = 0):
         keep["log_xb"] = post["log_xb"] if "log_xb" in post else zeros
         keep["kappa"] = post["kappa"] if "kappa" in post else xr.zeros_like(post["T"])
         keep["sigma_run"] = post["sigma_run"] if "sigma_run" in post else xr.zeros_like(post["E"].isel(target=0, drop=True))
+        keep["noise_slope"] = post["noise_slope"] if "noise_slope" in post else xr.zeros_like(post["E"].isel(target=0, drop=True))
         part = xr.Dataset(keep).isel(sample=index).drop_vars(["sample", "chain", "draw"])
         part["law"] = ("sample", np.full(count, name, dtype=object))  # each draw carries its family (contract 2)
         post_parts.append(part.rename(sample="draw"))

@@ -15,7 +15,7 @@ from bayescale.laws import power as laws
 TARGET_PARAMS = ("E", "A", "alpha", "x0", "sigma")
 PAIR_PARAMS = ("T", "beta")
 BEND_PARAMS = ("delta", "log_xb")  # (target,): zero delta (no bend) where a posterior lacks them
-OPTIONAL_PARAMS = ("nu", "sigma_run", "kappa", "slope_error") + BEND_PARAMS  # present in some posteriors only
+OPTIONAL_PARAMS = ("nu", "sigma_run", "kappa", "slope_error", "noise_slope") + BEND_PARAMS  # present in some posteriors only
 
 #: Bytes of law loss per compiled call of :func:`loss_draws`: under glibc's 32 MiB mmap threshold, so
 #: XLA's output buffer comes back from the heap instead of being mapped (and page-faulted) afresh
@@ -53,6 +53,11 @@ class LawDraws:
     # (raw units), calibrated by leaving the future out (bayescale.inference.extrapolation); None: none.
     slope_error: np.ndarray | None = None
     reach: float | None = None
+    # (S,) gamma: a run's misfit sd is sigma (B / noise_reach)^-gamma, B its total data (raw units),
+    # clipped below at noise_low (the fit runs' smallest); None: a constant sd.
+    noise_slope: np.ndarray | None = None
+    noise_reach: float | None = None
+    noise_low: float | None = None
 
     @property
     def n_draws(self) -> int:

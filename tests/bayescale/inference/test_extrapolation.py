@@ -77,7 +77,8 @@ def test_the_term_is_nothing_inside_the_fitted_budgets_and_grows_with_log_distan
     np.testing.assert_allclose(out[:, 1], slope * np.log(2.0))
     np.testing.assert_allclose(out[:, 2], out[:, 1])  # a curve-level error: shared by the runs of one draw
     # the predictive adds it to the noise (same stream: the difference is the term alone)
-    plain = add_observation_noise(base, small_draws, np.random.default_rng(1))
+    # (the same amounts on both sides: they also set each run's noise sd, noise_slope)
+    plain = add_observation_noise(base, dataclasses.replace(small_draws, slope_error=None), np.random.default_rng(1), amounts)
     widened = add_observation_noise(base, draws, np.random.default_rng(1), amounts)
     np.testing.assert_allclose(widened - plain, out)
     # and predict widens past the reach, not inside it

@@ -121,11 +121,16 @@ def test_the_stored_log_likelihood_is_the_laws_recomputed_from_its_parameters():
     d = data.d
     flat = {k: post[k].values.reshape((-1,) + post[k].shape[2:]) for k in ("E", "A", "alpha", "x0", "sigma", "T", "beta")}
     loglik = centred["log_likelihood"].to_dataset()["log_loss"].values.reshape(-1, data.obs_run.size)
+    noise_slope = post["noise_slope"].values.reshape(-1)
+    assert noise_slope.max() > 0.05  # the factor is in play
     mask = data.self_mask
     for s in (0, 77, 599):
         with np.errstate(divide="ignore"):
             powered = np.where(d[:, :, None] > 0, d[:, :, None] ** flat["beta"][s][None], 0.0)
         x = flat["x0"][s] + d @ mask + np.einsum("ij,nij->nj", flat["T"][s] * (1 - mask), powered)
         mean = np.log(flat["E"][s] + flat["A"][s] * x ** (-flat["alpha"][s]))
-        expected = scipy.stats.norm.logpdf(data.log_loss, mean[data.obs_run, data.obs_target], flat["sigma"][s][data.obs_target])
+        # the misfit sd at each run's total data over the largest fit run's, to the draw's noise_slope
+        totals = d.sum(axis=1)
+        misfit = flat["sigma"][s][data.obs_target] * (totals / totals.max())[data.obs_run] ** -noise_slope[s]
+        expected = scipy.stats.norm.logpdf(data.log_loss, mean[data.obs_run, data.obs_target], misfit)
         np.testing.assert_allclose(loglik[s], expected, rtol=1e-4, atol=1e-4)

@@ -99,6 +99,9 @@ def test_model_data_turns_a_hand_made_grid_into_the_arrays_worked_out_by_hand(ha
     # Every target's reference is r5, the fit run with the most data (24 / 4 = 6 law units).
     np.testing.assert_array_equal(data.reference_d, np.tile(expected_d[4], (3, 1)))
     np.testing.assert_array_equal(data.self_mask, OWN)
+    # Each fit run's total data over the largest's (r5: 24): where its misfit sd is read.
+    np.testing.assert_allclose(data.log_budget, np.log([8 / 24, 4 / 24, 2 / 24, 7 / 24, 1.0]), rtol=1e-15)
+    assert (coords["noise_reach"], coords["noise_low"]) == (24.0, 2.0)
     assert coords["source"] == SOURCES and coords["target"] == TARGETS
     assert list(coords["obs_run"][1]) == [f"r{r + 1}" for r, _ in cells]
     assert list(coords["obs_target"][1]) == [TARGETS[t] for _, t in cells]
@@ -207,6 +210,15 @@ def test_independent_prior_fixes_T_at_zero_off_the_own_source(hand_data):
 # the likelihood, written out independently
 
 
+#: Each fit run's total data over the largest fit run's (r5: 24), from DATA by hand.
+BUDGET_RATIO = np.array([8, 4, 2, 7, 24]) / 24
+
+
+def misfit_sd_by_hand(sigma, noise_slope, obs_run, obs_target, ratio=BUDGET_RATIO):
+    """A cell's misfit sd: its target's sigma times (B_run / B_max)^-noise_slope."""
+    return sigma[obs_target] * ratio[obs_run] ** -noise_slope
+
+
 def law_log_loss_by_hand(d, E, A, alpha, x0, T, beta, own):
     """log L_j(d) of one parameter set, in float64 NumPy, straight from DESIGN.md 'The law':
     x_j = x0_j + d_j (own source, if any) + sum over other sources i of T_ij d_i^beta_ij."""
@@ -239,7 +251,8 @@ def test_log_likelihood_equals_scipy_written_out(hand_data, law, likelihood):
         loc = mean[data.obs_run, data.obs_target]
         if data.run_effect:
             loc = loc + float(draws["sigma_run"][s]) * np.asarray(draws["z_run"][s])[data.obs_run]
-        scale = np.sqrt(params["sigma"][s][data.obs_target] ** 2 + data.log_se ** 2)
+        misfit = misfit_sd_by_hand(params["sigma"][s], float(draws["noise_slope"][s]), data.obs_run, data.obs_target)
+        scale = np.sqrt(misfit ** 2 + data.log_se ** 2)
         if likelihood == "student_t":
             expected = scipy.stats.t.logpdf(data.log_loss, df=float(draws["nu"][s]), loc=loc, scale=scale)
         else:
@@ -265,10 +278,13 @@ def test_log_likelihood_uses_the_standard_error_and_each_targets_own_sigma(hand_
     observed = loc + 0.5 * params["sigma"][data.obs_target]
     near = dataclasses.replace(data, log_loss=observed)
     ll = np.asarray(log_likelihood(transfer_law_model, draws, near)["log_loss"])[0]
-    scale = np.sqrt(params["sigma"][data.obs_target] ** 2 + data.log_se ** 2)
+    misfit = misfit_sd_by_hand(params["sigma"], float(params["noise_slope"]), data.obs_run, data.obs_target)
+    scale = np.sqrt(misfit ** 2 + data.log_se ** 2)
     np.testing.assert_allclose(ll, scipy.stats.norm.logpdf(observed, loc=loc, scale=scale), rtol=1e-5, atol=1e-4)
-    wrong = scipy.stats.norm.logpdf(observed, loc=loc, scale=params["sigma"][data.obs_target])
+    wrong = scipy.stats.norm.logpdf(observed, loc=loc, scale=misfit)
     assert np.max(np.abs(ll - wrong)) > 1e-3  # the se term is visible at this precision
+    constant = scipy.stats.norm.logpdf(observed, loc=loc, scale=np.sqrt(params["sigma"][data.obs_target] ** 2 + data.log_se ** 2))
+    assert float(params["noise_slope"]) > 0.05 and np.max(np.abs(ll - constant)) > 1e-3  # so is the misfit's fall with data
 
 
 # ---------------------------------------------------------------------------
@@ -363,5 +379,28 @@ def test_replicated_runs_bring_a_run_effect_shared_by_a_runs_targets():
         p = {k: np.asarray(draws[k][s], dtype=np.float64) for k in ("E", "A", "alpha", "x0", "T", "beta")}
         mean = law_log_loss_by_hand(np.asarray(data.d), *(p[k] for k in ("E", "A", "alpha", "x0", "T", "beta")), OWN)
         loc = mean[data.obs_run, data.obs_target] + draws["sigma_run"][s] * draws["z_run"][s][data.obs_run]
-        scale = np.sqrt(draws["sigma"][s][data.obs_target] ** 2 + data.log_se**2)
+        misfit = misfit_sd_by_hand(draws["sigma"][s], float(draws["noise_slope"][s]), data.obs_run, data.obs_target,
+                                   ratio=np.array([8, 4, 2, 7, 24, 24]) / 24)
+        scale = np.sqrt(misfit ** 2 + data.log_se**2)
         np.testing.assert_allclose(ll[s], scipy.stats.norm.logpdf(data.log_loss, loc=loc, scale=scale), rtol=1e-4, atol=1e-3)
+
+
+def test_a_new_runs_noise_sd_is_the_draws_misfit_at_its_total_data(hand_data):
+    """With noise_slope, a new run's noise sd is sigma (B / noise_reach)^-gamma, B its total raw
+    data clipped below at noise_low; without amounts it is sigma (the largest fit run's)."""
+    data, coords = hand_data
+    draws = dataclasses.replace(law_draws_from_prior(data, coords, n=8), noise_slope=np.linspace(0.0, 1.4, 8),
+                                noise_reach=24.0, noise_low=2.0)
+    # Totals 48 (past the fit runs), 24 (the largest), 6, and 0 (clipped to the smallest fit run's 2).
+    amounts = np.array([[32.0, 16.0, 0.0], [8.0, 8.0, 8.0], [0.0, 6.0, 0.0], [0.0, 0.0, 0.0]])
+    ratio = np.array([48.0, 24.0, 6.0, 2.0]) / 24.0
+    base = np.zeros((8, 20000, 4, 3))
+    noisy = add_observation_noise(base, draws, np.random.default_rng(2), np.broadcast_to(amounts, (20000, 4, 3)))
+    expected_sd = draws.sigma[:, None, None, :] * ratio[None, None, :, None] ** -draws.noise_slope[:, None, None, None]
+    z = noisy / expected_sd
+    # 20000 standard normals per (draw, run, target): the sample sd has sd 0.005; 0.03 is 6 of them.
+    assert np.all(np.abs(z.std(axis=1) - 1) < 0.03) and np.all(np.abs(z.mean(axis=1)) < 0.03)
+    # At gamma = 1.4 the sd at twice the largest budget is 2^-1.4 = 0.38 of sigma: a broken factor shows.
+    assert expected_sd[-1, 0, 0, 0] == pytest.approx(draws.sigma[-1, 0] * 2 ** -1.4)
+    plain = add_observation_noise(np.zeros((8, 20000, 3)), draws, np.random.default_rng(2))
+    assert np.all(np.abs((plain / draws.sigma[:, None, :]).std(axis=1) - 1) < 0.03)
