@@ -1,7 +1,7 @@
 """Why the transfer law's held-out error on the OpenLM grids rose (issue 14; a measurement, not a test).
 
     .venv/bin/python benchmarks/bench_openlm_ablation.py [--variants today per-run-se unpooled-floor
-        student-t without-smallest falling-noise] [--cases openlm phantom closed-loop sim in-family]
+        student-t without-smallest constant-noise] [--cases openlm phantom closed-loop sim in-family]
         [--only rpj/d=512_l=8_h=4 ...] [--force] [--only-saved]
 
 The law as it was on 2026-12-04 (commit 24fe6cb: E capped at each target's smallest observed
@@ -9,22 +9,27 @@ loss, unpooled; ``loss_se`` fresh noise in every cell) extrapolated the 12 OpenL
 runs with a median over the grids of 2.2 % (per-grid medians in :data:`EARLIER`); today's law does
 worse. Each variant changes one thing about today's fit and refits every grid:
 
-- ``today``: the grid and the transfer law as shipped;
+- ``today``: the grid and the transfer law as shipped (since 2026-12-06 a misfit sd that falls with
+  a run's total data, ``noise_slope``; :mod:`bayescale.laws.noise`);
+- ``constant-noise``: today's law with ``noise_slope`` held at 0 (``numpyro.handlers.condition``):
+  one misfit sd per target for every run, the law before 2026-12-06;
 - ``per-run-se``: the grid's ``loss_se`` counted as fresh noise in each cell (``loss_se_kind =
   per_run``), as the earlier law did, instead of one offset per validation set (``shared``);
 - ``unpooled-floor``: each target's floor share of its level nearly unpooled (the spread of the
   logits' HalfNormal prior 5 instead of 1), as the earlier law's floors were;
 - ``student-t``: a Student-t likelihood (``fit(likelihood="student_t")``), robust to cells off the law;
-- ``without-smallest``: the smallest fit run (0.25x Chinchilla tokens, the most under-trained) left out;
-- ``falling-noise``: an experiment, not in the package: the law's misfit sd of each cell scaled by
-  ``(B_run / B_max)^-gamma``, B a fit run's total data, ``gamma ~ HalfNormal(0.5)`` (centred on a
-  constant misfit; it can only fall with data: a run trained on less is further from the law's
-  regime), added to today's model by an effect handler on its likelihood (:class:`FallingNoise`).
+- ``without-smallest``: the smallest fit run (0.25x Chinchilla tokens, the most under-trained) left out.
+
+Each saved result carries the SBC's hash of the model that fitted it (``model``): a result of another
+model is refitted, not reused. ``summary.md`` and the saved results of 2026-12-06 were fitted before
+the falling misfit entered the package (model ``5c856691f79bf547``, the constant sd): their ``today``
+is today's ``constant-noise``, and their ``falling-noise`` column the same falling misfit added to that
+model by an effect handler on its likelihood (``gamma ~ HalfNormal(0.5)``), which is now ``today``.
 
 ``--cases phantom closed-loop sim`` scores the same variants on the shipped grid's held-out runs, the
 closed loop's and the simulated worlds outside the family (``bench_calibration_real.cases``), where a
 change must not cost what it gains on OpenLM; ``--cases in-family`` three K = 3 worlds drawn from
-today's prior (a constant misfit sd), where the falling noise has nothing to find.
+the simulator (a constant misfit sd), where the falling noise has nothing to find.
 
 NUTS 2 x (400 + 400), seed 0, without the error past the data (``extrapolation=False``: it widens
 intervals and leaves the median where it is), so this scores medians only: per grid and variant the
@@ -45,18 +50,16 @@ import warnings
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 import xarray as xr
-from numpyro.primitives import Messenger
 
 from bayescale._files import read_saved, write_text_atomic
 from bayescale.data import realgrids, simulate
 from bayescale.evaluate.check import holdout_predictions
 from bayescale.inference.fit import fit
 from bayescale.inference.posterior import diagnostics, law_draws
+from bayescale.inference import sbc
 from bayescale.inference.sampling import ensure_host_devices
 from bayescale.laws import transfer
 
@@ -66,11 +69,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_calibration_real  # noqa: E402 (the phantom and closed-loop cases)
 
 RESULTS = ROOT / "benchmarks" / "results" / "openlm-ablation"
-VARIANTS = ("today", "per-run-se", "unpooled-floor", "student-t", "without-smallest", "falling-noise")
+VARIANTS = ("today", "constant-noise", "per-run-se", "unpooled-floor", "student-t", "without-smallest")
 IN_FAMILY_SEEDS = (21, 22, 23)
-#: Scale of the HalfNormal prior on gamma, the falling-noise exponent (0.5: a run at 1/32 of the
-#: largest fit budget has up to ~5x the misfit sd at the prior's 90 % point).
-NOISE_SLOPE_SCALE = 0.5
 SETTINGS = {"chains": 2, "warmup": 400, "draws": 400, "seed": 0, "extrapolation": False}
 #: Median |relative error| per grid of the law on 2026-12-04 (commit 24fe6cb, analyses/README.md
 #: there: NUTS 2 x (500 + 500), seed 0, the same split), the figure the issue's "no worse than today"
@@ -81,34 +81,6 @@ EARLIER = {
     "rpj/d=576_l=24_h=8": 0.018, "rpj/d=1024_l=24_h=8": 0.044, "rw_original/d=96_l=8_h=4": 0.021,
     "rw_original/d=512_l=8_h=4": 0.023, "rw_original/d=576_l=24_h=8": 0.021, "rw_original/d=1024_l=24_h=8": 0.022,
 }
-
-
-class FallingNoise(Messenger):
-    """Scale the misfit part of the likelihood's sd (the sd without the cells' fresh ``log_se``) of
-    every observed cell by ``factor``; the Normal likelihood of today's model only."""
-
-    def __init__(self, factor, log_se):
-        self.factor, self.log_se = factor, log_se
-        super().__init__(None)
-
-    def process_message(self, msg):
-        if msg["type"] == "sample" and msg["name"] == "log_loss":
-            fn = msg["fn"]
-            misfit_var = jnp.maximum(fn.scale ** 2 - self.log_se ** 2, 0.0)
-            msg["fn"] = dist.Normal(fn.loc, jnp.sqrt(misfit_var * self.factor ** 2 + self.log_se ** 2))
-
-
-def with_falling_noise(model):
-    """``model`` with a misfit sd that falls as a power of each fit run's total data (the largest at 1)."""
-
-    def falling_noise_model(data, **kwargs):
-        gamma = numpyro.sample("noise_slope", dist.HalfNormal(NOISE_SLOPE_SCALE))
-        log_total = jnp.log(jnp.maximum(jnp.asarray(data.d).sum(axis=1), 1e-12))
-        factor = jnp.exp(-gamma * (log_total - log_total.max()))[jnp.asarray(data.obs_run)]
-        with FallingNoise(factor, jnp.asarray(data.log_se)):
-            model(data, **kwargs)
-
-    return falling_noise_model
 
 
 @contextlib.contextmanager
@@ -135,8 +107,8 @@ def variant_fit(grid: xr.Dataset, variant: str, name: str):
     elif variant == "without-smallest":
         budgets = grid["data"].sum("source").where(grid["split"] == "fit")
         grid = grid.drop_isel(run=int(budgets.argmin().item()))
-    elif variant == "falling-noise":
-        model = with_falling_noise(model)
+    elif variant == "constant-noise":
+        model = numpyro.handlers.condition(model, {"noise_slope": 0.0})
     with patched(transfer, "E_SHARE_SPREAD", spread), patched(transfer, "transfer_law_model", model), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -145,9 +117,7 @@ def variant_fit(grid: xr.Dataset, variant: str, name: str):
 
 
 def saved_path_and_settings(name: str, variant: str, folder: Path) -> tuple[Path, dict]:
-    settings = {**SETTINGS, "variant": variant}
-    if variant == "falling-noise":
-        settings["noise_slope_scale"] = NOISE_SLOPE_SCALE
+    settings = {**SETTINGS, "variant": variant, "model": sbc.model_hash("transfer")}
     return folder / f"{name.replace('/', '__')}__{variant}.json", settings
 
 
