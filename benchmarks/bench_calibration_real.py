@@ -21,8 +21,9 @@ Cases (each: fit on its fit runs, predict its held-out runs):
 Prints one table: case, law, held-out cells, median |relative error|, pooled r, median
 per-target r and Spearman rho, 50 % / 90 % coverage with 95 % cluster-bootstrap intervals
 (runs resampled), mean relative width of the 90 % interval, and the KS p-value of the PIT.
-Each (case, law) is saved as it finishes (``benchmarks/results/calibration-real/``): an
-interrupted run resumes; ``--force`` refits.
+Each (case, law) is saved as it finishes (``benchmarks/results/calibration-real/``) with the SBC's
+hash of the transfer model that fitted it: an interrupted run resumes, a result of an older model is
+refitted; ``--force`` refits.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from bayescale.evaluate.calibration import point_scores, real_grid_scores
 from bayescale.evaluate.check import holdout_predictions
 from bayescale.inference.fit import fit, fit_stack
 from bayescale.inference.posterior import diagnostics, law_draws, load_posterior, save_posterior
+from bayescale.inference import sbc
 from bayescale.inference.sampling import ensure_host_devices
+from bayescale.laws.transfer import TransferFamily
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "calibration-real"
@@ -121,6 +124,8 @@ def stem_and_settings(name: str, law: str, settings: dict) -> tuple[str, dict]:
         settings = {**settings, "method": family.methods[0]}
     if family.members:
         settings = {**settings, "members": list(family.members)}  # a stack of other members is another result
+    if isinstance(family, TransferFamily):  # every family but the mixing law runs the transfer model:
+        settings = {**settings, "model": sbc.model_hash("transfer")}  # a result of an older model is refitted
     return stem, settings
 
 
