@@ -137,7 +137,7 @@ def saved(name: str, law: str, settings: dict, folder: Path) -> bool:
 def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path, force: bool) -> tuple[dict, xr.Dataset]:
     family = laws.get(law)
     stem, settings = stem_and_settings(name, law, settings)
-    fit_settings = {k: v for k, v in settings.items() if k != "members"}
+    fit_settings = {k: v for k, v in settings.items() if k not in ("members", "model")}
     json_path, pred_path = folder / f"{stem}.json", folder / f"{stem}.nc"
     if not force and (saved := read_saved(json_path, settings, pred_path)) is not None:
         return saved, xr.load_dataset(pred_path)
