@@ -146,8 +146,9 @@ def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path
         warnings.simplefilter("ignore", UserWarning)
         if family.members:  # reuse the members' fits of this run (the same grid and settings)
             case = stem.rsplit("__", 1)[0]
+            member_settings = {k: v for k, v in settings.items() if k != "members"}  # the model hash kept
             fitted = {m: load_posterior(folder / f"{case}__{m}.posterior.nc") for m in family.members
-                      if read_saved(folder / f"{case}__{m}.json", fit_settings, folder / f"{case}__{m}.posterior.nc") is not None}
+                      if read_saved(folder / f"{case}__{m}.json", member_settings, folder / f"{case}__{m}.posterior.nc") is not None}
             idata = fit_stack(grids.validate_grid(grid, name), family, grid_name=name, fitted=fitted, **fit_settings)
         else:
             idata = fit(grid, law=law, grid_name=name, **fit_settings)
