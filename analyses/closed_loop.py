@@ -323,10 +323,14 @@ def predicted_table(draws, allocations: dict[str, dict[str, float]], *, weights=
     rel = np.zeros(J) if relative_se is None else np.asarray(relative_se, dtype=float)
     X = np.array([parse_allocation(draws, allocations[n], parameter=f"allocation {n}") for n in names])  # (K, I)
     # The law with its error past the fit runs' data: a curve-level error, so the runs of one draw share it.
-    log_law = with_extrapolation_error(loss_draws(draws, X, log=True).astype(np.float64), draws, X)  # (S, K, J)
+    plain = loss_draws(draws, X, log=True).astype(np.float64)  # (S, K, J)
+    log_law = with_extrapolation_error(plain, draws, X)
     S, K, _ = log_law.shape
     rng = np.random.default_rng(seed)
-    noisy = add_observation_noise(np.broadcast_to(log_law[:, None], (S, n_seeds, K, J)).copy(), draws, rng)  # no amounts: added above
+    # With each run's amounts: its misfit sd at its total data, and the same error past the data as
+    # log_law's (one per draw and target, so the runs of one draw share it).
+    amounts = np.broadcast_to(X, (n_seeds,) + X.shape)
+    noisy = add_observation_noise(np.broadcast_to(plain[:, None], (S, n_seeds, K, J)).copy(), draws, rng, amounts)
     noisy = noisy + rel * rng.standard_normal(noisy.shape)
     runs = np.exp(noisy)  # (S, n, K, J): the losses n new runs of each strategy would measure
     law = np.exp(log_law)  # (S, K, J)

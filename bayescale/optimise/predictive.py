@@ -14,6 +14,11 @@ The programs carry it as the same law with ``E`` and ``A`` scaled by ``exp(eps_s
 column per chance constraint of :class:`~bayescale.optimise.riskprog.LawEval`), so the CVaR
 approximation, the SQP and its certificate are exactly those of the expected loss.
 
+The noise is drawn without the run's data, so where the draws carry a misfit that falls with a run's
+data (``noise_slope``) it is the misfit of a run at the fit runs' largest total, not at the allocation's:
+wider than the truth below that total, narrower above it (a known gap: at a fixed budget the factor is
+one per draw and would keep the threshold exact; with costs or ``min_budget`` the total moves).
+
 ``chance_on="expected"`` keeps the expected loss (what every chance constraint meant before).
 The chance report checks a solution on the held-out draws with *fresh* noise (another random
 stream): an independent Monte Carlo estimate of the predictive probability, with its binomial
