@@ -26,16 +26,16 @@ def add_observation_noise(log_loss: np.ndarray, draws, rng: np.random.Generator,
         noise = rng.standard_t(np.broadcast_to(nu, log_loss.shape))
     else:
         noise = rng.standard_normal(log_loss.shape)
-    out = log_loss + sigma * misfit_factor(draws, amounts, log_loss.ndim) * noise
+    out = log_loss + sigma * misfit_factor(draws, amounts) * noise
     if draws.sigma_run is not None:
         run_sd = draws.sigma_run.reshape((-1,) + (1,) * (log_loss.ndim - 1))
         out = out + run_sd * rng.standard_normal(log_loss.shape[:-1] + (1,))
     return with_extrapolation_error(out, draws, amounts)
 
 
-def misfit_factor(draws, amounts, ndim: int) -> np.ndarray | float:
-    """``(B / noise_reach)^-noise_slope`` per draw and run, shaped to broadcast against (S, ..., J)
-    log losses of ``ndim`` axes: B a run's total raw data, clipped below at the fit runs' smallest
+def misfit_factor(draws, amounts) -> np.ndarray | float:
+    """``(B / noise_reach)^-noise_slope`` per draw and run, (S, ..., 1) to broadcast against (S, ..., J)
+    log losses of runs with ``amounts`` (..., I): B a run's total raw data, clipped below at the fit runs' smallest
     (``noise_low``). 1 where the draws have no ``noise_slope`` or no ``amounts`` are given (the
     misfit at the largest fit run)."""
     slope = getattr(draws, "noise_slope", None)
