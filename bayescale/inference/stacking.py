@@ -28,6 +28,7 @@ import xarray as xr
 
 from bayescale.data import grid as grids
 from bayescale.laws.transfer import BEND_PARAMS, PAIR_PARAMS, TARGET_PARAMS, loss_draws
+from bayescale.laws.noise import misfit_factor
 
 SCORED_SHARE = 0.2  # at least this share of the fit runs is scored
 
@@ -67,7 +68,7 @@ def future_split(grid: xr.Dataset, seed: int = 0) -> tuple[xr.Dataset, dict]:
 def run_log_density(draws, runs: xr.Dataset) -> np.ndarray:
     """(N,) log predictive density of each run's observed losses (all its targets at once).
 
-    Per draw: log loss ~ Normal(law, diag(sigma_j^2 + se^2) + sigma_run^2 11'), the cells of
+    Per draw: log loss ~ Normal(law, diag(m_j^2 + se^2) + sigma_run^2 11'), m_j the misfit sd at the run's total data, the cells of
     one run correlated through its run effect; the density is averaged over draws (log-mean-exp)."""
     targets = list(draws.targets)
     amounts = runs["data"].sel(source=list(draws.sources)).transpose("run", "source").values
@@ -77,7 +78,8 @@ def run_log_density(draws, runs: xr.Dataset) -> np.ndarray:
     mean = np.asarray(loss_draws(draws, amounts, log=True), dtype=np.float64)  # (S, N, J)
     if mean.ndim == 2:
         mean = mean[:, None, :]
-    var = draws.sigma[:, None, :] ** 2 + log_se[None] ** 2  # (S, N, J) diagonal
+    misfit = draws.sigma[:, None, :] * misfit_factor(draws, amounts)  # each run's misfit sd at its total data
+    var = misfit ** 2 + log_se[None] ** 2  # (S, N, J) diagonal
     c = (np.zeros(draws.n_draws) if draws.sigma_run is None else draws.sigma_run**2)[:, None]  # (S, 1)
     inv = np.where(observed[None], 1.0 / var, 0.0)
     resid = np.where(observed[None], log_obs[None] - mean, 0.0)

@@ -36,21 +36,28 @@ def test_weights_maximise_the_log_score_found_by_an_independent_optimiser():
     np.testing.assert_allclose(stacking.stacking_weights(dominated), [1.0, 0.0], atol=1e-6)
 
 
-def test_run_density_is_the_multivariate_normal_with_the_run_effect():
+@pytest.mark.parametrize("falling", [False, True])
+def test_run_density_is_the_multivariate_normal_with_the_run_effect(falling):
+    """With a falling misfit (``noise_slope``) each run's sd is sigma (B / noise_reach)^-gamma, B its
+    total clipped at noise_low: the leave-future-out score must read it where the fit does."""
     draws = make_draws(S=30, seed=1)
     rng = np.random.default_rng(2)
     draws = dataclasses.replace(draws, sigma=rng.uniform(0.02, 0.08, draws.E.shape), sigma_run=rng.uniform(0.0, 0.05, 30))
+    if falling:
+        draws = dataclasses.replace(draws, noise_slope=rng.uniform(0.5, 1.5, 30), noise_reach=30.0, noise_low=20.0)
     amounts = rng.uniform(1, 40, (4, len(draws.sources)))
     loss = np.exp(np.log(loss_draws(draws, amounts)[0]) + rng.normal(0, 0.05, (4, len(draws.targets))))
     loss[1, 2] = np.nan  # a cell not evaluated
     runs = make_grid([f"r{i}" for i in range(4)], list(draws.sources), list(draws.targets), amounts, loss)
     got = stacking.run_log_density(draws, runs)
-    mean = np.log(loss_draws(draws, amounts).astype(np.float64))
+    mean = np.asarray(loss_draws(draws, amounts, log=True), dtype=np.float64)  # as the library reads the law (float32 log)
     for n in range(4):
         ok = np.isfinite(loss[n])
+        total = max(float(runs["data"].isel(run=n).sum()), 20.0)  # the grid holds float32
         per_draw = []
         for s in range(draws.n_draws):
-            cov = np.diag(draws.sigma[s, ok] ** 2) + draws.sigma_run[s] ** 2
+            factor = (total / 30.0) ** -draws.noise_slope[s] if falling else 1.0
+            cov = np.diag((draws.sigma[s, ok] * factor) ** 2) + draws.sigma_run[s] ** 2
             per_draw.append(scipy.stats.multivariate_normal(mean[s, n, ok], cov).logpdf(np.log(loss[n, ok])))
         expected = scipy.special.logsumexp(per_draw) - np.log(draws.n_draws)
         assert got[n] == pytest.approx(expected, rel=1e-5, abs=1e-5)
