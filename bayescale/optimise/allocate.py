@@ -17,6 +17,11 @@ the uniform split, ``normalise=True``, so domains with different loss scales com
   :mod:`bayescale.optimise.predictive`), with ``chance_on="expected"`` over the law's loss;
 - ``min_budget=True``: the least (cost-weighted) budget that meets every chance constraint.
 
+Past the fit runs' data each draw's loss is the law's times the draws' error there (``slope_error``)
+at the allocation's total, as :func:`bayescale.evaluate.predict.predict` has it, and a predictive
+chance constraint's noise is one run's at that total: the programs are solved at a fixed total,
+moved to the solution's (:meth:`~bayescale.optimise.problem.AllocationProblem.solve`).
+
 The programs are solved exactly by :class:`bayescale.optimise.riskprog.RiskProgram` (SQP whose
 quadratic subproblems cvxpy compiles once, with a certified duality gap); every reported
 objective is the NumPy evaluation :func:`objective_values`. Around the recommendation:
@@ -55,7 +60,7 @@ from bayescale.optimise.evaluation import (
     parse_objective,
     weights_vector,
 )
-from bayescale.optimise.predictive import chance_log_noise
+from bayescale.optimise.predictive import chance_log_noise, chance_noise_at
 from bayescale.optimise.problem import CHANCE_MARGIN, AllocationProblem, polish, solve_checked
 from bayescale.optimise.results import AllocationResult
 from bayescale.optimise.riskprog import LawEval
@@ -206,11 +211,11 @@ def build_problem(draws: LawDraws, spec: Spec, B, *, min_budget: bool, max_draws
     """The compiled program :func:`allocate` solves for ``draws``: checked, on its optimisation draws
     (a fixed-seed split, with ``holdout`` kept out when there are chance constraints), normalised
     when ``spec`` says so. Returns (problem, optimisation draw indices, held-out draw indices)."""
-    noise = chance_log_noise(draws, spec, seed)  # one run's noise per draw (predictive chance constraints)
-    check_problem(draws, spec, B, min_budget=min_budget, chance_noise=noise)
+    # One run's noise per draw (predictive chance constraints), of a run of the budget's total for the check.
+    check_problem(draws, spec, B, min_budget=min_budget, chance_noise=chance_log_noise(draws, spec, seed, total=B))
     opt_idx, held_idx = split_draws(draws.n_draws, max_draws, holdout if spec.chance else 0.0, seed)
     sub = draws if opt_idx.size == draws.n_draws else draws.subset(opt_idx)
-    sub_noise = None if noise is None else noise[opt_idx]
+    sub_noise = chance_noise_at(draws, spec, seed, opt_idx)  # at each allocation's total, where it depends on it
 
     # Normalisation: each target's posterior-mean loss at the uniform split of the (reference) budget.
     ref_budget = B

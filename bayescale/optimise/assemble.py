@@ -111,7 +111,7 @@ def chance_report(problem: AllocationProblem, law_all: LawEval, opt_idx, held_id
     held_all = np.zeros((0, len(spec.chance)))
     if held_idx.size:
         held_draws = law_all.draws.subset(held_idx)
-        fresh = chance_log_noise(held_draws, spec, seed, CHECK_STREAM)
+        fresh = chance_log_noise(held_draws, spec, seed, CHECK_STREAM, total=float(np.sum(D)))
         held_all = chance_losses(law_all.values(D)[held_idx], spec, fresh)
     out = []
     for k, ch in enumerate(spec.chance):
@@ -162,7 +162,7 @@ def baselines(problem: AllocationProblem, law_all: LawEval, D, B, temperature, i
     baseline), or why it could not be built (a message), or None (then the headline compares with
     the ``transfer_zeroed`` ablation and says so)."""
     spec, sub, v = problem.spec, problem.draws, problem.effective_weights()
-    R_rec = bl.reducible(law_all.values(D), law_all.E, v)
+    R_rec = law_all.reducible(D) @ v
     out: dict[str, BaselineResult] = {}
     shapes = bl.rule_shapes(spec.lower, spec.upper, spec.fixed, temperature)
     for name, shape in shapes.items():
@@ -271,7 +271,7 @@ def baseline_entry(problem: AllocationProblem, law_all, D_b, B, v, interval, min
     spec, law_sub = problem.spec, problem.law
     L_opt = law_sub.values(D_b)
     viol = violations(problem, D_b, B, L_opt)
-    R_b = bl.reducible(law_all.values(D_b), law_all.E, v)
+    R_b = law_all.reducible(D_b) @ v
     return BaselineResult(
         allocation=named(spec.sources, D_b),
         objective_value=(float(spec.costs @ D_b) if min_budget
@@ -305,7 +305,8 @@ def uncertainty(problem: AllocationProblem, D, B, n, interval, seed) -> Decision
 def per_draw_allocations(problem: AllocationProblem, D, B, n, seed) -> tuple[dict, str]:
     """The optima of ``n`` optimisation draws (chosen with ``seed``), each under its own loss, solved
     together from ``D``: (``dec.per_draw_optima``'s dict with ``D`` (n, I) and ``ok`` (n,), mode)."""
-    spec, v, law = problem.spec, problem.effective_weights(), problem.law
+    spec, v = problem.spec, problem.effective_weights()
+    law = problem.law.at_total(float(np.sum(D))) if problem.law.depends_on_total else problem.law  # at D's total, as solved
     idx = np.sort(np.random.default_rng(seed + 1).choice(law.S, size=min(n, law.S), replace=False))
     obj = spec.objective
     if problem.min_budget:

@@ -119,11 +119,6 @@ def transfer_zeroed(draws: LawDraws) -> LawDraws:
                                beta=np.ones((S,) + mask.shape))
 
 
-def reducible(L, E, v) -> np.ndarray:
-    """Weighted reducible loss per draw: sum_j v_j (L_sj - E_sj) -> (S,)."""
-    return (np.asarray(L) - np.asarray(E)) @ np.asarray(v)
-
-
 def reduction(R_rec, R_base, interval: float) -> dict:
     """Relative reduction 1 - R_rec / R_base of weighted reducible loss: per draw and of the posterior means."""
     R_rec, R_base = np.asarray(R_rec, float), np.asarray(R_base, float)

@@ -38,13 +38,17 @@ def _diag(law: LawEval, Dm, free, hessian_weights=None):
     x = law.x0 + d @ law.mask + np.einsum("nij,nij->nj", law.T, pw)
     R, c1, a = reducible_and_slopes(x, law.A, law.alpha, law.delta, law.xb)  # R, dL/dx, d2L/dx2
     L = law.E + R + np.einsum("ni,nij->nj", d, law.kappa)  # interference: linear in d
+    kappa = law.kappa
+    m = law.row_factors(Dm)  # each row's factor at its own total (held fixed in the derivatives)
+    if m is not None:
+        L, c1, a, kappa = L * m, c1 * m, a * m, kappa * m[:, None, :]
     if free is None:
         return L
     ds = np.maximum(d[:, free], 1e-12)
     beta, T = law.beta[:, free, :], law.T[:, free, :]
     pwm1 = np.exp((beta - 1.0) * np.log(ds)[:, :, None])
     dx = law.mask[free][None] + T * beta * pwm1  # (N, n, J)
-    grad = np.transpose(c1[:, None, :] * dx + law.kappa[:, free, :], (0, 2, 1)) / law.D0  # (N, J, n)
+    grad = np.transpose(c1[:, None, :] * dx + kappa[:, free, :], (0, 2, 1)) / law.D0  # (N, J, n)
     if hessian_weights is None:
         return L, grad
     W = hessian_weights  # (N, J)

@@ -18,10 +18,12 @@ from bayescale.errors import InputError
 from bayescale.inference.posterior import LawDraws
 from bayescale.optimise import baselines as bl
 from bayescale.optimise.constraints import InfeasibleError, Name, Spec, build_spec, check_budget
-from bayescale.optimise.predictive import chance_log_noise
+from bayescale.optimise.predictive import chance_noise_at
 from bayescale.optimise.riskprog import FEAS_TOL, GAP_TOL, LawEval, Projector, RiskProgram, Solution, Term, tail_mean
 
 CHANCE_MARGIN = 1e-9  # chance thresholds are tightened by this share inside the program
+TOTAL_ROUNDS = 8  # solves at most, moving the total the law's error past the data is taken at to the solution's
+TOTAL_TOL = 1e-5  # relative change of that total that counts as settled (the factor moves by ~0.1 of it)
 
 
 class AllocationProblem:
@@ -39,13 +41,20 @@ class AllocationProblem:
         self.draws = draws
         self.spec = spec
         # Predictive chance constraints: one run's noise per draw (given, or drawn here with ``seed``),
-        # carried as one extra law column per constraint (bayescale.optimise.predictive).
+        # carried as one extra law column per constraint (bayescale.optimise.predictive): an (S, K)
+        # array, or a function of the allocation's total where the misfit falls with a run's data.
         self.chance_noise = None
         if spec.chance and spec.chance_on == "predictive":
-            self.chance_noise = (chance_log_noise(draws, spec, seed) if chance_noise is None
+            if chance_noise is None:
+                chance_noise = chance_noise_at(draws, spec, seed)
+            self.chance_noise = (chance_noise if callable(chance_noise)
                                  else np.asarray(chance_noise, dtype=np.float64).reshape(draws.n_draws, -1))
         noisy = None if self.chance_noise is None else ([ch.target for ch in spec.chance], self.chance_noise)
+        # Losses at each allocation's own total (exact; what everything is evaluated and checked with).
+        # The programs are solved at one total at a time (program_law), moved to the solution's by solve().
         self.law = LawEval(draws, noisy)
+        self.total: float | None = None
+        self.program_law = self.law
         self.min_budget = bool(min_budget)
         I = spec.n_sources
         A, b, names = spec.polytope(None if self.min_budget else reference_budget)
@@ -59,6 +68,16 @@ class AllocationProblem:
         self.projector = Projector(self.A_lin, spec.lower, spec.upper, spec.fixed, self.unit)
         self._programs: dict = {}
         self.reference_budget = float(reference_budget)
+        self.at_total(float(np.sum(bl.fill(self.reference_budget, spec.lower, spec.upper, None, spec.costs))))
+
+    def at_total(self, total: float) -> None:
+        """Solve the programs with the law's error past the data (and one run's noise) at ``total`` raw data."""
+        if not self.law.depends_on_total or total == self.total:
+            return
+        self.total = float(total)
+        self.program_law = self.law.at_total(self.total)
+        for prog in self._programs.values():
+            prog.set_law(self.program_law)
 
     # -- terms --------------------------------------------------------------------------------
 
@@ -104,7 +123,7 @@ class AllocationProblem:
         key = (mode, len(obj_terms), tuple(t.risk for t in obj_terms), len(con_terms))
         prog = self._programs.get(key)
         if prog is None:
-            prog = RiskProgram(self.law, obj_terms, con_terms, mode, A_lin=self.A_lin, b_lin=self.b_lin,
+            prog = RiskProgram(self.program_law, obj_terms, con_terms, mode, A_lin=self.A_lin, b_lin=self.b_lin,
                                row_names=self.row_names, lower=self.spec.lower, upper=self.spec.upper,
                                fixed=self.spec.fixed, costs=self.spec.costs, unit=self.unit, rhs=self.rhs)
             self._programs[key] = prog
@@ -147,19 +166,26 @@ class AllocationProblem:
         terms = self.chance_terms()
         lo = max(float(s.costs @ s.lower), 1e-9)
 
-        def meets(spend):
+        def worst(spend):  # the largest chance CVaR / tau of the uniform split of ``spend``
             L = self.law.values(bl.fill(spend, s.lower, s.upper, None, s.costs))
-            return all(tail_mean(L @ t.v, t.tail(self.law.S)) <= 1.0 for t in terms)
+            return max(tail_mean(L @ t.v, t.tail(self.law.S)) for t in terms)
+
+        def meets(spend):
+            return worst(spend) <= 1.0
 
         hi = max(lo, self.draws.data_scale * s.n_sources)
         limit = float(s.costs @ np.where(np.isfinite(s.upper), s.upper, np.inf))
+        tried = []
         for _ in range(40):
-            if meets(hi) or hi >= limit or hi > 1e12 * self.draws.data_scale:
+            tried.append((worst(hi), hi))
+            if tried[-1][0] <= 1.0 or hi >= limit or hi > 1e12 * self.draws.data_scale:
                 break
             hi *= 2.0
         hi = min(hi, limit) if math.isfinite(limit) else hi
         if not meets(hi):
-            return hi
+            # Past the fit runs' data the law's error grows with the total, so more data need not
+            # help: start from the spend that came closest.
+            return min(tried)[1] if tried else hi
         for _ in range(40):
             mid = 0.5 * (lo + hi)
             if meets(mid):
@@ -173,8 +199,37 @@ class AllocationProblem:
     def solve(self, budget=None, *, weights=None, start=None, certify=True):
         """Solve for ``budget`` (ignored in the least-budget problem); ``weights`` {target: w} to change them.
 
+        Where the losses depend on the allocation's total (the law's error past the fit runs' data,
+        a misfit that falls with a run's data), the program is solved at a total, then again at the
+        solution's, until it settles (:data:`TOTAL_ROUNDS`): one round where the budget fixes the total.
         Returns a :class:`bayescale.optimise.riskprog.Solution` (raw allocation ``D``, ``objective``, certificate).
         """
+        if not self.law.depends_on_total:
+            return self._solve_at_total(budget, weights, start, certify)
+        if start is not None:
+            total = float(np.sum(start))
+        elif self.min_budget:
+            total = float(np.sum(self.start(None, self.spend_guess())))
+        else:
+            total = float(np.sum(self.start(check_budget(budget))))
+        last = None  # (total, the solution's total) of the round before: a secant step on their difference
+        for _ in range(TOTAL_ROUNDS):
+            self.at_total(total)
+            sol = self._solve_at_total(budget, weights, start, certify)
+            settled = float(np.sum(sol.D))
+            if abs(settled - total) <= TOTAL_TOL * max(total, 1e-300) or sol.violation > FEAS_TOL:
+                return sol  # settled, or the chance constraints cannot be met at this total (solve_checked says so)
+            step = settled
+            if last is not None and (settled - total) != (last[1] - last[0]):
+                secant = total - (settled - total) * (total - last[0]) / ((settled - total) - (last[1] - last[0]))
+                step = secant if 0.5 * settled < secant < 2.0 * settled else settled
+            last, start, total = (total, settled), sol.D, step
+        sol.converged = False
+        sol.notes.append(f"the total data at which the law's error past the fit runs' data is taken did not settle in "
+                         f"{TOTAL_ROUNDS} solves ({self.total:.6g} -> {total:.6g})")
+        return sol
+
+    def _solve_at_total(self, budget, weights, start, certify):
         w = None
         if weights is not None:
             w = build_spec(self.draws, weights=weights).weights
@@ -212,7 +267,7 @@ def solve_checked(problem: AllocationProblem, B):
             again.notes.append("the first solve ended outside the chance constraints; solved again from the allocation "
                                "closest to meeting them (phase 1)")
             return again
-    L = problem.law.values(best.D)
+    L = problem.program_law.values(best.D)  # as the program had it (at problem.total where that matters)
     cols = [problem.chance_column(k) for k in range(len(spec.chance))]
     pieces, conflict = [], []
     for ch, term, col in zip(spec.chance, terms, cols):
@@ -227,6 +282,8 @@ def solve_checked(problem: AllocationProblem, B):
         pieces.append(f"{ch.text} (its CVaR at best exceeds {ch.tau:g} by {best.objective - 1:.1e} relative)")
         conflict.append(f"chance:{ch.text}")
     where = f"within budget {B:g}" if B is not None else "with any budget under the caps"
+    if problem.total is not None:
+        where = f"{where} (the law's error past the fit runs' data taken at {problem.total:.4g} units in total)"
     if problem.chance_noise is not None:
         where = f"{where} for the loss one run will observe (predictive)"
     hint = ()

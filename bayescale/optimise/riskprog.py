@@ -57,6 +57,7 @@ import time
 import numpy as np
 
 from bayescale.inference.posterior import LawDraws
+from bayescale.laws.noise import extrapolation_log_shift
 from bayescale.laws.power import reducible_and_slopes
 from bayescale.optimise.qp import QP_SETTINGS, QP_SOLVERS, Projector, QPSubproblem
 
@@ -92,12 +93,24 @@ class LawEval:
     ``noisy = (targets, log_noise)`` adds one column per entry of ``targets`` after the J
     targets: column ``J + k`` is target ``targets[k]``'s loss times ``exp(log_noise[:, k])``,
     the loss one run observes under each draw (:mod:`bayescale.optimise.predictive`). It is
-    the same law with ``E`` and ``A`` scaled per draw, so it stays convex in the amounts."""
+    the same law with ``E`` and ``A`` scaled per draw, so it stays convex in the amounts.
+    ``log_noise`` is an (S, K) array, or a function of an allocation's total raw data giving one
+    (the noise of a run of that total, where the misfit falls with a run's data).
 
-    def __init__(self, draws: LawDraws, noisy=None):
+    Past the fit runs' data the draws' slope error (:func:`bayescale.laws.noise.extrapolation_log_shift`)
+    scales every column too, as :func:`bayescale.evaluate.predict.predict` has it. Both factors
+    depend on the allocation's total only. With ``total=None`` each allocation gets them at its own
+    total (exact, for evaluating and checking); with a ``total`` every allocation gets them at that
+    one (:meth:`at_total`), which keeps each draw's loss convex: the programs are solved at a fixed
+    total, and :class:`~bayescale.optimise.problem.AllocationProblem` moves it to the solution's."""
+
+    def __init__(self, draws: LawDraws, noisy=None, total: float | None = None):
         f = lambda a: np.asarray(a, dtype=np.float64)
         self.draws = draws
         self.noisy = noisy
+        self.total = None if total is None else float(total)
+        self.noise_at = None  # total -> (S, K) log noise of the noisy columns, when it depends on the total
+        self._factors: dict = {}  # total -> (S, J) factor (or None): the last few totals
         self.D0 = float(draws.data_scale)
         self.mask = f(draws.self_mask)
         self.E, self.A, self.alpha, self.x0 = f(draws.E), f(draws.A), f(draws.alpha), f(draws.x0)
@@ -111,7 +124,11 @@ class LawEval:
         kappa = getattr(draws, "kappa", None)
         self.kappa = np.zeros_like(self.T) if kappa is None else f(kappa) * (1.0 - self.mask)[None]
         if noisy is not None:
-            cols, factor = list(noisy[0]), np.exp(f(noisy[1]).reshape(self.E.shape[0], -1))
+            cols = list(noisy[0])
+            if callable(noisy[1]):  # the noise is a column factor at each total (see factor())
+                self.noise_at, factor = noisy[1], np.ones((self.E.shape[0], len(cols)))
+            else:
+                factor = np.exp(f(noisy[1]).reshape(self.E.shape[0], -1))
             self.E = np.concatenate([self.E, self.E[:, cols] * factor], axis=1)
             self.A = np.concatenate([self.A, self.A[:, cols] * factor], axis=1)
             self.alpha = np.concatenate([self.alpha, self.alpha[:, cols]], axis=1)
@@ -124,14 +141,58 @@ class LawEval:
             self.beta = np.concatenate([self.beta, self.beta[:, :, cols]], axis=2)
         self.S, self.I, self.J = self.T.shape[0], self.T.shape[1], self.T.shape[2]
         self._Tb = self._Tbb = None
+        # The law's error past the fit runs' data, per column (a noisy column has its target's).
+        slope_error = getattr(draws, "slope_error", None)
+        self.slope_error = None
+        if slope_error is not None and getattr(draws, "reach", None):
+            cols = list(noisy[0]) if noisy is not None else []
+            self.slope_error = np.concatenate([f(slope_error), f(slope_error)[:, cols]], axis=1)
         # Terms that are exactly zero (no bend, no interference) are skipped: the same numbers, to the
         # bit (x + 0 = x, y ** -0 = 1), for less time in every SQP iteration (benchmarks/bench_allocate.py).
         self._bend = bool(np.any(self.delta != 0))
         self._interference = bool(np.any(self.kappa != 0))
 
     def subset(self, index) -> LawEval:
-        noisy = None if self.noisy is None else (self.noisy[0], np.asarray(self.noisy[1])[index])
-        return LawEval(self.draws.subset(index), noisy)
+        noisy = None
+        if self.noisy is not None:
+            noise = self.noisy[1]
+            noisy = (self.noisy[0], (lambda total: noise(total)[index]) if callable(noise) else np.asarray(noise)[index])
+        return LawEval(self.draws.subset(index), noisy, self.total)
+
+    @property
+    def depends_on_total(self) -> bool:
+        """Whether the losses depend on the allocation's total beyond the law (slope error or noise at the total)."""
+        return self.slope_error is not None or self.noise_at is not None
+
+    def at_total(self, total: float | None) -> LawEval:
+        """The same law with the factors of every allocation taken at ``total`` (None: at its own)."""
+        return LawEval(self.draws, self.noisy, total)
+
+    def _total(self, D) -> float:
+        return self.total if self.total is not None else float(D.sum())
+
+    def factor(self, total: float) -> np.ndarray | None:
+        """(S, J) what every column's loss is multiplied by for an allocation of ``total`` raw data:
+        ``exp`` of the slope error past the fit runs' data and, on the noisy columns, of one run's
+        noise at that total (when it depends on it); None where both are absent."""
+        total = float(total)
+        if total in self._factors:
+            return self._factors[total]
+        log_f = None
+        if self.slope_error is not None:
+            log_f = extrapolation_log_shift(self.draws, total)
+            if log_f is not None:
+                cols = list(self.noisy[0]) if self.noisy is not None else []
+                log_f = np.concatenate([log_f, log_f[:, cols]], axis=1)
+        if self.noise_at is not None:
+            noise = np.asarray(self.noise_at(total), dtype=np.float64).reshape(self.S, -1)
+            pad = np.concatenate([np.zeros((self.S, self.J - noise.shape[1])), noise], axis=1)
+            log_f = pad if log_f is None else log_f + pad
+        out = None if log_f is None else np.exp(log_f)
+        if len(self._factors) >= 8:
+            self._factors.clear()
+        self._factors[total] = out
+        return out
 
     def concave_sources(self, targets_used) -> np.ndarray:
         """(I,) True where some used target gets transfer ``T d ** beta`` with ``beta < 1`` (infinite slope at 0)."""
@@ -154,11 +215,34 @@ class LawEval:
     def _interference_at(self, d):
         return np.einsum("i,sij->sj", d, self.kappa) if self._interference else 0.0
 
+    def row_factors(self, Dm) -> np.ndarray | None:
+        """(N, J) row ``n`` of raw allocations ``Dm`` under draw ``n``: :meth:`factor` at the row's total."""
+        Dm = np.maximum(np.asarray(Dm, dtype=np.float64), 0.0)
+        totals = np.full(Dm.shape[0], self.total) if self.total is not None else Dm.sum(axis=1)
+        rows = [self.factor(t) for t in np.unique(totals)]
+        if all(r is None for r in rows):
+            return None
+        out = np.ones((totals.size, self.J))
+        for t, r in zip(np.unique(totals), rows):
+            if r is not None:
+                hit = np.flatnonzero(totals == t)
+                out[hit] = r[hit]
+        return out
+
     def values(self, D) -> np.ndarray:
         """(S, J) losses at one raw allocation."""
-        d = np.maximum(np.asarray(D, dtype=np.float64), 0.0) / self.D0
+        D = np.maximum(np.asarray(D, dtype=np.float64), 0.0)
+        d = D / self.D0
         with np.errstate(divide="ignore"):
-            return self.E + self._reducible(self._x(d)[0]) + self._interference_at(d)
+            L = self.E + self._reducible(self._x(d)[0]) + self._interference_at(d)
+        m = self.factor(self._total(D))
+        return L if m is None else L * m
+
+    def reducible(self, D) -> np.ndarray:
+        """(S, J) reducible losses (the loss above ``E``, both at the allocation's total) at one raw allocation."""
+        D = np.maximum(np.asarray(D, dtype=np.float64), 0.0)
+        m = self.factor(self._total(D))
+        return self.values(D) - (self.E if m is None else self.E * m)
 
     def many(self, allocations) -> np.ndarray:
         """(S, N, J) losses at N raw allocations."""
@@ -169,8 +253,11 @@ class LawEval:
         return out
 
     def point(self, D, free) -> dict:
-        """Losses and what gradients (:meth:`term_grad`) and Hessians (:meth:`hessian`) need, at a raw allocation."""
-        d = np.maximum(np.asarray(D, dtype=np.float64), 0.0) / self.D0
+        """Losses and what gradients (:meth:`term_grad`) and Hessians (:meth:`hessian`) need, at a raw allocation
+        (the factor of :meth:`factor` held fixed: exact at a fixed ``total``)."""
+        D = np.maximum(np.asarray(D, dtype=np.float64), 0.0)
+        m = self.factor(self._total(D))
+        d = D / self.D0
         free = np.asarray(free)
         x, pw = self._x(d)
         if self._bend:
@@ -193,7 +280,11 @@ class LawEval:
         dx = self.mask[sel][None] + self._Tb[:, sel, :] * pwm1  # (S, n, J)
         pwm1 /= ds[None, :, None]
         d2x = self._Tbb[:, sel, :] * pwm1  # (S, n, J), <= 0
-        return {"L": L, "dx": dx, "d2x": d2x, "c1": c1, "a": a, "kappa": self.kappa[:, sel, :] if self._interference else None}
+        kappa = self.kappa[:, sel, :] if self._interference else None
+        if m is not None:  # every column times its factor: L, its slopes in x and the interference
+            L, c1, a = L * m, c1 * m, a * m
+            kappa = None if kappa is None else kappa * m[:, None, :]
+        return {"L": L, "dx": dx, "d2x": d2x, "c1": c1, "a": a, "kappa": kappa}
 
     def term_grad(self, pt, v) -> np.ndarray:
         """(S, n_free) gradients of f_s = L_s . v in the free raw amounts."""
@@ -328,13 +419,18 @@ class RiskProgram:
         used = {j for t in self.obj_terms + self.con_terms for j in np.flatnonzero(t.v)}
         self.concave = law.concave_sources(sorted(used))[self.free]
         self.use_pilot = pilot and law.S > 2 * PILOT_DRAWS
-        self.pilot_law = law.subset(np.linspace(0, law.S - 1, PILOT_DRAWS).astype(int)) if self.use_pilot else None
+        self.set_law(law)
         self.obj_scale = 1.0
         self.rho = 10.0
         self._qps = {}
 
     # -- evaluation ------------------------------------------------------------------------
 
+
+    def set_law(self, law: LawEval) -> None:
+        """Solve under ``law`` from now on (the same draws and columns, e.g. at another total)."""
+        self.law = law
+        self.pilot_law = law.subset(np.linspace(0, law.S - 1, PILOT_DRAWS).astype(int)) if self.use_pilot else None
     def term_values(self, law: LawEval, L) -> list[float]:
         return [risk_value(t, L @ t.v) for t in self.obj_terms + self.con_terms]
 

@@ -76,9 +76,3 @@ def test_reduction_per_draw_and_of_means():
     assert (red["lo"], red["hi"]) == pytest.approx(tuple(np.quantile(per, [0.25, 0.75])))
     assert red["probability_better"] == pytest.approx(0.75)
     assert bl.reduction(np.ones(3), np.zeros(3), 0.9)["of_means"] is None  # nothing reducible to compare
-
-
-def test_reducible_is_the_weighted_loss_above_E():
-    L = np.array([[1.0, 2.0], [3.0, 5.0]])
-    E = np.array([[0.5, 1.0], [1.0, 1.0]])
-    assert bl.reducible(L, E, np.array([2.0, 1.0])) == pytest.approx([2.0, 8.0])

@@ -15,7 +15,7 @@ import pytest
 from bayescale.optimise import allocate as al
 from bayescale.optimise import predictive as pred
 from bayescale.optimise.constraints import InfeasibleError, build_spec
-from bayescale.optimise.riskprog import LawEval
+from bayescale.optimise.riskprog import FEAS_TOL, LawEval
 from bayescale.render.text import format_allocation
 from tests.bayescale.optimise.test_allocate import NAMES, make_draws, ref_losses, vec
 
@@ -132,3 +132,102 @@ def test_a_wrong_chance_on_names_the_parameter():
     with pytest.raises(Exception) as info:
         al.allocate(draws, 100, chance=[f"mri<={TAU}@0.9"], chance_on="typical", **FAST)
     assert str(info.value) == "chance_on: must be predictive or expected, got 'typical'"
+
+
+# ---------------------------------------------------------------------------- past the fit runs' data
+
+REACH = 100.0  # the fit runs' largest total data of the draws below
+
+
+def past_the_data(S: int = 1000, seed: int = 5, slope_scale: float = 0.15, noise_slope: float | None = None, sigma: float = 0.25):
+    """Draws with a slope error past ``REACH`` (as ``fit`` attaches it) and, optionally, a misfit
+    that falls with a run's data (``noise_slope`` per draw, from ``noise_low`` = 10 to ``REACH``)."""
+    draws = make_draws(S=S, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    extra = dict(slope_error=slope_scale * rng.standard_normal(draws.E.shape), reach=REACH)
+    if noise_slope is not None:
+        extra.update(noise_slope=np.full(S, noise_slope), noise_reach=REACH, noise_low=10.0, sigma=np.full_like(draws.sigma, sigma))
+    return dataclasses.replace(draws, **extra)
+
+
+def with_error_past_the_data(draws, D) -> np.ndarray:
+    """(S, J) law losses at ``D`` (reference loops) times exp(slope_error * log(total / reach)): the
+    curve past the data as the slope error describes it, computed here with NumPy."""
+    distance = max(0.0, np.log(np.sum(D) / draws.reach))
+    return ref_losses(draws, D)[:, 0, :] * np.exp(draws.slope_error * distance)
+
+
+def test_allocations_past_the_data_carry_the_laws_error_as_predict_does():
+    from bayescale.evaluate.predict import predict
+    from bayescale.optimise.evaluation import empirical_cvar
+
+    draws = past_the_data()
+    budget = 4 * REACH  # log 4 past the data: the slope error's sd there is 0.15 * 1.39 = 0.21 on log loss
+    result = al.allocate(draws, budget, objective="cvar:0.9", **FAST)
+    assert result["status"] == "optimal", result["solver_notes"]
+    D = vec(result)
+    L = with_error_past_the_data(draws, D)
+    # the reported intervals are predict's for the same allocation (one definition of "the law's loss")
+    same = predict(draws, dict(zip(NAMES, D)), interval=0.9)["targets"]
+    for j, name in enumerate(NAMES):
+        got = result["predicted"][name]
+        assert got["mean"] == pytest.approx(L[:, j].mean(), rel=1e-9)
+        assert (got["lo"], got["hi"]) == pytest.approx(tuple(np.quantile(L[:, j], [0.05, 0.95])), rel=1e-9)
+        assert (got["lo"], got["hi"]) == pytest.approx((same[name]["lo"], same[name]["hi"]), rel=1e-5)
+    # the reducible loss (what the baselines' reductions compare) is the loss above E, both at the total
+    floor = draws.E * (L / ref_losses(draws, D)[:, 0, :])
+    np.testing.assert_allclose(LawEval(draws).reducible(D), L - floor, rtol=1e-9, atol=1e-12)
+    # the objective is the CVaR over draws of the loss with that error, and the error widens it
+    v = np.array(list(result["weights"].values()))
+    assert result["objective_value"] == pytest.approx(empirical_cvar(L @ v, 0.9), rel=1e-9)
+    law_only = ref_losses(draws, D)[:, 0, :] @ v
+    assert empirical_cvar(L @ v, 0.9) > empirical_cvar(law_only, 0.9) * 1.02
+    # and the recommendation is the optimum of that program: no other allocation of the budget does better
+    rng = np.random.default_rng(11)
+    for share in rng.dirichlet(np.ones(len(NAMES)), size=200):
+        assert empirical_cvar(with_error_past_the_data(draws, budget * share) @ v, 0.9) >= result["objective_value"] * (1 - 1e-6)
+    # within the fit runs' data nothing changes: the same allocation as draws without a slope error
+    inside = al.allocate(draws, 0.8 * REACH, objective="cvar:0.9", **FAST)
+    plain = al.allocate(dataclasses.replace(draws, slope_error=None, reach=None), 0.8 * REACH, objective="cvar:0.9", **FAST)
+    assert vec(inside) == pytest.approx(vec(plain), rel=1e-9)
+
+
+def test_a_falling_misfit_is_one_runs_noise_at_the_allocations_total():
+    draws = past_the_data(S=3000, slope_scale=0.0, noise_slope=0.5, sigma=0.4)
+    chance = [f"mri<={TAU}@0.9"]
+    budget = 8 * REACH  # the misfit there is (800 / 100)^-0.5 = 0.35 of sigma
+    result = al.allocate(draws, budget, chance=chance, holdout=0.3, **FAST)
+    assert result["status"] == "optimal", result["solver_notes"]
+    D = vec(result)
+    _, held_idx = al.split_draws(draws.n_draws, 3000, 0.3, 0)
+    L = ref_losses(draws, D)[held_idx, 0, MRI]
+
+    def probability(misfit_factor, replicates=50):
+        z = np.random.default_rng(99).standard_normal((held_idx.size, replicates))
+        hits = L[:, None] * np.exp(0.4 * misfit_factor * z) <= TAU
+        p = float(hits.mean())
+        return p, float(np.sqrt(p * (1 - p) / held_idx.size))
+
+    p_total, se = probability((np.sum(D) / REACH) ** -0.5)
+    report = result["chance"][0]
+    assert abs(report["achieved_held_out"] - p_total) <= 4 * np.hypot(report["held_out_se"], se)
+    assert p_total >= 0.9 - 3 * se
+    # the misfit at the fit runs' largest total (the gap this replaces) gives a clearly other probability
+    p_reach, se_reach = probability(1.0)
+    assert p_reach < p_total - 4 * np.hypot(se, se_reach)
+
+
+def test_with_costs_the_program_settles_at_its_solutions_total():
+    from bayescale.optimise.evaluation import objective_values
+
+    draws = past_the_data(noise_slope=0.3)
+    spec = build_spec(draws, objective="cvar:0.8", costs={"web": 0.5, "mri": 3.0}, chance=["mri<=3@0.8"])
+    problem, _, _ = al.build_problem(draws, spec, 300.0, min_budget=False, max_draws=None, holdout=0.2, seed=0)
+    sol = problem.solve(300.0)
+    assert sol.violation <= FEAS_TOL
+    total = float(np.sum(sol.D))
+    assert total != pytest.approx(300.0, rel=1e-3)  # costs: the total is not the budget
+    assert problem.total == pytest.approx(total, rel=1e-5) and sol.converged
+    # the program's objective there is the exact loss at the solution's own total
+    v = problem.effective_weights()
+    assert sol.objective == pytest.approx(objective_values(problem.draws, sol.D, spec.objective, v), rel=1e-4)
