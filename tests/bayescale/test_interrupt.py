@@ -39,6 +39,13 @@ def child_env() -> dict:
     return {**env, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
+def default_sigint() -> None:
+    """In the child, before it starts: SIGINT at its default, as from a terminal. A runner started
+    in the background by a shell (``cmd &``) ignores SIGINT, its children inherit that, and Python
+    then installs no KeyboardInterrupt handler, so the signal these tests send would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tree(folder: Path) -> set[str]:
     """Every path under ``folder`` (hidden temporary files included), relative to it."""
     return {str(p.relative_to(folder)) for p in Path(folder).rglob("*")}
@@ -48,7 +55,8 @@ class Watched:
     """A child process whose stderr is collected as it comes (progress bars included)."""
 
     def __init__(self, argv, cwd=None):
-        self.proc = subprocess.Popen(argv, env=child_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(argv, env=child_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=default_sigint)
         self.started = time.monotonic()
         self._err, self._out = bytearray(), bytearray()
         self._readers = [threading.Thread(target=self._pump, args=(s, b), daemon=True)
