@@ -79,7 +79,7 @@ COMMANDS = {
     "allocate_constraints": ["allocate", "{fit:phantom_transfer}", "--budget", "100", "--cost", "pet_wholebody=3,mri_t1_brain=2",
                              "--min", "ct_chest=5", "--fixed", "mri_t2_abdomen=8", "--group", "ct_*>=0.3", "--integer",
                              "--temperature", "2", "--json", "{out}", "--uncertainty", "20"],
-    "allocate_chance": ["allocate", "{fit:simulated_transfer}", "--budget", "400", "--chance", "mri_t2_abdomen<={q:0.9}@0.8",
+    "allocate_chance": ["allocate", "{fit:simulated_transfer}", "--budget", "500", "--chance", "mri_t2_abdomen<={q:0.9}@0.8",
                         "--json", "{out}", "--uncertainty", "0"],
     "allocate_min_budget": ["allocate", "{fit:simulated_transfer}", "--min-budget", "--chance", "ct_abdomen<={q:0.95}@0.8",
                             "--json", "{out}", "--uncertainty", "0"],
