@@ -36,6 +36,7 @@ from bayescale.evaluate.check import coverage_curve, score_predictions
 from bayescale.evaluate.hubs import LABEL_COLOURS, LABELS, hub_island_table
 from bayescale.evaluate.predict import loss_draws
 from bayescale.inference.posterior import LawDraws
+from bayescale.laws.noise import with_extrapolation_error
 
 DPI = 110
 OWN_COLOUR = "#1f77b4"
@@ -135,7 +136,9 @@ def plot_scaling_curves(draws: LawDraws, grid: xr.Dataset, *, n_points: int = 60
     n_src = len(sources)
     # Rows: every source alone at each budget, then the uniform mixture at each budget.
     allocs = np.concatenate([np.kron(np.eye(n_src), xs[:, None]), np.outer(xs, np.full(n_src, 1.0 / n_src))])
-    losses = np.exp(loss_draws(draws, allocs, log=True).astype(np.float64))  # (S, (I+1)N, J)
+    # Past the fit runs' data the bands carry the law's error there, as predict has it.
+    log_losses = loss_draws(draws, allocs, log=True).astype(np.float64)
+    losses = np.exp(with_extrapolation_error(log_losses, draws, allocs))  # (S, (I+1)N, J)
     n = len(xs)
 
     n_panels = len(targets)

@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle
 import bayescale.render
 from bayescale.evaluate.check import calibration_verdict, holdout_predictions, score_predictions
 from bayescale.evaluate.compare import loo_summary
+from bayescale.evaluate.predict import predict
 from bayescale.optimise.allocate import allocate
 from bayescale.optimise.candidates import make_candidates
 from bayescale.optimise.propose import propose
@@ -341,6 +342,9 @@ def test_scaling_curves_has_one_panel_per_target_with_every_observed_point(world
         assert len(curves) == 2
         assert np.isclose(max(curves[0].get_xdata()), 2 * budgets.max())
         assert np.isclose(min(curves[0].get_xdata()), budgets.min())
+        # past the fit runs' data the curve is predict's, the law's error there included
+        far = predict(draws, {target: float(2 * budgets.max())}, interval=0.9)["targets"][target]["median"]
+        assert curves[0].get_ydata()[-1] == pytest.approx(far, rel=1e-5)
         baseline = float(grid["baseline_loss"].sel(target=target))
         assert any(np.allclose(line.get_ydata(), baseline) for line in ax.lines if len(line.get_xdata()) == 2)
     assert len(fig.legends) == 1
