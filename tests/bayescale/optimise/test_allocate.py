@@ -66,8 +66,13 @@ def make_draws(S=200, seed=0, names=NAMES, extra_sources=()) -> LawDraws:
 
 
 def ref_losses(draws: LawDraws, D) -> np.ndarray:
-    """(N, I) raw allocations -> (S, N, J) law losses, by explicit loops over (i, j)."""
+    """(N, I) raw allocations -> (S, N, J) law losses, by explicit loops over (i, j); where the draws
+    carry a slope error (a fitted posterior), times exp(slope_error * log(total / reach)) past the reach."""
     D = np.atleast_2d(np.asarray(D, dtype=np.float64))
+    past = 1.0
+    if getattr(draws, "slope_error", None) is not None and draws.reach:
+        distance = np.maximum(np.log(np.maximum(D.sum(axis=1), 1e-300) / draws.reach), 0.0)  # (N,)
+        past = np.exp(draws.slope_error[:, None, :] * distance[None, :, None])
     d = D / draws.data_scale
     S, J = draws.E.shape
     x = np.repeat(draws.x0[:, None, :], d.shape[0], axis=1)
@@ -77,7 +82,7 @@ def ref_losses(draws: LawDraws, D) -> np.ndarray:
                 x[:, :, j] += d[None, :, i]
             else:
                 x[:, :, j] += draws.T[:, i, j][:, None] * d[None, :, i] ** draws.beta[:, i, j][:, None]
-    return draws.E[:, None, :] + draws.A[:, None, :] * x ** (-draws.alpha[:, None, :])
+    return (draws.E[:, None, :] + draws.A[:, None, :] * x ** (-draws.alpha[:, None, :])) * past
 
 
 def ref_cvar(f, gamma) -> np.ndarray:

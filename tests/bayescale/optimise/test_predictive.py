@@ -150,11 +150,16 @@ def past_the_data(S: int = 1000, seed: int = 5, slope_scale: float = 0.15, noise
     return dataclasses.replace(draws, **extra)
 
 
+def law_only(draws, D) -> np.ndarray:
+    """(S, J) the law's losses at ``D`` without the error past the data (reference loops)."""
+    return ref_losses(dataclasses.replace(draws, slope_error=None, reach=None), D)[:, 0, :]
+
+
 def with_error_past_the_data(draws, D) -> np.ndarray:
     """(S, J) law losses at ``D`` (reference loops) times exp(slope_error * log(total / reach)): the
     curve past the data as the slope error describes it, computed here with NumPy."""
     distance = max(0.0, np.log(np.sum(D) / draws.reach))
-    return ref_losses(draws, D)[:, 0, :] * np.exp(draws.slope_error * distance)
+    return law_only(draws, D) * np.exp(draws.slope_error * distance)
 
 
 def test_allocations_past_the_data_carry_the_laws_error_as_predict_does():
@@ -175,13 +180,12 @@ def test_allocations_past_the_data_carry_the_laws_error_as_predict_does():
         assert (got["lo"], got["hi"]) == pytest.approx(tuple(np.quantile(L[:, j], [0.05, 0.95])), rel=1e-9)
         assert (got["lo"], got["hi"]) == pytest.approx((same[name]["lo"], same[name]["hi"]), rel=1e-5)
     # the reducible loss (what the baselines' reductions compare) is the loss above E, both at the total
-    floor = draws.E * (L / ref_losses(draws, D)[:, 0, :])
+    floor = draws.E * (L / law_only(draws, D))
     np.testing.assert_allclose(LawEval(draws).reducible(D), L - floor, rtol=1e-9, atol=1e-12)
     # the objective is the CVaR over draws of the loss with that error, and the error widens it
     v = np.array(list(result["weights"].values()))
     assert result["objective_value"] == pytest.approx(empirical_cvar(L @ v, 0.9), rel=1e-9)
-    law_only = ref_losses(draws, D)[:, 0, :] @ v
-    assert empirical_cvar(L @ v, 0.9) > empirical_cvar(law_only, 0.9) * 1.02
+    assert empirical_cvar(L @ v, 0.9) > empirical_cvar(law_only(draws, D) @ v, 0.9) * 1.02
     # and the recommendation is the optimum of that program: no other allocation of the budget does better
     rng = np.random.default_rng(11)
     for share in rng.dirichlet(np.ones(len(NAMES)), size=200):
