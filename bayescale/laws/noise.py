@@ -84,18 +84,6 @@ def with_extrapolation_error(log_loss: np.ndarray, draws, amounts) -> np.ndarray
     return log_loss + slope * distance[None, ..., None]
 
 
-def extrapolation_log_shift(draws, total: float) -> np.ndarray | None:
-    """(S, J) the law's error past the fit runs' data on log loss, ``slope_error_j * max(0, log(total /
-    reach))`` per draw, for any allocation of ``total`` raw data (it depends on the total only, so it
-    scales each draw's loss by a constant and keeps it convex in the split); None where the draws
-    carry no slope error or ``total`` is within the fit runs' data."""
-    slope_error = getattr(draws, "slope_error", None)
-    if slope_error is None or not getattr(draws, "reach", None):
-        return None
-    distance = float(extrapolation_distance(np.array([total], dtype=np.float64), draws.reach))
-    return None if distance == 0.0 else np.asarray(slope_error, dtype=np.float64) * distance
-
-
 def extrapolation_distance(amounts, reach: float) -> np.ndarray:
     """``max(0, log(total data / reach))`` of each row of raw ``amounts`` (..., I): how far past the fit runs' data."""
     total = np.sum(np.asarray(amounts, dtype=np.float64), axis=-1)
@@ -103,5 +91,5 @@ def extrapolation_distance(amounts, reach: float) -> np.ndarray:
         return np.maximum(np.log(np.maximum(total, 1e-300) / reach), 0.0)
 
 
-__all__ = ["add_observation_noise", "extrapolation_distance", "extrapolation_log_shift", "log_budget_ratio", "log_budgets", "misfit_factor", "noise_slope_draws",
+__all__ = ["add_observation_noise", "extrapolation_distance", "log_budget_ratio", "log_budgets", "misfit_factor", "noise_slope_draws",
            "with_extrapolation_error"]

@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 from bayescale.inference.posterior import LawDraws
-from bayescale.laws.noise import extrapolation_log_shift
+from bayescale.laws.noise import extrapolation_distance
 from bayescale.laws.power import reducible_and_slopes
 from bayescale.optimise.qp import QP_SETTINGS, QP_SOLVERS, Projector, QPSubproblem
 
@@ -97,9 +97,9 @@ class LawEval:
     ``log_noise`` is an (S, K) array, or a function of an allocation's total raw data giving one
     (the noise of a run of that total, where the misfit falls with a run's data).
 
-    Past the fit runs' data the draws' slope error (:func:`bayescale.laws.noise.extrapolation_log_shift`)
-    scales every column too, as :func:`bayescale.evaluate.predict.predict` has it. Both factors
-    depend on the allocation's total only. With ``total=None`` each allocation gets them at its own
+    Past the fit runs' data the draws' slope error scales every column too, by
+    ``exp(slope_error_j * max(0, log(total / reach)))``, as :func:`bayescale.evaluate.predict.predict`
+    has it. Both factors depend on the allocation's total only. With ``total=None`` each allocation gets them at its own
     total (exact, for evaluating and checking); with a ``total`` every allocation gets them at that
     one (:meth:`at_total`), which keeps each draw's loss convex: the programs are solved at a fixed
     total, and :class:`~bayescale.optimise.problem.AllocationProblem` moves it to the solution's."""
@@ -179,11 +179,9 @@ class LawEval:
         if total in self._factors:
             return self._factors[total]
         log_f = None
-        if self.slope_error is not None:
-            log_f = extrapolation_log_shift(self.draws, total)
-            if log_f is not None:
-                cols = list(self.noisy[0]) if self.noisy is not None else []
-                log_f = np.concatenate([log_f, log_f[:, cols]], axis=1)
+        if self.slope_error is not None:  # per column already (a noisy column has its target's)
+            distance = float(extrapolation_distance(np.array([total]), self.draws.reach))
+            log_f = self.slope_error * distance if distance > 0.0 else None
         if self.noise_at is not None:
             noise = np.asarray(self.noise_at(total), dtype=np.float64).reshape(self.S, -1)
             pad = np.concatenate([np.zeros((self.S, self.J - noise.shape[1])), noise], axis=1)
