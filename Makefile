@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.12 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test docs test-slow test-stats bench bench-allocate bench-predict bench-scaling bench-fit bench-calibration bench-trainers clean
+.PHONY: demo test docs test-slow test-stats bench bench-allocate bench-predict bench-scaling bench-fit bench-fit-estimate bench-calibration bench-trainers clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "bayescale needs Python >= 3.12, found " + sys.version'
@@ -57,6 +57,9 @@ bench-scaling: $(VENV)/.core
 
 bench-fit: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_fit.py
+
+bench-fit-estimate: $(VENV)/.core
+	$(BIN)/python benchmarks/bench_fit_estimate.py
 
 bench-calibration: $(VENV)/.core
 	$(BIN)/python benchmarks/bench_calibration.py

@@ -178,7 +178,7 @@ def fit(
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the posterior (.nc); with --prior-only, the check as JSON.")] = None,
     law: Annotated[str, typer.Option("--law", help="A registered law family: transfer | linear | independent | bend (curves may steepen past a break) | interference (other domains' data may raise a loss) | stack (Bayesian stacking of transfer, linear, independent and bend on leave-future-out scores) | mixing (the exponential mixing law, for grids at one fixed budget).")] = "transfer",
     likelihood: Annotated[str, typer.Option("--likelihood", help="normal | student_t (heavy tails for outlier runs)")] = "normal",
-    method: Annotated[str, typer.Option("--method", help="nuts | svi (fast, approximate)")] = "nuts",
+    method: Annotated[str, typer.Option("--method", help="nuts | svi (fast, approximate) | auto (SVI where its guide passes the Pareto k-hat check, else NUTS)")] = "nuts",
     chains: Annotated[int, typer.Option("--chains")] = 4,
     warmup: Annotated[int, typer.Option("--warmup")] = 500,
     draws: Annotated[int, typer.Option("--draws")] = 1000,
@@ -196,7 +196,7 @@ def fit(
     from bayescale.inference.fit import prior_predictive
     from bayescale.data.grid import load_grid
     from bayescale.inference.posterior import diagnostics, save_posterior
-    from bayescale.render.text import format_diagnostics, format_extrapolation
+    from bayescale.render.text import format_diagnostics, format_extrapolation, format_sampling_estimate
 
     if out is None and not prior_only:
         raise InputError("--out is required (where to write the posterior)")
@@ -216,19 +216,24 @@ def fit(
         if out is not None:
             write_json(out, check)
         return
+    def report_warmup(estimate: dict) -> None:  # printed at once, between warm-up and the draws
+        err_console.print(format_sampling_estimate(estimate), highlight=False)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         idata = fit_law(
             ds, law=law, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws,
             svi_steps=svi_steps, target_accept=target_accept, seed=seed, progress=progress, grid_name=str(grid),
-            extrapolation=extrapolation, centring=centring,
+            extrapolation=extrapolation, centring=centring, on_warmup=report_warmup,
         )
     for w in caught:
         if issubclass(w.category, UserWarning) and "bayescale" in str(w.filename):
             err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
     save_posterior(idata, out)
     diag = diagnostics(idata)
-    console.print(f"wrote {out}  ({law} law, {likelihood} likelihood, {method})", highlight=False)
+    console.print(f"wrote {out}  ({law} law, {likelihood} likelihood, {idata.attrs.get('method', method)})", highlight=False)
+    if idata.attrs.get("method_choice"):
+        console.print(f"method: {idata.attrs['method_choice']}", highlight=False)
     console.print("diagnostics: " + format_diagnostics(diag), highlight=False)
     if "extrapolation" in idata.attrs:
         console.print("past the data: " + format_extrapolation(json.loads(idata.attrs["extrapolation"]), idata.attrs.get("data_unit", "")),

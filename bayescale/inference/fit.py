@@ -22,7 +22,7 @@ from bayescale.data.grid import grid_fingerprint
 from bayescale.errors import InputError
 from bayescale.inference import extrapolation as extrapolation_error
 from bayescale.inference import reparam, stacking
-from bayescale.inference.posterior import diagnostics, law_draws
+from bayescale.inference.posterior import KHAT_LIMIT, diagnostics, law_draws
 from bayescale.inference.sampling import approximate_svi, ensure_host_devices, sample_nuts
 from bayescale.laws.base import LawFamily
 
@@ -33,7 +33,7 @@ def check_options(family: LawFamily, likelihood: str, method: str | None = None)
     """Refuse a likelihood or fitting method the family does not implement."""
     if likelihood not in family.likelihoods:
         raise InputError(f"likelihood must be one of {', '.join(family.likelihoods)}, got {likelihood!r}", parameter="likelihood")
-    if method is not None and method not in family.methods:
+    if method is not None and method != "auto" and method not in family.methods:
         raise InputError(f"method must be one of {', '.join(family.methods)}, got {method!r}", parameter="method")
 
 
@@ -54,6 +54,7 @@ def fit(
     grid_name: str = "",
     extrapolation: bool = True,
     centring: str = "none",
+    on_warmup: Callable[[dict], None] | None = None,
 ):
     """Fit the law family ``law`` to the grid's fit runs; returns a posterior per the contract.
 
@@ -61,6 +62,10 @@ def fit(
     ``method="svi"`` is the fast approximate path: a full-rank Gaussian guide fitted by
     stochastic variational inference, then ``chains * draws`` draws from it in one chain;
     its attrs say ``approximate = 1`` and it has no sampler diagnostics.
+    ``method="auto"`` fits the SVI guide and keeps it where its Pareto k-hat passes
+    (:data:`~bayescale.inference.posterior.KHAT_LIMIT`), and samples with NUTS where it does not
+    (or where the family has no SVI); the attrs ``method`` says which was kept and
+    ``method_choice`` why.
     ``law`` is any registered family (:func:`bayescale.laws.names`): ``transfer``, ``linear``,
     ``independent``, or ``mixing`` (the exponential mixing law at one fixed budget).
     ``extrapolation=True`` also fits the law to the smaller budgets of the fit runs and scores
@@ -71,6 +76,9 @@ def fit(
     non-centred. ``dense_mass``: None adapts a dense mass matrix over the family's ``dense_blocks``
     where entries are centred (a diagonal one elsewhere, and everywhere without centring); True a
     dense one over everything; False a diagonal one.
+    ``on_warmup``: called once each NUTS warm-up has ended with
+    :func:`~bayescale.inference.sampling.sampling_estimate`'s dict (and ``fit``: which fit, as the
+    leave-future-out fit for ``extrapolation`` is a second one), to say how long the draws will take.
     """
     ensure_host_devices()
     family = laws.get(law)
@@ -87,38 +95,52 @@ def fit(
     if family.members:
         return fit_stack(grid, family, chains=chains, warmup=warmup, draws=draws, seed=seed, target_accept=target_accept,
                          dense_mass=dense_mass, progress=progress, grid_name=grid_name, extrapolation=extrapolation,
-                         centring=centring)
+                         centring=centring, on_warmup=on_warmup)
     data, coords = family.model_data(grid, where)
     for message in family.identification_warnings(data, coords, str(grid.attrs.get("data_unit", "units"))):
         warnings.warn(message, UserWarning, stacklevel=2)
     model_kwargs = family.model_kwargs(likelihood)
     key = jax.random.PRNGKey(seed)
-    if method == "nuts":
+    resolved, extra_attrs = method, {}
+    if method == "auto":
+        resolved = "svi" if "svi" in family.methods else "nuts"
+        extra_attrs["method_choice"] = f"auto: the {family.name} law has no SVI guide, NUTS" if resolved == "nuts" else ""
+    if resolved == "svi":
+        fitted = approximate_svi(family.model, data, model_kwargs, key, n_draws=chains * draws, steps=svi_steps,
+                                 init_samples=family.init_samples, progress=progress)
+        samples, final_loss = fitted
+        stats = {}
+        # The guide's Pareto k-hat: whether its draws can stand for the posterior (--strict reads it).
+        extra_attrs.update({"approximate": 1, "svi_steps": svi_steps, "svi_final_loss": final_loss, "psis_khat": fitted.psis_khat})
+        if fitted.step_schedule != "constant":
+            extra_attrs["svi_step_schedule"] = fitted.step_schedule
+        if method == "auto":
+            verdict = "<=" if fitted.psis_khat <= KHAT_LIMIT else ">"
+            extra_attrs["method_choice"] = f"auto: the SVI guide's Pareto k-hat {fitted.psis_khat:.2f} {verdict} {KHAT_LIMIT:g}, "
+            if verdict == "<=":
+                extra_attrs["method_choice"] += "SVI kept"
+            else:  # the guide cannot stand for the posterior: sample it
+                extra_attrs = {"method_choice": extra_attrs["method_choice"] + "NUTS instead"}
+                resolved = "nuts"
+    if resolved == "nuts":
         chosen = reparam.choose_centring(family, data, model_kwargs, jax.random.fold_in(key, 7)) if centring == "auto" else {}
         data = family.with_centring(data, chosen)
         # Dense blocks only with centring: over non-centred entries they made a K = 8 world mix
         # worse (4 x (500 + 1000): bulk ESS 19 and r-hat 1.19, against 513 and 1.007 centred).
         blocks = [tuple(block) for block in family.dense_blocks] if chosen else []
         mass = (blocks or False) if dense_mass is None else dense_mass
+        report = None if on_warmup is None else (lambda estimate: on_warmup({**estimate, "fit": where}))
         samples, stats = sample_nuts(family.model, data, model_kwargs, key, chains=chains, warmup=warmup, draws=draws,
                                      target_accept=target_accept, dense_mass=mass, init_samples=family.init_samples,
-                                     progress=progress)
-        extra_attrs = {"centring": reparam.centring_attr(chosen)} if chosen else {}
-    else:
-        fitted = approximate_svi(family.model, data, model_kwargs, key, n_draws=chains * draws, steps=svi_steps,
-                                 init_samples=family.init_samples, progress=progress)
-        samples, final_loss = fitted
-        stats = {}
-        # The guide's Pareto k-hat: whether its draws can stand for the posterior (--strict reads it).
-        extra_attrs = {"approximate": 1, "svi_steps": svi_steps, "svi_final_loss": final_loss, "psis_khat": fitted.psis_khat}
-        if fitted.step_schedule != "constant":
-            extra_attrs["svi_step_schedule"] = fitted.step_schedule
+                                     progress=progress, on_warmup=report)
+        if chosen:
+            extra_attrs["centring"] = reparam.centring_attr(chosen)
     idata = to_datatree(family, samples, stats, data, coords, model_kwargs)
     idata.attrs.update(
         {
             "law": family.name,
             "likelihood": likelihood,
-            "method": method,
+            "method": resolved,
             "data_unit": str(grid.attrs.get("data_unit", "units")),
             "loss_name": str(grid.attrs.get("loss_name", "loss")),
             **family.posterior_attrs(coords),
@@ -133,9 +155,11 @@ def fit(
         idata.attrs["extrapolation"] = json.dumps({"kind": f"none: the {family.name} law predicts at its one budget only"})
     elif extrapolation:
         def smaller_budgets(scored_grid):
-            return fit(scored_grid, law=law, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws,
+            # The method the full fit kept; "auto" again only where it kept SVI, so that this fit is checked too.
+            return fit(scored_grid, law=law, likelihood=likelihood, method="auto" if method == "auto" and resolved == "svi" else resolved, chains=chains, warmup=warmup, draws=draws,
                        seed=seed, target_accept=target_accept, dense_mass=dense_mass, svi_steps=svi_steps, progress=progress,
-                       grid_name=f"{where} (smaller budgets)", extrapolation=False, centring=centring)
+                       grid_name=f"{where} (smaller budgets)", extrapolation=False, centring=centring,
+                       on_warmup=on_warmup)
         idata = calibrate_extrapolation(grid, idata, smaller_budgets, seed)
     return idata
 

@@ -9,8 +9,11 @@ trusted."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -89,17 +92,34 @@ def interruptible(fn, *args, **kwargs):
 
 
 def sample_nuts(model, data, model_kwargs: dict, key, *, chains: int, warmup: int, draws: int, target_accept: float,
-                dense_mass: bool | list, init_samples: int, progress: bool) -> tuple[dict, dict]:
-    """NUTS draws of ``model(data, **model_kwargs)``: samples and sampler stats, shaped (chain, draw, ...)."""
+                dense_mass: bool | list, init_samples: int, progress: bool,
+                on_warmup: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
+    """NUTS draws of ``model(data, **model_kwargs)``: samples and sampler stats, shaped (chain, draw, ...).
+
+    ``on_warmup``: called once warm-up has finished with :func:`sampling_estimate`'s dict (how
+    long warm-up took, how long the draws will take), so a long fit can say when it will end.
+    Warm-up and sampling then run as two calls, which continue the same chains (the draws are
+    the same to the bit) at the cost of compiling the sampler twice (about 3 s); without it, one."""
     from numpyro.infer import MCMC, NUTS, init_to_median
 
     # Chains run in parallel when the host exposes enough XLA devices (ensure_host_devices).
     chain_method = "parallel" if jax.local_device_count() >= chains else "sequential"
     kernel = NUTS(model, target_accept_prob=target_accept, init_strategy=init_to_median(num_samples=init_samples), dense_mass=dense_mass)
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains, chain_method=chain_method, progress_bar=progress)
+    fields = ("diverging", "energy", "num_steps")
 
     def sample():
-        mcmc.run(key, data, extra_fields=("diverging", "energy", "num_steps"), **model_kwargs)
+        if on_warmup is None:
+            mcmc.run(key, data, extra_fields=fields, **model_kwargs)
+        else:
+            with compile_seconds() as compiling:
+                start = time.perf_counter()
+                mcmc.warmup(key, data, extra_fields=("num_steps",), collect_warmup=True, **model_kwargs)
+                steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"])  # waits for warm-up
+                elapsed = time.perf_counter() - start
+            on_warmup(sampling_estimate(steps, elapsed, draws, compiling[0]))
+            # The post-warm-up state carries each chain's key on: the chains go on as one run would.
+            mcmc.run(mcmc.post_warmup_state.rng_key, data, extra_fields=fields, **model_kwargs)
         # np.asarray waits for the (asynchronously dispatched) chains: inside, so Ctrl-C reaches it.
         samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
         extra = mcmc.get_extra_fields(group_by_chain=True)
@@ -107,6 +127,46 @@ def sample_nuts(model, data, model_kwargs: dict, key, *, chains: int, warmup: in
         return samples, stats
 
     return interruptible(sample)
+
+
+#: Warm-up's last iterations, after NumPyro's last step-size and mass-matrix update but one, are
+#: the ones whose tree sizes the draws will have: its final adaptation window is 50 iterations.
+SETTLED_WARMUP = 50
+#: Compiling the draws' loop takes about this share of what compiling warm-up took (its loop and
+#: the initialisation): 6.7 of 18.3 s on the phantom grid, 2 chains, this machine.
+SAMPLING_COMPILE_SHARE = 0.4
+
+
+@contextlib.contextmanager
+def compile_seconds():
+    """Seconds XLA spends tracing and compiling inside the block (from :mod:`jax.monitoring`):
+    yields a one-element list filled in when the block ends."""
+    total = [0.0]
+
+    def listener(event: str, seconds: float, **_) -> None:
+        if event.startswith("/jax/core/compile/"):
+            total[0] += seconds
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def sampling_estimate(warmup_steps: np.ndarray, warmup_seconds: float, draws: int, compile_seconds: float = 0.0) -> dict:
+    """How long ``draws`` NUTS iterations will take, from warm-up's leapfrog steps (chain, iteration),
+    its wall time and the part of it spent compiling: the seconds per leapfrog step warm-up ran at,
+    times the draws' steps, taken at the mean tree size of warm-up's last :data:`SETTLED_WARMUP`
+    iterations, for the chain with the most work ahead (chains in parallel end with the slowest),
+    plus compiling the draws' loop (:data:`SAMPLING_COMPILE_SHARE`). Measured on the phantom grid
+    (2 chains, 300 warm-up, 600 draws): 48.5 s estimated against 50.0 s taken."""
+    steps = np.asarray(warmup_steps, dtype=float).reshape(-1, np.shape(warmup_steps)[-1])
+    settled = steps[:, -min(SETTLED_WARMUP, steps.shape[1]):].mean(axis=1)
+    ahead = draws * settled / np.maximum(steps.sum(axis=1), 1.0)  # draws' steps per warm-up step, per chain
+    running = max(warmup_seconds - compile_seconds, 0.0)
+    return {"warmup_seconds": float(warmup_seconds), "draws": int(draws), "steps_per_draw": float(settled.max()),
+            "estimated_seconds": float(running * ahead.max() + SAMPLING_COMPILE_SHARE * compile_seconds)}
 
 
 def tenfold_decay(start: float, steps: int):

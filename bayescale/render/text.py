@@ -255,6 +255,23 @@ def format_extrapolation(record: dict, unit: str = "") -> str:
             f"predictions past the largest fitted total widen by s per e-fold of data").replace("  ", " ")
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def format_sampling_estimate(estimate: Mapping) -> str:
+    """One line said between NUTS's warm-up and its draws: how long each took / will take.
+
+    ``estimate``: :func:`bayescale.inference.sampling.sampling_estimate`'s dict, with ``fit`` (which fit)."""
+    which = f"{estimate['fit']}: " if estimate.get("fit") else ""
+    return (f"{which}warm-up took {_duration(estimate['warmup_seconds'])}; {estimate['draws']} draws per chain: about "
+            f"{_duration(estimate['estimated_seconds'])} more ({estimate['steps_per_draw']:.0f} leapfrog steps per draw)")
+
+
 def format_diagnostics(diag: dict) -> str:
     """The diagnostics of :func:`~bayescale.inference.posterior.diagnostics` in one line: for NUTS the
     worst r-hat and bulk ESS with the variable entry where each is worst; for SVI the Pareto k-hat."""

@@ -34,6 +34,9 @@ def test_fit_predict_allocate_check_report(tmp_path, small_files):
     r = invoke("fit", grid_path, "--out", fit_path, "--chains", 2, "--warmup", 150, "--draws", 150, "--no-progress")
     assert r.exit_code == 0, r.output
     assert "max r-hat" in r.output and "divergences" in r.output
+    # each NUTS warm-up says how long its draws will take: the fit and its leave-future-out fit
+    assert r.output.count("warm-up took") == 2 and "150 draws per chain: about" in r.output
+    assert "(smaller budgets): warm-up took" in r.output
 
     pj = tmp_path / "predict.json"
     r = invoke("predict", fit_path, "--alloc", "d1=100,d2=50", "--interval", 0.8, "--json", pj)

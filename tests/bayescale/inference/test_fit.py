@@ -115,3 +115,41 @@ def test_prior_predictive_covers_the_observed_losses(small_grid):
     for row in check["targets"].values():
         assert row["prior_predictive"]["q05"] < row["observed"]["min"] and row["observed"]["max"] < row["prior_predictive"]["q95"]
         assert row["observed_inside_90"] >= 0.9
+
+
+def test_auto_keeps_the_svi_guide_only_where_its_khat_passes(small_grid, monkeypatch):
+    """``method="auto"``: the guide where its Pareto k-hat passes, else NUTS from the same key, so the
+    fallback's draws are those of ``method="nuts"`` to the bit; the attrs say which and why."""
+    import bayescale.inference.fit as fit_module
+
+    settings = dict(chains=1, warmup=40, draws=40, svi_steps=800, seed=3, extrapolation=False)
+    monkeypatch.setattr(fit_module, "KHAT_LIMIT", np.inf)  # every guide passes: the guide
+    guide = fit(small_grid, method="auto", **settings)
+    assert guide.attrs["method"] == "svi" and guide.attrs["approximate"] == 1
+    khat = guide.attrs["psis_khat"]
+    assert np.isfinite(khat) and guide.attrs["method_choice"] == f"auto: the SVI guide's Pareto k-hat {khat:.2f} <= inf, SVI kept"
+    validate_posterior(guide)
+
+    monkeypatch.setattr(fit_module, "KHAT_LIMIT", -np.inf)  # no guide passes: NUTS
+    fallback = fit(small_grid, method="auto", **settings)
+    assert fallback.attrs["method"] == "nuts" and fallback.attrs["method_choice"].endswith(f"{khat:.2f} > -inf, NUTS instead")
+    assert "approximate" not in fallback.attrs and "psis_khat" not in fallback.attrs
+    nuts = fit(small_grid, method="nuts", **settings)
+    for name in ("alpha", "level", "sigma", "T", "noise_slope"):
+        np.testing.assert_array_equal(fallback["posterior"][name].values, nuts["posterior"][name].values)
+
+
+def test_each_warmup_reports_how_long_its_draws_will_take(small_grid):
+    """The full fit and the leave-future-out fit each report once, between warm-up and draws."""
+    reports = []
+    idata = fit(small_grid, chains=1, warmup=40, draws=30, seed=0, on_warmup=reports.append)
+    assert [r["fit"] for r in reports] == ["grid", "grid (smaller budgets)"]
+    assert json_kind(idata) == "leave-future-out"
+    for report in reports:
+        assert report["draws"] == 30 and report["warmup_seconds"] > 0 and report["estimated_seconds"] > 0
+        assert 1 <= report["steps_per_draw"] <= 1023
+
+
+def json_kind(idata):
+    import json
+    return json.loads(idata.attrs["extrapolation"])["kind"]

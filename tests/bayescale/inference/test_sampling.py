@@ -11,7 +11,8 @@ import pytest
 
 from bayescale import laws
 from bayescale.inference.posterior import KHAT_LIMIT, diagnostics
-from bayescale.inference.sampling import SVIFit, approximate_svi, guide_psis_khat
+from bayescale.inference.sampling import (SAMPLING_COMPILE_SHARE, SVIFit, approximate_svi, compile_seconds, guide_psis_khat,
+                                         sample_nuts, sampling_estimate)
 
 
 def standard_normal(data):
@@ -73,3 +74,53 @@ def test_svi_on_regmix_survives_a_constant_step_that_diverges():
     assert np.isfinite(idata.attrs["svi_final_loss"]) and np.isfinite(idata.attrs["psis_khat"])
     scores = check_holdout(law_draws(idata), grid)
     assert scores["median_abs_rel_error"] < 0.02 and scores["pearson_r"] > 0.98, scores
+
+
+# ---------------------------------------------------------------------------
+# NUTS's warm-up report: how long the draws will take
+
+
+def eight_schools(y):
+    mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+    tau = numpyro.sample("tau", dist.HalfNormal(2.0))
+    theta = numpyro.sample("theta", dist.Normal(0.0, 1.0).expand([8]))
+    numpyro.sample("y", dist.Normal(mu + tau * theta, 1.0), obs=y)
+
+
+def test_a_warmup_report_leaves_the_chains_as_one_run_draws_them():
+    """Warm-up and draws as two calls (to report between them) continue the same chains: the
+    draws and sampler stats equal one run's to the bit, and the report comes once, before the draws."""
+    y = jax.numpy.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    settings = dict(chains=2, warmup=150, draws=120, target_accept=0.9, dense_mass=False, init_samples=15, progress=False)
+    one_run = sample_nuts(eight_schools, y, {}, jax.random.PRNGKey(4), **settings)
+    reports = []
+    two_calls = sample_nuts(eight_schools, y, {}, jax.random.PRNGKey(4), on_warmup=reports.append, **settings)
+    for got, want in zip(two_calls, one_run):
+        assert got.keys() == want.keys()
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    assert len(reports) == 1 and reports[0]["draws"] == 120
+    assert reports[0]["estimated_seconds"] > 0 and 1 <= reports[0]["steps_per_draw"] <= 1023
+
+
+def test_sampling_estimate_scales_warmups_pace_to_the_draws_trees():
+    # chain 0: 50 iterations of 10 steps, then 50 of 20; chain 1: 50 of 10, then 50 of 40
+    steps = np.array([[10] * 50 + [20] * 50, [10] * 50 + [40] * 50])
+    est = sampling_estimate(steps, warmup_seconds=10.0, draws=100, compile_seconds=2.0)
+    # 8 s of running for 1,500 and 2,500 steps; the draws take 100 x 20 and 100 x 40 steps: the
+    # slower chain needs 8 s x 4000 / 2500, plus compiling the draws' loop (0.4 x 2 s)
+    assert est["estimated_seconds"] == pytest.approx(8.0 * 4000 / 2500 + SAMPLING_COMPILE_SHARE * 2.0)
+    assert est["steps_per_draw"] == 40 and est["draws"] == 100 and est["warmup_seconds"] == 10.0
+
+
+def test_compile_seconds_counts_compiling_inside_the_block_only():
+    def fresh(x):  # a new function: jit compiles it once
+        return jax.numpy.sin(x) * 3.0 + jax.numpy.cumsum(x)
+
+    jitted = jax.jit(fresh)
+    with compile_seconds() as first:
+        jitted(jax.numpy.ones(17)).block_until_ready()
+    with compile_seconds() as cached:
+        jitted(jax.numpy.ones(17)).block_until_ready()
+    jax.jit(lambda x: x + 1.0)(jax.numpy.ones(3))  # after the blocks: counted by neither
+    assert first[0] > 0.0 and cached[0] == 0.0

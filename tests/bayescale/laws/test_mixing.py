@@ -195,6 +195,12 @@ def test_fit_refuses_a_grid_it_cannot_mix(simulated):
         fit(grid, law="mixing", method="svi")
 
 
+def test_auto_samples_the_mixing_law_with_nuts_as_it_has_no_guide(simulated):
+    grid, _ = simulated
+    idata = fit(grid, law="mixing", method="auto", chains=1, warmup=40, draws=40, target_accept=0.9, seed=0)
+    assert idata.attrs["method"] == "nuts" and "has no SVI guide" in idata.attrs["method_choice"]
+
+
 # ---------------------------------------------------------------------------
 # the RegMix grid (slow: 512 runs x 13 targets x 17 sources)
 
