@@ -189,7 +189,7 @@ def fit(
     prior_only: Annotated[bool, typer.Option("--prior-only", help="Prior predictive check only: do the priors cover the observed losses?")] = False,
     extrapolation: Annotated[bool, typer.Option("--extrapolation/--no-extrapolation", help="Also fit the law to the smaller fit budgets and score it on the larger ones, to calibrate its error past the fit runs' data (slope_error; widens every prediction beyond the largest fitted total). About twice the time of one fit.")] = True,
     centring: Annotated[str, typer.Option("--centring", help="none: every hierarchical entry non-centred (the default) | auto: centre each entry as far as a short SVI pilot says the data inform it, with a dense mass block over each target's level, scale, exponent and offset (try it when NUTS hits its tree depth: 1023 steps per draw).")] = "none",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars and, after each NUTS warm-up, about how long its draws will take.")] = True,
 ):
     """Fit the hierarchical transfer law to the grid's fit runs (NUTS, or SVI as a fast approximation)."""
     from bayescale.inference.fit import fit as fit_law
@@ -224,7 +224,7 @@ def fit(
         idata = fit_law(
             ds, law=law, likelihood=likelihood, method=method, chains=chains, warmup=warmup, draws=draws,
             svi_steps=svi_steps, target_accept=target_accept, seed=seed, progress=progress, grid_name=str(grid),
-            extrapolation=extrapolation, centring=centring, on_warmup=report_warmup,
+            extrapolation=extrapolation, centring=centring, on_warmup=report_warmup if progress else None,
         )
     for w in caught:
         if issubclass(w.category, UserWarning) and "bayescale" in str(w.filename):

@@ -31,10 +31,10 @@ def test_simulate_and_grid_info(tmp_path):
 def test_fit_predict_allocate_check_report(tmp_path, small_files):
     grid_path, _ = small_files
     fit_path = tmp_path / "fit.nc"
-    r = invoke("fit", grid_path, "--out", fit_path, "--chains", 2, "--warmup", 150, "--draws", 150, "--no-progress")
+    r = invoke("fit", grid_path, "--out", fit_path, "--chains", 2, "--warmup", 150, "--draws", 150, "--progress")
     assert r.exit_code == 0, r.output
     assert "max r-hat" in r.output and "divergences" in r.output
-    # each NUTS warm-up says how long its draws will take: the fit and its leave-future-out fit
+    # with --progress each NUTS warm-up says how long its draws will take: the fit and its leave-future-out fit
     assert r.output.count("warm-up took") == 2 and "150 draws per chain: about" in r.output
     assert "(smaller budgets): warm-up took" in r.output
 
