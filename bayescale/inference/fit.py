@@ -101,27 +101,24 @@ def fit(
         warnings.warn(message, UserWarning, stacklevel=2)
     model_kwargs = family.model_kwargs(likelihood)
     key = jax.random.PRNGKey(seed)
-    resolved, extra_attrs = method, {}
-    if method == "auto":
-        resolved = "svi" if "svi" in family.methods else "nuts"
-        extra_attrs["method_choice"] = f"auto: the {family.name} law has no SVI guide, NUTS" if resolved == "nuts" else ""
+    resolved, extra_attrs = ("svi" if "svi" in family.methods else "nuts") if method == "auto" else method, {}
     if resolved == "svi":
         fitted = approximate_svi(family.model, data, model_kwargs, key, n_draws=chains * draws, steps=svi_steps,
                                  init_samples=family.init_samples, progress=progress)
         samples, final_loss = fitted
         stats = {}
         # The guide's Pareto k-hat: whether its draws can stand for the posterior (--strict reads it).
-        extra_attrs.update({"approximate": 1, "svi_steps": svi_steps, "svi_final_loss": final_loss, "psis_khat": fitted.psis_khat})
+        extra_attrs = {"approximate": 1, "svi_steps": svi_steps, "svi_final_loss": final_loss, "psis_khat": fitted.psis_khat}
         if fitted.step_schedule != "constant":
             extra_attrs["svi_step_schedule"] = fitted.step_schedule
         if method == "auto":
-            verdict = "<=" if fitted.psis_khat <= KHAT_LIMIT else ">"
-            extra_attrs["method_choice"] = f"auto: the SVI guide's Pareto k-hat {fitted.psis_khat:.2f} {verdict} {KHAT_LIMIT:g}, "
-            if verdict == "<=":
-                extra_attrs["method_choice"] += "SVI kept"
-            else:  # the guide cannot stand for the posterior: sample it
-                extra_attrs = {"method_choice": extra_attrs["method_choice"] + "NUTS instead"}
-                resolved = "nuts"
+            kept = fitted.psis_khat <= KHAT_LIMIT
+            choice = (f"auto: the SVI guide's Pareto k-hat {fitted.psis_khat:.2f} {'<=' if kept else '>'} {KHAT_LIMIT:g}, "
+                      f"{'SVI kept' if kept else 'NUTS instead'}")
+            # A guide that cannot stand for the posterior is dropped with its attrs, and the posterior sampled.
+            extra_attrs, resolved = ({**extra_attrs, "method_choice": choice}, "svi") if kept else ({"method_choice": choice}, "nuts")
+    elif method == "auto":
+        extra_attrs["method_choice"] = f"auto: the {family.name} law has no SVI guide, NUTS"
     if resolved == "nuts":
         chosen = reparam.choose_centring(family, data, model_kwargs, jax.random.fold_in(key, 7)) if centring == "auto" else {}
         data = family.with_centring(data, chosen)
