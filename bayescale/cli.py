@@ -151,6 +151,33 @@ def grid_info(grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv)
     console.print(format_grid_summary(grid_summary(load_grid(grid))), highlight=False)
 
 
+@grid_app.command("ladders")
+@exits_cleanly
+def grid_ladders(
+    grid: Annotated[Path, typer.Argument(help="Loss grid (.nc or .csv).")],
+    top_ratio: Annotated[float, typer.Option("--top-ratio", help="Goal: each ladder's top rung at most this fraction of the baseline loss.")] = 0.75,
+    max_spread: Annotated[float, typer.Option("--max-spread", help="Goal: seed-to-seed relative sd of every rung's loss at most this.")] = 0.02,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the goals check as JSON (- for stdout, the table then on stderr).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 unless every ladder meets every goal (monotone included).")] = False,
+):
+    """Do the models learn? Each domain's own-data ladder against the grid's baseline (loss / baseline, seed spread, monotone)."""
+    from bayescale.data.grid import load_grid
+    from bayescale.data.ladders import LadderGoals, ladder_goals, own_domain_ladders
+    from bayescale.render.text import format_ladders
+
+    if not 0 < top_ratio:
+        raise InputError(f"--top-ratio {top_ratio}: expected a positive fraction of the baseline")
+    if not 0 <= max_spread:
+        raise InputError(f"--max-spread {max_spread}: expected a non-negative relative sd")
+    ladders = own_domain_ladders(load_grid(grid))
+    goals = ladder_goals(ladders, LadderGoals(top_ratio=top_ratio, max_spread=max_spread))
+    if json_out:
+        write_json(json_out, goals)
+    console.print(format_ladders(ladders, goals), highlight=False)
+    if strict and not goals["all_met"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 @exits_cleanly
 def simulate(

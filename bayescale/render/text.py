@@ -6,6 +6,7 @@ Each section below renders one kind of result; a renderer reads its result as a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -366,4 +367,56 @@ def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Da
         f"hub: out-transfer >= {a['hub_threshold']:g} and >= {a['hub_ratio']:g} x the median of the other domains; "
         f"island: out- and in-transfer < {a['island_threshold']:g}; a label needs P >= 0.5."
     )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ ladders
+# Own-domain ladders against the baseline (bayescale.data.ladders).
+
+
+def _cell(ratio: float, spread: float, seeds: int) -> str:
+    if seeds == 0:
+        return ""
+    text = f"{ratio:.3f}" if math.isfinite(ratio) else "n/a"
+    return text + (f" ± {100 * spread:.1f} %" if math.isfinite(spread) else f" ({seeds} seed)")
+
+
+def format_ladders(ladders, goals: Mapping) -> str:
+    """A table of loss / baseline per domain and budget (seed mean ± relative spread), and the goals met."""
+    budgets = [f"{b:g}" for b in ladders["budget"].values]
+    g = goals["goals"]
+    lines = [
+        f"own-domain ladders: loss / mean-volume baseline, seed mean ± seed-to-seed sd (in {ladders.attrs.get('data_unit') or 'data units'})",
+        "| domain | " + " | ".join(budgets) + " | monotone | goals met |",
+        "|---|" + "---:|" * len(budgets) + "---|---|",
+    ]
+    for domain in ladders["domain"].values:
+        row = ladders.sel(domain=domain)
+        cells = [_cell(float(r), float(s), int(n)) for r, s, n in zip(row["ratio"].values, row["spread"].values, row["seeds"].values)]
+        met = goals["domains"][str(domain)]["met"]
+        missed = [k for k, ok in met.items() if not ok]
+        lines.append(f"| {domain} | " + " | ".join(cells) + f" | {'yes' if bool(row['monotone']) else 'no'} | "
+                     + ("all" if not missed else "not " + ", ".join(missed)) + " |")
+    lines.append(f"goals: top rung <= {g['top_ratio']:g} of the baseline, seed spread <= {100 * g['max_spread']:g} %, "
+                 f"monotone{'' if g['monotone'] else ' (not required)'}: {'all met' if goals['all_met'] else 'not all met'}")
+    return "\n".join(lines)
+
+
+def format_probe_comparison(rows) -> str:
+    """Recipe probes side by side: per probe and domain, the top rung's ratio, the worst spread, monotone."""
+    domains: list[str] = []
+    for _, ladders, _ in rows:
+        domains += [str(d) for d in ladders["domain"].values if str(d) not in domains]
+    lines = ["top rung's loss / baseline (worst seed spread; * = not monotone)",
+             "| probe | " + " | ".join(domains) + " | goals |", "|---|" + "---:|" * len(domains) + "---|"]
+    for name, _, goals in rows:
+        cells = []
+        for d in domains:
+            v = goals["domains"].get(d)
+            if v is None:
+                cells.append("")
+                continue
+            spread = f"{100 * v['worst_spread']:.1f} %" if math.isfinite(v["worst_spread"]) else "1 seed"
+            cells.append(f"{v['top_ratio']:.3f} @ {v['top_budget']:g} ({spread}){'' if v['monotone'] else ' *'}")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'all met' if goals['all_met'] else 'not met'} |")
     return "\n".join(lines)

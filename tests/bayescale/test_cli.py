@@ -28,6 +28,23 @@ def test_simulate_and_grid_info(tmp_path):
     assert r.exit_code == 0 and "holdout" in r.output and "d1, d2, d3" in r.output
 
 
+def test_grid_ladders_checks_the_goals_and_writes_them(tmp_path):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "data" / "grids" / "phantom-mae.nc"
+    r = invoke("grid", "ladders", shipped, "--json", tmp_path / "ladders.json")
+    assert r.exit_code == 0, r.output
+    assert "| mri_t1_brain | 1.453 ± 6.4 % |" in r.output and "not all met" in r.output
+    goals = json.loads((tmp_path / "ladders.json").read_text())
+    assert goals["all_met"] is False and goals["domains"]["ct_abdomen"]["top_budget"] == 16
+    assert invoke("grid", "ladders", shipped, "--strict").exit_code == 1  # the shipped recipe misses them
+    # loose enough goals pass, and --strict then exits 0
+    loose = invoke("grid", "ladders", shipped, "--strict", "--top-ratio", 1.4, "--max-spread", 0.5)
+    assert loose.exit_code == 0, loose.output
+    bad = invoke("grid", "ladders", shipped, "--max-spread", -0.1)
+    assert bad.exit_code == 2 and "--max-spread -0.1" in bad.output
+
+
 def test_fit_predict_allocate_check_report(tmp_path, small_files):
     grid_path, _ = small_files
     fit_path = tmp_path / "fit.nc"
