@@ -157,16 +157,9 @@ def plan_runs(allocations: dict[str, dict[str, int]], seeds) -> list[dict]:
 # ------------------------------------------------------------------------------------ the trainers config
 
 
-def train_config_text(base_path: Path, runs: list[dict], out_dir: Path, *, records: str = "records",
-                      steps: int | None = None, device: str | None = None, description: str | None = None) -> str:
-    """The trainers config of the closed-loop runs, as TOML text for ``out_dir/<file>``.
-
-    Everything of ``base_path`` (phantoms, data, model, training) is kept, so the runs are trained
-    with the recipe of the grid that config made (the same config hash, unless ``steps`` or
-    ``device`` change it); its paths are rewritten relative to ``out_dir``; ``[design]`` becomes
-    the explicit ``runs`` (split ``holdout``), records go to ``out_dir/records`` and every run
-    also saves its weights (``save_checkpoints``).
-    """
+def relocated_config(base_path: Path, out_dir: Path) -> dict:
+    """A trainers config TOML as a dict, its paths rewritten relative to ``out_dir`` (where the
+    derived config will be written) and without its ``records`` (the derived config has its own)."""
     base_path = Path(base_path)
     with base_path.open("rb") as fh:
         raw = tomllib.load(fh)
@@ -178,6 +171,21 @@ def train_config_text(base_path: Path, runs: list[dict], out_dir: Path, *, recor
             target = target if target.is_absolute() else (base_dir / target)
             raw[section][key] = os.path.relpath(os.path.normpath(target), out_dir)
     raw.pop("records", None)
+    return raw
+
+
+def train_config_text(base_path: Path, runs: list[dict], out_dir: Path, *, records: str = "records",
+                      steps: int | None = None, device: str | None = None, description: str | None = None) -> str:
+    """The trainers config of the closed-loop runs, as TOML text for ``out_dir/<file>``.
+
+    Everything of ``base_path`` (phantoms, data, model, training) is kept, so the runs are trained
+    with the recipe of the grid that config made (the same config hash, unless ``steps`` or
+    ``device`` change it); its paths are rewritten relative to ``out_dir``; ``[design]`` becomes
+    the explicit ``runs`` (split ``holdout``), records go to ``out_dir/records`` and every run
+    also saves its weights (``save_checkpoints``).
+    """
+    base_path = Path(base_path)
+    raw = relocated_config(base_path, out_dir)
     raw.pop("design", None)
     training = raw.setdefault("training", {})
     training["save_checkpoints"] = True

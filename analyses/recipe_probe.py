@@ -45,7 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "data" / "configs" / "phantom.toml"
 DEFAULT_OUT = REPO / "out" / "recipe-probe"
 SMOKE_OUT = REPO / "out" / "recipe-probe-smoke"
-PATH_KEYS = (("phantoms", "out"), ("data", "manifest"), ("data", "cache_dir"))
 SETTABLE = ("data", "model", "training", "phantoms")  # not design: the probe's own design replaces it
 
 
@@ -68,19 +67,10 @@ def probe_config_text(base_path: Path, settings: list[tuple[str, str, object]], 
                       budgets: list[int], seeds: list[int], name: str) -> str:
     """The probe's trainers config as TOML text for ``out_dir/train.toml``: the base config with the
     settings applied, its paths made relative to ``out_dir``, and a single-domain design."""
-    from analyses.closed_loop import to_toml
+    from analyses.closed_loop import relocated_config, to_toml
 
     base_path = Path(base_path)
-    with base_path.open("rb") as fh:
-        raw = tomllib.load(fh)
-    base_dir = base_path.resolve().parent
-    out_dir = Path(out_dir).resolve()
-    for section, key in PATH_KEYS:
-        if section in raw and key in raw[section]:
-            target = Path(raw[section][key]).expanduser()
-            target = target if target.is_absolute() else (base_dir / target)
-            raw[section][key] = os.path.relpath(os.path.normpath(target), out_dir)
-    raw.pop("records", None)
+    raw = relocated_config(base_path, out_dir)
     for section, key, value in settings:
         table = raw.setdefault(section, {})
         # steps and steps_per_volume exclude each other: setting one drops the other's keys
