@@ -374,10 +374,10 @@ def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Da
 # Own-domain ladders against the baseline (bayescale.data.ladders).
 
 
-def _cell(ratio: float, spread: float, seeds: int) -> str:
+def _cell(value: float, spread: float, seeds: int, fmt: str) -> str:
     if seeds == 0:
         return ""
-    text = f"{ratio:.3f}" if math.isfinite(ratio) else "n/a"
+    text = format(value, fmt) if math.isfinite(value) else "n/a"
     return text + (f" ± {100 * spread:.1f} %" if math.isfinite(spread) else f" ({seeds} seed)")
 
 
@@ -385,14 +385,17 @@ def format_ladders(ladders, goals: Mapping) -> str:
     """A table of loss / baseline per domain and budget (seed mean ± relative spread), and the goals met."""
     budgets = [f"{b:g}" for b in ladders["budget"].values]
     g = goals["goals"]
+    has_baseline = bool(np.isfinite(ladders["ratio"].values).any())
+    shown, fmt = ("ratio", ".3f") if has_baseline else ("loss", ".4g")
+    what = "loss / baseline" if has_baseline else "loss (the grid has no baseline_loss)"
     lines = [
-        f"own-domain ladders: loss / mean-volume baseline, seed mean ± seed-to-seed sd (in {ladders.attrs.get('data_unit') or 'data units'})",
+        f"own-domain ladders: {what}, seed mean ± seed-to-seed sd (in {ladders.attrs.get('data_unit') or 'data units'})",
         "| domain | " + " | ".join(budgets) + " | monotone | goals met |",
         "|---|" + "---:|" * len(budgets) + "---|---|",
     ]
     for domain in ladders["domain"].values:
         row = ladders.sel(domain=domain)
-        cells = [_cell(float(r), float(s), int(n)) for r, s, n in zip(row["ratio"].values, row["spread"].values, row["seeds"].values)]
+        cells = [_cell(float(r), float(s), int(n), fmt) for r, s, n in zip(row[shown].values, row["spread"].values, row["seeds"].values)]
         met = goals["domains"][str(domain)]["met"]
         missed = [k for k, ok in met.items() if not ok]
         lines.append(f"| {domain} | " + " | ".join(cells) + f" | {'yes' if bool(row['monotone']) else 'no'} | "

@@ -112,3 +112,16 @@ def test_the_tables_show_every_rung_and_the_goals():
     assert text.endswith("not all met")
     comparison = format_probe_comparison([("p1", ladders, goals)])
     assert "| p1 | 0.505 @ 8 (1.6 %) | 0.550 @ 8 (1.4 %) * | not met |" in comparison
+
+
+def test_a_grid_without_a_baseline_shows_the_loss_alone_and_meets_no_ratio_goal():
+    grid = small_grid()
+    plain = make_grid([str(r) for r in grid["run"].values], ["a", "b"], ["a", "b"], grid["data"].values, grid["loss"].values,
+                      seed=grid["seed"].values)
+    ladders = own_domain_ladders(plain)
+    assert np.isnan(ladders["ratio"]).all()
+    assert ladders["loss"].sel(domain="a", budget=8.0) == pytest.approx(0.505)
+    goals = ladder_goals(ladders)
+    assert not any(d["met"]["top_ratio"] for d in goals["domains"].values())
+    text = format_ladders(ladders, goals)
+    assert "loss (the grid has no baseline_loss)" in text and "| a | 0.91 ± 1.6 % | 0.505 ± 1.4 % |" in text
