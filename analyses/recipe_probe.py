@@ -172,11 +172,22 @@ def probe(args, out: Path, console) -> int:
         raise InputError(f"--domains: none given, and {base.data.manifest} does not exist yet to list them")
 
     folder = out / args.name
+    new_folder = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "train.toml"
+    previous = config_path.read_text() if config_path.exists() else None
     text = probe_config_text(args.config, settings, folder, domains=domains, budgets=budgets, seeds=seeds, name=args.name)
     write_text_atomic(config_path, text)
-    load_config(config_path)  # a bad --set fails here, with the field's name, before any training
+    try:
+        load_config(config_path)  # a bad --set fails here, with the field's name, before any training
+    except InputError:  # leave nothing behind: the folder as it was
+        if previous is None:
+            config_path.unlink()
+        else:
+            write_text_atomic(config_path, previous)
+        if new_folder:
+            folder.rmdir()
+        raise
     console.print(f"[bold]probe[/] {args.name}: {len(domains)} domains x budgets {budgets} x seeds {seeds} ({config_path})")
     result = train_grid(config_path, folder / "grid.nc", workers=args.workers, console=console, progress=not args.quiet)
     ladders = own_domain_ladders(load_grid(result.out))

@@ -85,3 +85,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert rp.main(["--report", "--out", str(tmp_path / "none")]) == 2
     assert "no probes here" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "a b").exists()
+    # a value the trainers refuse is named and leaves no probe folder behind
+    base = REPO / "data" / "configs" / "phantom.toml"
+    assert rp.main(["--name", "y", "--config", str(base), "--domains", "ct_abdomen", "--out", str(tmp_path),
+                    "--set", "model.mask_ratio=2.0"]) == 2
+    assert "mask_ratio" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
