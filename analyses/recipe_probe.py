@@ -63,7 +63,7 @@ def parse_setting(text: str) -> tuple[str, str, object]:
     return section, key.strip(), parsed
 
 
-def probe_config_text(base_path: Path, settings: list[tuple[str, str, object]], out_dir: Path, *, domains: list[str],
+def probe_config_text(base_path: Path, settings: list[tuple[str, str, object]], out_dir: Path, *, domains: list[str] | None,
                       budgets: list[int], seeds: list[int], name: str) -> str:
     """The probe's trainers config as TOML text for ``out_dir/train.toml``: the base config with the
     settings applied, its paths made relative to ``out_dir``, and a single-domain design."""
@@ -80,7 +80,9 @@ def probe_config_text(base_path: Path, settings: list[tuple[str, str, object]], 
         elif section == "training" and key in ("steps_per_volume", "base_steps"):
             table.pop("steps", None)
         table[key] = value
-    raw["design"] = {"fit_budgets": sorted(set(budgets)), "mixtures_per_budget": 0, "seeds": list(seeds), "domains": list(domains)}
+    raw["design"] = {"fit_budgets": sorted(set(budgets)), "mixtures_per_budget": 0, "seeds": list(seeds)}
+    if domains is not None:  # None: every domain of the manifest
+        raw["design"]["domains"] = list(domains)
     changed = ", ".join(f"{s}.{k}={v!r}" for s, k, v in settings) or "none"
     raw["description"] = f"recipe probe {name!r} of {base_path.name}; changed: {changed}"
     head = (f"# Written by analyses/recipe_probe.py from {os.path.relpath(base_path.resolve(), out_dir)} with: {changed}.\n"
@@ -152,8 +154,7 @@ def probe(args, out: Path, console) -> int:
     from bayescale.data.grid import load_grid
     from bayescale.data.ladders import ladder_goals, own_domain_ladders
     from bayescale.render.text import format_ladders
-    from trainers.config import load_config
-    from trainers.domains import load_manifest
+    from trainers.config import load_config, read_toml
     from trainers.run import train_grid
 
     if not args.name or not all(c.isalnum() or c in "-_" for c in args.name):
@@ -163,13 +164,17 @@ def probe(args, out: Path, console) -> int:
     if args.smoke:
         settings += [("training", "steps", 20)]
         budgets, seeds = [1, 2], [0, 1]
-    base = load_config(args.config)
-    known = load_manifest(base.data.manifest, base.data.validation_per_domain).names if base.data.manifest.exists() else None
-    domains = [d.strip() for d in args.domains.split(",")] if args.domains else (known or [])
+    # Without --domains the design names none, so every manifest domain is trained; the manifest is
+    # not read here: on a fresh machine its phantoms are only written when training starts.
+    domains = [d.strip() for d in args.domains.split(",")] if args.domains else None
+    if args.smoke and domains is None:
+        base = load_config(args.config)
+        listed = read_toml(base.data.manifest, "manifest").get("domains") or []
+        domains = [str(d.get("name")) for d in listed[:1]]
     if args.smoke:
         domains = domains[:1]
-    if not domains:
-        raise InputError(f"--domains: none given, and {base.data.manifest} does not exist yet to list them")
+    if domains is not None and not domains:
+        raise InputError("--domains: none given")
 
     folder = out / args.name
     new_folder = not folder.exists()
@@ -188,7 +193,8 @@ def probe(args, out: Path, console) -> int:
         if new_folder:
             folder.rmdir()
         raise
-    console.print(f"[bold]probe[/] {args.name}: {len(domains)} domains x budgets {budgets} x seeds {seeds} ({config_path})")
+    shown = "every domain" if domains is None else f"{len(domains)} domains"
+    console.print(f"[bold]probe[/] {args.name}: {shown} x budgets {budgets} x seeds {seeds} ({config_path})")
     result = train_grid(config_path, folder / "grid.nc", workers=args.workers, console=console, progress=not args.quiet)
     ladders = own_domain_ladders(load_grid(result.out))
     table = format_ladders(ladders, ladder_goals(ladders))
