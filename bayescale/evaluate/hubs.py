@@ -35,6 +35,14 @@ Classification (per draw, then over draws)
 - label: ``"hub"`` if p_hub >= 0.5, ``"island"`` if p_island >= 0.5, else ``"neither"``
   (a 0.5 / 0.5 tie is ``"neither"``).
 
+Asymmetry (per pair of domains that are both source and target)
+----------------------------------------------------------------
+- p_stronger_ij: the share of draws in which s_ij > s_ji, i.e. a unit of i's data is worth more
+  to j than a unit of j's data is worth to i (the paper's asymmetric transfer). p_stronger_ij +
+  p_stronger_ji = 1 but for ties.
+- ratio_ij: s_ij / s_ji, posterior median and central credible interval.
+The JSON lists each pair once, in its stronger direction (p >= 0.5), the clearest first.
+
 Out and in transfer are reported as the posterior mean and a central credible interval
 (default 90 %). :data:`DEFINITIONS` holds these definitions as text; every summary carries
 them with its own numbers filled in.
@@ -45,6 +53,7 @@ API
 - :func:`transfer_share`         s_ij per draw, (S, I, J), NaN on a target's own source
 - :func:`hub_island_draws`       per-draw out/in transfer and hub/island flags (dims draw, domain)
 - :func:`hub_island_table`       posterior summary per domain as an ``xr.Dataset`` (dim domain)
+- :func:`asymmetric_pairs`       the table's pairs in their stronger direction, clearest first
 - :func:`hubs_summary`           the same as a JSON-able dict
 The text table ``bayescale hubs`` prints is :func:`bayescale.render.text.hubs_command_output`,
 the figure of the transfer graph :func:`bayescale.render.figures.plot_transfer_graph`.
@@ -91,6 +100,11 @@ DEFINITIONS = {
         "{island_threshold:g}: it neither gives nor takes; p_island is the share of posterior draws in which it is an island."
     ),
     "label": "'hub' if p_hub >= 0.5, 'island' if p_island >= 0.5, otherwise 'neither'.",
+    "asymmetry": (
+        "for domains i and j that are both sources and targets: p = the share of posterior draws in which s_ij > s_ji "
+        "(a unit of i's data is worth more to j than a unit of j's data to i), and the ratio s_ij / s_ji as the posterior "
+        "median and central {interval_pct:g} % interval; each pair is listed once, in the direction with p >= 0.5."
+    ),
     "interval": (
         "out- and in-transfer are given as the posterior mean and the central {interval_pct:g} % credible interval (lo, hi)."
     ),
@@ -263,8 +277,10 @@ def hub_island_table(
     Variables: ``out_mean, out_lo, out_hi, in_mean, in_lo, in_hi`` (NaN where not defined),
     ``p_hub`` (NaN for a domain that is not a source), ``p_island``, ``label``,
     ``is_source``, ``is_target``; and per pair ``share_mean, share_lo, share_hi``
-    (dims source, target; NaN where the source is the target). Attrs: the reference amount
-    (law and raw units), D0, thresholds, interval, law, number of draws.
+    (dims source, target; NaN where the source is the target), ``p_stronger`` (the share of
+    draws with s_ij > s_ji) and ``ratio_median, ratio_lo, ratio_hi`` of s_ij / s_ji (NaN where
+    either direction is undefined). Attrs: the reference amount (law and raw units), D0,
+    thresholds, interval, law, number of draws.
     """
     _check_rules(hub_threshold, hub_ratio, island_threshold, interval)
     per = hub_island_draws(
@@ -294,6 +310,7 @@ def hub_island_table(
     share_q = np.quantile(np.where(off[None], share, 0.0), q, axis=0)
     domains = list(per["domain"].values)
     sources, targets = list(per["source"].values), list(per["target"].values)
+    p_stronger, ratio = _asymmetry(share, sources, targets, q)
     return xr.Dataset(
         {
             "out_mean": ("domain", out_mean), "out_lo": ("domain", out_lo), "out_hi": ("domain", out_hi),
@@ -305,10 +322,59 @@ def hub_island_table(
             "share_mean": (("source", "target"), share_mean),
             "share_lo": (("source", "target"), np.where(off, share_q[0], np.nan)),
             "share_hi": (("source", "target"), np.where(off, share_q[1], np.nan)),
+            "p_stronger": (("source", "target"), p_stronger),
+            "ratio_median": (("source", "target"), ratio[0]),
+            "ratio_lo": (("source", "target"), ratio[1]),
+            "ratio_hi": (("source", "target"), ratio[2]),
         },
         coords={"domain": domains, "source": sources, "target": targets},
         attrs={**per.attrs, "interval": float(interval), "n_draws": int(per.sizes["draw"])},
     )
+
+
+def _asymmetry(share: np.ndarray, sources: list[str], targets: list[str], q) -> tuple[np.ndarray, np.ndarray]:
+    """P(s_ij > s_ji) and the (median, lo, hi) of s_ij / s_ji over draws, (I, J) each; NaN where undefined."""
+    n_i, n_j = len(sources), len(targets)
+    p = np.full((n_i, n_j), np.nan)
+    ratio = np.full((3, n_i, n_j), np.nan)
+    for i, a in enumerate(sources):
+        for j, b in enumerate(targets):
+            if a == b or b not in sources or a not in targets:
+                continue
+            forward, backward = share[:, i, j], share[:, sources.index(b), targets.index(a)]
+            if not (np.isfinite(forward).all() and np.isfinite(backward).all()):
+                continue
+            p[i, j] = float(np.mean(forward > backward))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = forward / backward
+            r = r[~np.isnan(r)]  # 0 / 0: neither direction helps in that draw
+            if r.size:
+                levels = [0.5, *q]
+                with np.errstate(invalid="ignore"):  # inf - inf between two infinite neighbours
+                    values = np.quantile(r, levels)
+                # where a quantile falls between two infinite ratios (x / 0), it is that infinity
+                ratio[:, i, j] = np.where(np.isnan(values), np.quantile(r, levels, method="nearest"), values)
+    return p, ratio
+
+
+def asymmetric_pairs(table: xr.Dataset) -> list[dict]:
+    """Each pair once, in its stronger direction (p >= 0.5), the clearest (largest p) first."""
+    sources, targets = list(table["source"].values), list(table["target"].values)
+    pairs, seen = [], set()
+    for i, a in enumerate(sources):
+        for j, b in enumerate(targets):
+            p = float(table["p_stronger"].values[i, j])
+            if not np.isfinite(p) or frozenset((a, b)) in seen:
+                continue
+            back = float(table["p_stronger"].values[sources.index(b), targets.index(a)])
+            if p < back or (p == back and str(a) > str(b)):
+                continue  # listed from the other side
+            seen.add(frozenset((a, b)))
+            pairs.append({
+                "source": str(a), "target": str(b), "p": p,
+                "ratio": {stat: _num(table[f"ratio_{stat}"].values[i, j]) for stat in ("median", "lo", "hi")},
+            })
+    return sorted(pairs, key=lambda pair: (-pair["p"], pair["source"], pair["target"]))
 
 
 def _label(p_hub: float, p_island: float) -> str:
@@ -370,6 +436,7 @@ def summary_from_table(table: xr.Dataset) -> HubsSummary:
         hubs=[d for d, v in domains.items() if v["label"] == "hub"],
         islands=[d for d, v in domains.items() if v["label"] == "island"],
         domains=domains,
+        asymmetry=asymmetric_pairs(table),
     )
 
 

@@ -110,7 +110,10 @@ class HubsSummary(Record):
     hubs: list[str]  #: domains labelled hub (P(hub) >= 0.5)
     islands: list[str]  #: domains labelled island (P(island) >= 0.5)
     domains: dict[str, dict]  #: per domain: role, out_transfer, in_transfer (mean, lo, hi), p_hub, p_island, label
+    #: per pair of domains that give and take: source, target (the stronger direction), p = P(s_st > s_ts),
+    #: ratio s_st / s_ts (median, lo, hi); the clearest pair first
+    asymmetry: list[dict] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self._ordered(("definitions", "reference", "reference_data", "data_scale", "thresholds", "interval", "law", "draws",
-                              "hubs", "islands", "domains"))
+                              "hubs", "islands", "domains", "asymmetry"))

@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 from rich.table import Table
 
-from bayescale.evaluate.hubs import hub_island_table
+from bayescale.evaluate.hubs import asymmetric_pairs, hub_island_table
 from bayescale.inference.posterior import LawDraws
 
 # ------------------------------------------------------------------------------------ allocation
@@ -367,6 +367,15 @@ def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Da
         f"hub: out-transfer >= {a['hub_threshold']:g} and >= {a['hub_ratio']:g} x the median of the other domains; "
         f"island: out- and in-transfer < {a['island_threshold']:g}; a label needs P >= 0.5."
     )
+    pairs = asymmetric_pairs(table)
+    if pairs:
+        lines.append(f"Asymmetry, clearest first: P(i -> j gives more than j -> i), ratio of the shares median "
+                     f"[{100 * a['interval']:g} % interval]:")
+        rows = [(f"{pair['source']} -> {pair['target']}", f"P = {pair['p']:.2f}",
+                 "ratio n/a" if pair["ratio"]["median"] is None else
+                 f"ratio {pair['ratio']['median']:.3g} [{pair['ratio']['lo']:.3g}, {pair['ratio']['hi']:.3g}]") for pair in pairs]
+        widths = [max(len(row[c]) for row in rows) for c in range(3)]
+        lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
 
 

@@ -206,6 +206,15 @@ def test_small_world_matches_the_truth(small_grid, small_draws):
         true_values, estimates = true_table[key].values, table[key].values
         big = true_values > 0.05  # small shares are poorly determined in relative terms
         np.testing.assert_allclose(estimates[big], true_values[big], rtol=0.25)
+    # a pair whose true shares differ 2-fold or more is called the true way round with P >= 0.9
+    share = true_table["share_mean"].values
+    clear = 0
+    for i, a in enumerate(small_draws.sources):
+        for j, b in enumerate(small_draws.sources):
+            if i != j and share[i, j] >= 2 * share[j, i] and share[i, j] > 0.05:
+                clear += 1
+                assert table["p_stronger"].values[i, j] >= 0.9, (a, b)
+    assert clear >= 2
 
 
 def test_probabilities_are_shares_of_draws(small_draws):
@@ -245,10 +254,15 @@ def test_command_output(small_fit):
     text = render_text.hubs_command_output(small_fit)
     lines = text.splitlines()
     assert "volumes" in lines[0]
-    rows = {line.split()[0]: line for line in lines if line.split()[0] in ("d1", "d2", "d3", "d4")}
+    legend = next(k for k, line in enumerate(lines) if line.startswith("hub:"))
+    rows = {line.split()[0]: line for line in lines[:legend] if line.split()[0] in ("d1", "d2", "d3", "d4")}
     assert set(rows) == {"d1", "d2", "d3", "d4"}
     assert rows["d1"].rstrip().endswith("hub") and rows["d4"].rstrip().endswith("island")
-    assert "P(hub)" in text and "island:" in lines[-1]
+    assert "P(hub)" in text and "island:" in lines[legend]
+    # the asymmetry section lists each of the 6 pairs once, in the order of asymmetric_pairs
+    pairs = hubs.asymmetric_pairs(hubs.hub_island_table(small_fit))
+    assert lines[legend + 1].startswith("Asymmetry") and len(lines) == legend + 2 + 6 == legend + 2 + len(pairs)
+    assert [line.split()[:3] for line in lines[legend + 2:]] == [[x["source"], "->", x["target"]] for x in pairs]
 
 
 def test_figure_has_graph_and_map(small_draws):
@@ -288,3 +302,64 @@ def test_figure_with_zero_shares_uses_linear_axes():
     fig = figures.plot_transfer_graph(draws, table)
     assert fig.axes[1].get_xscale() == "linear"
     assert len([p for p in fig.axes[0].patches if isinstance(p, FancyArrowPatch)]) == 1
+
+
+# --------------------------------------------------------------------------------------
+# asymmetry
+
+
+def test_asymmetry_by_hand(hand):
+    table = hubs.hub_island_table(hand, reference=4.0, interval=0.5)
+    p = table["p_stronger"].to_pandas()
+    # a -> b 0.5 against b -> a 0.1 in both draws (beta halves both shares in draw 1): P = 1, ratio 5
+    assert p.loc["a", "b"] == 1.0 and p.loc["b", "a"] == 0.0
+    assert p.loc["c", "b"] == 1.0 and p.loc["a", "c"] == 1.0
+    assert np.isnan(np.diag(p.values)).all()
+    np.testing.assert_allclose(table["ratio_median"].sel(source="a", target="b"), 5.0)
+    np.testing.assert_allclose(table["ratio_median"].sel(source="b", target="a"), 0.2)
+    pairs = hubs.asymmetric_pairs(table)
+    assert [(x["source"], x["target"]) for x in pairs] == [("a", "b"), ("a", "c"), ("c", "b")]
+    assert pairs[0]["ratio"] == pytest.approx({"median": 5.0, "lo": 5.0, "hi": 5.0})
+
+
+def test_asymmetry_matches_a_draw_by_draw_count():
+    """P(s_ij > s_ji) and the ratio's quantiles against a loop over draws (independent of the vectorised code)."""
+    rng = np.random.default_rng(3)
+    n = 400
+    T = rng.lognormal(-1.5, 0.8, size=(n, 3, 3))
+    beta = rng.uniform(0.4, 1.0, size=(n, 3, 3))
+    draws = make_draws(T, beta)
+    ref = 2.5
+    table = hubs.hub_island_table(draws, reference=ref, interval=0.8)
+    names = ["a", "b", "c"]
+    for i in range(3):
+        for j in range(3):
+            if i == j:
+                continue
+            wins, ratios = 0, []
+            for s in range(n):
+                s_ij = T[s, i, j] * ref ** beta[s, i, j] / ref
+                s_ji = T[s, j, i] * ref ** beta[s, j, i] / ref
+                wins += s_ij > s_ji
+                ratios.append(s_ij / s_ji)
+            assert table["p_stronger"].sel(source=names[i], target=names[j]) == pytest.approx(wins / n)
+            assert table["ratio_median"].sel(source=names[i], target=names[j]) == pytest.approx(np.median(ratios))
+            assert table["ratio_lo"].sel(source=names[i], target=names[j]) == pytest.approx(np.quantile(ratios, 0.1))
+    pairs = hubs.asymmetric_pairs(table)
+    assert len(pairs) == 3 and all(x["p"] >= 0.5 for x in pairs)
+    assert [x["p"] for x in pairs] == sorted((x["p"] for x in pairs), reverse=True)
+
+
+def test_asymmetry_needs_both_directions():
+    """A source that is not a target (and a target that is not a source) forms no pair."""
+    T = np.full((2, 2, 3), 0.3)
+    T[:, 0, 1] = 0.6
+    draws = make_draws(T, np.ones((2, 2, 3)), sources=("a", "b"), targets=("a", "b", "c"))
+    table = hubs.hub_island_table(draws)
+    assert np.isnan(table["p_stronger"].sel(target="c")).all()
+    assert hubs.asymmetric_pairs(table) == [{"source": "a", "target": "b", "p": 1.0,
+                                             "ratio": pytest.approx({"median": 2.0, "lo": 2.0, "hi": 2.0})}]
+    summary = hubs.summary_from_table(table).to_dict()
+    assert summary["asymmetry"][0]["source"] == "a" and "asymmetry" in summary["definitions"]
+    text = render_text.hubs_command_output(draws, table=table)
+    assert "a -> b" in text and "P = 1.00" in text and "ratio 2 [2, 2]" in text
