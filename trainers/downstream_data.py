@@ -162,15 +162,16 @@ def write_downstream_phantoms(out_dir: Path, domains, first: int, count: int, se
     """Subjects ``first .. first + count - 1`` of each phantom domain (image, label volume, labels.csv).
 
     Same layout and generator as :func:`trainers.phantoms.write_phantoms` (which always starts at
-    subject 0): a subject whose two files record the same (domain, seed, index) is skipped.
+    subject 0): a subject whose two files record the same (domain, seed, index) and the domain's
+    current generator revision is skipped.
     """
     from trainers.phantoms import (
         DOMAINS,
-        _recorded,
         _save_atomic,
         _write_text_atomic,
         generate_subject,
         subject_has_lesion,
+        subject_is_current,
         subject_paths,
     )
 
@@ -183,7 +184,7 @@ def write_downstream_phantoms(out_dir: Path, domains, first: int, count: int, se
         rows = ["subject,lesion"]
         for k in range(first, first + count):
             img_path, lab_path = subject_paths(out, d, k)
-            if not all(p.exists() and _recorded(p) == (d, seed, k) for p in (img_path, lab_path)):
+            if not subject_is_current(out, d, k, seed):
                 img, lab, _ = generate_subject(d, k, seed)
                 _save_atomic(lab, lab_path)
                 _save_atomic(img, img_path)
@@ -196,10 +197,10 @@ def write_downstream_phantoms(out_dir: Path, domains, first: int, count: int, se
             _write_text_atomic(text, target)
 
 
-def downstream_phantoms_missing(out_dir: Path, domains, first: int, count: int) -> int:
-    from trainers.phantoms import subject_paths
+def downstream_phantoms_missing(out_dir: Path, domains, first: int, count: int, seed: int = 0) -> int:
+    """How many subjects (and labels.csv files) are missing or from an older generator revision."""
+    from trainers.phantoms import subject_is_current
 
     out = Path(out_dir)
-    missing = sum(1 for d in domains for k in range(first, first + count)
-                  if not all(p.exists() for p in subject_paths(out, d, k)))
+    missing = sum(1 for d in domains for k in range(first, first + count) if not subject_is_current(out, d, k, seed))
     return missing + sum(1 for d in domains if not (out / d / "labels.csv").exists())

@@ -517,7 +517,7 @@ def ensure_downstream_phantoms(config: FinetuneConfig, console=None) -> None:
     ph = config.phantoms
     if ph is None:
         return
-    missing = downstream_phantoms_missing(ph.out, ph.domains, ph.first, ph.count)
+    missing = downstream_phantoms_missing(ph.out, ph.domains, ph.first, ph.count, ph.seed)
     if not missing:
         return
     if console is not None:

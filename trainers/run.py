@@ -295,20 +295,17 @@ def default_records_dir(config: TrainConfig, out: Path) -> Path:
 
 
 def ensure_phantoms(config: TrainConfig, console=None) -> None:
-    """Generate the config's phantoms if any of their image files is missing."""
+    """Generate the config's phantoms if any is missing or from an older generator revision."""
     if config.phantoms is None:
         return
-    from trainers.phantoms import DOMAINS, subject_paths, write_phantoms
+    from trainers.phantoms import DOMAINS, subject_is_current, write_phantoms
 
     ph = config.phantoms
-    missing = [
-        (d, k) for d in DOMAINS for k in range(ph.per_domain)
-        if not all(p.exists() for p in subject_paths(ph.out, d, k))
-    ]
+    missing = [(d, k) for d in DOMAINS for k in range(ph.per_domain) if not subject_is_current(ph.out, d, k, ph.seed)]
     if not missing:
         return
     if console is not None:
-        console.print(f"writing {len(missing)} missing phantom volumes to {ph.out} ...", highlight=False)
+        console.print(f"writing {len(missing)} missing or outdated phantom volumes to {ph.out} ...", highlight=False)
     write_phantoms(ph.out, per_domain=ph.per_domain, seed=ph.seed)
 
 

@@ -267,3 +267,36 @@ def test_unknown_domain():
 def test_module_imports_without_torch():
     code = "import sys, trainers.phantoms; assert 'torch' not in sys.modules and 'monai' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_an_older_generator_revision_is_rewritten(tmp_path, monkeypatch):
+    """A brain subject written by revision 1 (no rev= in its header) is regenerated; a current one is kept."""
+    d = "mri_t1_brain"
+    assert ph.REVISION[d] == 2
+    ph.write_phantoms(tmp_path, per_domain=2, seed=0, domains=[d])
+    img0, _ = ph.subject_paths(tmp_path, d, 0)
+    img1, _ = ph.subject_paths(tmp_path, d, 1)
+    assert nib.load(img0).header["descrip"].tobytes().split(b"\0")[0].decode().endswith("rev=2")
+    # stamp subject 0 as revision 1, as files written before the revision carry no rev=
+    for p in ph.subject_paths(tmp_path, d, 0):
+        img = nib.load(p)
+        img = nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header)
+        img.header["descrip"] = f"bayescale phantom {d} seed=0 index=0".encode()
+        nib.save(img, p)
+    assert not ph.subject_is_current(tmp_path, d, 0, 0) and ph.subject_is_current(tmp_path, d, 1, 0)
+    kept = img1.stat().st_mtime_ns
+    calls = []
+    ph.write_phantoms(tmp_path, per_domain=2, seed=0, domains=[d], progress=lambda *a: calls.append(a))
+    assert calls == [(d, 0, True), (d, 1, False)]
+    assert img1.stat().st_mtime_ns == kept
+    assert ph.subject_is_current(tmp_path, d, 0, 0)
+    # the rewritten file is what the current generator makes
+    assert np.array_equal(np.asarray(nib.load(img0).dataobj), np.asarray(ph.generate_subject(d, 0, 0)[0].dataobj))
+
+
+def test_other_domains_keep_revision_one_headers(tmp_path):
+    """Domains whose generator did not change write the same header as before (no rev=), so their files stay valid."""
+    ph.write_phantoms(tmp_path, per_domain=1, seed=0, domains=["pet_wholebody"])
+    img, _ = ph.subject_paths(tmp_path, "pet_wholebody", 0)
+    assert nib.load(img).header["descrip"].tobytes().split(b"\0")[0].decode() == "bayescale phantom pet_wholebody seed=0 index=0"
+    assert ph.subject_is_current(tmp_path, "pet_wholebody", 0, 0)
