@@ -477,10 +477,16 @@ def hubs_view(hubs: xr.Dataset | None) -> dict:
                      cell(_fmt(d["p_island"], ".2f") if d["p_island"] is not None else "n/a"),
                      cell(label, "text", strong=label != "neither")])
     pct = round(100 * summary["interval"])
+    pairs = [[cell(f"{x['source']} → {x['target']}", "text"), cell(_fmt(x["p"], ".2f")),
+              cell("n/a" if x["ratio"]["median"] is None else
+                   f"{_fmt(x['ratio']['median'], '.3g')} [{_fmt(x['ratio']['lo'], '.3g')}, {_fmt(x['ratio']['hi'], '.3g')}]")]
+             for x in summary["asymmetry"]]
     return {
         "present": True,
         "table": table(["domain", "role", f"out-transfer [{pct} %]", f"in-transfer [{pct} %]", "P(hub)", "P(island)", "label"], rows,
                        text_columns=(1, 6)),
+        "asymmetry": table(["stronger direction i → j", "P(s_ij > s_ji)", f"s_ij / s_ji, median [{pct} %]"], pairs,
+                           text_columns=(0,)) if pairs else None,
         "definitions": [fact("", f"{k}:", f" {v}") for k, v in summary["definitions"].items()],
     }
 

@@ -162,6 +162,13 @@ def test_full_report_shows_the_input_numbers(world, full_report):
 
     for name, row in summary_from_table(world["hubs"])["domains"].items():
         assert (f">{row['label']}<" in text or f"<b>{row['label']}</b>" in text) and f"{row['out_transfer']['mean']:.3g} [" in text
+    hubs_section = text[text.index('<section id="hubs">'):text.index("</section>", text.index('<section id="hubs">'))]
+    pairs = summary_from_table(world["hubs"])["asymmetry"]
+    both = set(world["hubs"]["source"].values) & set(world["hubs"]["target"].values)
+    assert len(pairs) == len(both) * (len(both) - 1) // 2 > 0 and "Asymmetry of transfer" in hubs_section  # every pair once
+    at = [hubs_section.index(f">{x['source']} → {x['target']}<") for x in pairs]
+    assert at == sorted(at)  # clearest first, as asymmetric_pairs orders them
+    assert all(f">{x['p']:.2f}<" in hubs_section for x in pairs)
     path = [e for e in alloc["path"] if e.get("allocation")]
     assert len(path) >= 3
     for entry in path:
