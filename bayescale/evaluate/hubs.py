@@ -100,6 +100,10 @@ DEFINITIONS = {
         "{island_threshold:g}: it neither gives nor takes; p_island is the share of posterior draws in which it is an island."
     ),
     "label": "'hub' if p_hub >= 0.5, 'island' if p_island >= 0.5, otherwise 'neither'.",
+    "exponent": (
+        "alpha_j, the power-law exponent of target j's loss in its effective data (L_j = E_j + A_j (x_j + x0_j)^-alpha_j): "
+        "posterior median and central {interval_pct:g} % interval."
+    ),
     "asymmetry": (
         "for domains i and j that are both sources and targets: p = the share of posterior draws in which s_ij > s_ji "
         "(a unit of i's data is worth more to j than a unit of j's data to i), and the ratio s_ij / s_ji as the posterior "
@@ -276,7 +280,8 @@ def hub_island_table(
 
     Variables: ``out_mean, out_lo, out_hi, in_mean, in_lo, in_hi`` (NaN where not defined),
     ``p_hub`` (NaN for a domain that is not a source), ``p_island``, ``label``,
-    ``is_source``, ``is_target``; and per pair ``share_mean, share_lo, share_hi``
+    ``is_source``, ``is_target``, ``alpha_median, alpha_lo, alpha_hi`` (the power-law exponent of a
+    target's loss in its effective data; NaN for a domain that is not a target); and per pair ``share_mean, share_lo, share_hi``
     (dims source, target; NaN where the source is the target), ``p_stronger`` (the share of
     draws with s_ij > s_ji) and ``ratio_median, ratio_lo, ratio_hi`` of s_ij / s_ji (NaN where
     either direction is undefined). Attrs: the reference amount (law and raw units), D0,
@@ -311,12 +316,17 @@ def hub_island_table(
     domains = list(per["domain"].values)
     sources, targets = list(per["source"].values), list(per["target"].values)
     p_stronger, ratio = _asymmetry(share, sources, targets, q)
+    draws = require_transfer(posterior)
+    alpha = np.full((3, len(domains)), np.nan)
+    for j, name in enumerate(draws.targets):
+        alpha[:, domains.index(name)] = [np.median(draws.alpha[:, j]), *np.quantile(draws.alpha[:, j], q)]
     return xr.Dataset(
         {
             "out_mean": ("domain", out_mean), "out_lo": ("domain", out_lo), "out_hi": ("domain", out_hi),
             "in_mean": ("domain", in_mean), "in_lo": ("domain", in_lo), "in_hi": ("domain", in_hi),
             "p_hub": ("domain", p_hub), "p_island": ("domain", p_island),
             "label": ("domain", np.array(labels, dtype=object)),
+            "alpha_median": ("domain", alpha[0]), "alpha_lo": ("domain", alpha[1]), "alpha_hi": ("domain", alpha[2]),
             "is_source": ("domain", np.array([d in sources for d in domains])),
             "is_target": ("domain", np.array([d in targets for d in domains])),
             "share_mean": (("source", "target"), share_mean),
@@ -418,6 +428,8 @@ def summary_from_table(table: xr.Dataset) -> HubsSummary:
             "p_hub": _num(row["p_hub"].values),
             "p_island": _num(row["p_island"].values),
             "label": str(row["label"].values),
+            "exponent": ({stat: float(row[f"alpha_{stat}"]) for stat in ("median", "lo", "hi")}
+                         if np.isfinite(row["alpha_median"]) else None),
         }
     attrs = table.attrs
     return HubsSummary(

@@ -109,7 +109,7 @@ class HubsSummary(Record):
     draws: int  #: posterior draws used
     hubs: list[str]  #: domains labelled hub (P(hub) >= 0.5)
     islands: list[str]  #: domains labelled island (P(island) >= 0.5)
-    domains: dict[str, dict]  #: per domain: role, out_transfer, in_transfer (mean, lo, hi), p_hub, p_island, label
+    domains: dict[str, dict]  #: per domain: role, out_transfer, in_transfer (mean, lo, hi), p_hub, p_island, label, exponent (median, lo, hi)
     #: per pair of domains that give and take: source, target (the stronger direction), p = P(s_st > s_ts),
     #: ratio s_st / s_ts (median, lo, hi); the clearest pair first
     asymmetry: list[dict] = dataclasses.field(default_factory=list)

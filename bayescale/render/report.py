@@ -475,7 +475,9 @@ def hubs_view(hubs: xr.Dataset | None) -> dict:
         rows.append([cell(name), cell(d["role"], "text"), cell(measure(d["out_transfer"])), cell(measure(d["in_transfer"])),
                      cell(_fmt(d["p_hub"], ".2f") if d["p_hub"] is not None else "n/a"),
                      cell(_fmt(d["p_island"], ".2f") if d["p_island"] is not None else "n/a"),
-                     cell(label, "text", strong=label != "neither")])
+                     cell(label, "text", strong=label != "neither"),
+                     cell("n/a" if d["exponent"] is None else
+                          f"{_fmt(d['exponent']['median'], '.3g')} [{_fmt(d['exponent']['lo'], '.3g')}, {_fmt(d['exponent']['hi'], '.3g')}]")])
     pct = round(100 * summary["interval"])
     pairs = [[cell(f"{x['source']} → {x['target']}", "text"), cell(_fmt(x["p"], ".2f")),
               cell("n/a" if x["ratio"]["median"] is None else
@@ -483,8 +485,8 @@ def hubs_view(hubs: xr.Dataset | None) -> dict:
              for x in summary["asymmetry"]]
     return {
         "present": True,
-        "table": table(["domain", "role", f"out-transfer [{pct} %]", f"in-transfer [{pct} %]", "P(hub)", "P(island)", "label"], rows,
-                       text_columns=(1, 6)),
+        "table": table(["domain", "role", f"out-transfer [{pct} %]", f"in-transfer [{pct} %]", "P(hub)", "P(island)", "label",
+                        f"exponent α [{pct} %]"], rows, text_columns=(1, 6)),
         "asymmetry": table(["stronger direction i → j", "P(s_ij > s_ji)", f"s_ij / s_ji, median [{pct} %]"], pairs,
                            text_columns=(0,)) if pairs else None,
         "definitions": [fact("", f"{k}:", f" {v}") for k, v in summary["definitions"].items()],

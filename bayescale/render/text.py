@@ -346,7 +346,8 @@ def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Da
     if table is None:
         table = hub_island_table(posterior, **kwargs)
     a = table.attrs
-    rows = [("domain", "out-transfer (helps others)", "in-transfer (helped by others)", "P(hub)", "P(island)", "label")]
+    rows = [("domain", "out-transfer (helps others)", "in-transfer (helped by others)", "P(hub)", "P(island)", "label",
+             "exponent alpha")]
     for k, name in enumerate(table["domain"].values):
         r = table.isel(domain=k)
         rows.append((
@@ -354,13 +355,14 @@ def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Da
             interval_text(float(r["out_mean"]), float(r["out_lo"]), float(r["out_hi"])),
             interval_text(float(r["in_mean"]), float(r["in_lo"]), float(r["in_hi"])),
             probability_text(r["p_hub"].values), probability_text(r["p_island"].values), str(r["label"].values),
+            interval_text(float(r["alpha_median"]), float(r["alpha_lo"]), float(r["alpha_hi"])),
         ))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = [
         f"Hubs and islands ({a['law']} law, {a['n_draws']} draws). Transfer = effective-data share at "
         f"{a['reference_data']:.4g} {data_unit} ({a['reference']:g} x D0):",
         "what a unit of the source's data is worth in units of the target's own data; "
-        f"mean [{100 * a['interval']:g} % interval].",
+        f"mean [{100 * a['interval']:g} % interval]; exponent alpha of L = E + A (x + x0)^-alpha: median [interval].",
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.append(

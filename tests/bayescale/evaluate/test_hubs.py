@@ -215,6 +215,10 @@ def test_small_world_matches_the_truth(small_grid, small_draws):
                 clear += 1
                 assert table["p_stronger"].values[i, j] >= 0.9, (a, b)
     assert clear >= 2
+    # the true exponents: inside the 90 % intervals (at most one of four outside: P ~ 0.05 by chance)
+    alpha = truth["alpha"].sel(target=list(table["domain"].values)).values
+    inside = (table["alpha_lo"].values <= alpha) & (alpha <= table["alpha_hi"].values)
+    assert inside.sum() >= len(inside) - 1
 
 
 def test_probabilities_are_shares_of_draws(small_draws):
@@ -243,7 +247,11 @@ def test_summary_is_json_and_matches_the_table(small_fit, small_draws):
     assert summary["reference"] == 1.0 and summary["reference_data"] == pytest.approx(small_draws.data_scale)
     assert summary["hubs"] == ["d1"] and summary["islands"] == ["d4"]
     d1 = summary["domains"]["d1"]
-    assert set(d1) == {"role", "out_transfer", "in_transfer", "p_hub", "p_island", "label"}
+    assert set(d1) == {"role", "out_transfer", "in_transfer", "p_hub", "p_island", "label", "exponent"}
+    for j, name in enumerate(small_draws.targets):  # the exponent: quantiles of the draws of alpha
+        alpha = small_draws.alpha[:, j]
+        assert summary["domains"][name]["exponent"] == pytest.approx(
+            {"median": np.median(alpha), "lo": np.quantile(alpha, 0.05), "hi": np.quantile(alpha, 0.95)})
     assert set(d1["out_transfer"]) == {"mean", "lo", "hi"} and d1["label"] == "hub"
     assert d1["out_transfer"]["lo"] <= d1["out_transfer"]["mean"] <= d1["out_transfer"]["hi"]
     # a posterior DataTree works as well as its draws
@@ -257,7 +265,9 @@ def test_command_output(small_fit):
     legend = next(k for k, line in enumerate(lines) if line.startswith("hub:"))
     rows = {line.split()[0]: line for line in lines[:legend] if line.split()[0] in ("d1", "d2", "d3", "d4")}
     assert set(rows) == {"d1", "d2", "d3", "d4"}
-    assert rows["d1"].rstrip().endswith("hub") and rows["d4"].rstrip().endswith("island")
+    assert " hub " in rows["d1"] and " island " in rows["d4"]
+    alpha = hubs.hub_island_table(small_fit)["alpha_median"].sel(domain="d1")
+    assert rows["d1"].rstrip().endswith("]") and f"{float(alpha):.3g} [" in rows["d1"]  # the exponent column last
     assert "P(hub)" in text and "island:" in lines[legend]
     # the asymmetry section lists each of the 6 pairs once, in the order of asymmetric_pairs
     pairs = hubs.asymmetric_pairs(hubs.hub_island_table(small_fit))
