@@ -362,7 +362,7 @@ def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Da
         f"Hubs and islands ({a['law']} law, {a['n_draws']} draws). Transfer = effective-data share at "
         f"{a['reference_data']:.4g} {data_unit} ({a['reference']:g} x D0):",
         "what a unit of the source's data is worth in units of the target's own data; "
-        f"mean [{100 * a['interval']:g} % interval]; exponent alpha of L = E + A (x + x0)^-alpha: median [interval].",
+        f"mean [{100 * a['interval']:g} % interval]; exponent alpha of L = E + A (x + x0)^-alpha: median [{100 * a['interval']:g} % interval].",
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.append(
