@@ -97,7 +97,7 @@ def test_train_config_keeps_the_shipped_recipe_and_lists_the_runs(tmp_path):
     assert config.records == out / "records" and config.training.save_checkpoints
     design = make_design(config, {d: 56 for d in DEMO_CAPS})
     assert [r.id for r in design] == [r["id"] for r in runs]
-    assert all(r.steps == 1200 + 50 * 144 and r.split == "holdout" for r in design)
+    assert all(r.steps == shipped.training.steps_for(144) == 2000 + 100 * 144 and r.split == "holdout" for r in design)
     assert {k: v for k, v in design[0].data.items()} == allocations["recommended"]
     # a smoke run's fixed steps or a forced device is another recipe, and says so by its hash
     (out / "smoke.toml").write_text(cl.train_config_text(base, runs, out, steps=20))
@@ -292,7 +292,7 @@ def _run(*args, timeout=240):
 def test_end_to_end_on_a_tiny_world_trains_compares_and_resumes(tiny_study):
     folder, config, study = tiny_study
     out = folder / "out"
-    args = ("--config", study, "--train-config", config, "--out", out, "--workers", "1", "--quiet", "--budget", "4")
+    args = ("--config", study, "--train-config", config, "--out", out, "--workers", "1", "--quiet", "--budget", "4", "--seeds", "0,1,2")
     t0 = time.perf_counter()
     first = _run(*args)
     assert first.returncode == 0, first.stdout + first.stderr

@@ -92,7 +92,7 @@ def test_the_shipped_grid_matches_a_pandas_groupby():
         source = str(grid["source"].values[np.flatnonzero(grid["data"].sel(run=run).values > 0)[0]])
         budget = float(grid["data"].sel(run=run, source=source))
         rows.append((source, budget, float(grid["loss"].sel(run=run, target=source))))
-    assert len(rows) == 75  # 5 domains x 5 budgets x 3 seeds
+    assert len(rows) == 60  # 5 domains x 4 budgets x 3 seeds
     for domain in ladders["domain"].values:
         for budget in ladders["budget"].values:
             values = [v for d, b, v in rows if d == domain and b == budget]
@@ -100,7 +100,7 @@ def test_the_shipped_grid_matches_a_pandas_groupby():
             assert float(ladders["ratio"].sel(domain=domain, budget=budget)) == pytest.approx(np.mean(values) / base, rel=1e-12)
             assert float(ladders["spread"].sel(domain=domain, budget=budget)) == pytest.approx(
                 statistics.stdev(values) / statistics.mean(values), rel=1e-9)
-    assert not ladder_goals(ladders)["all_met"]  # the shipped recipe is issue 16's starting point
+    assert not ladder_goals(ladders)["all_met"]  # the shipped recipe still misses issue 16's 2 % spread
 
 
 def test_the_tables_show_every_rung_and_the_goals():
