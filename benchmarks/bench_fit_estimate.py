@@ -7,7 +7,7 @@ Once NUTS's warm-up has ended, ``fit`` says how long the draws will take
 compiling excluded, times the draws' steps at the tree size warm-up ended with, plus compiling the
 draws' loop). This fits three grids with ``fit``'s defaults (no leave-future-out fit, so one NUTS
 run each) and compares the estimate with the time the draws then took (from the report to the
-end of the fit): the shipped phantom grid (K = 5, 105 runs), the simulated demo grid
+end of the fit): the shipped phantom grid (K = 5, 90 runs), the simulated demo grid
 (``data/grids/default.nc``) and bench_fit's K = 8 world (100 fit runs). Writes the table to
 ``--out`` (default ``benchmarks/results/bench_fit_estimate.md``; ``--out ''`` to skip).
 """
@@ -41,7 +41,7 @@ def grids() -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_fit import benchmark_grid
 
-    return {"phantom (K = 5, 105 runs)": load_grid(REPO / "data" / "grids" / "phantom-mae.nc"),
+    return {"phantom (K = 5, 90 runs)": load_grid(REPO / "data" / "grids" / "phantom-mae.nc"),
             "simulated demo (default.nc)": load_grid(REPO / "data" / "grids" / "default.nc"),
             "simulated K = 8, 100 fit runs": benchmark_grid(0)}
 
