@@ -32,6 +32,7 @@ message names the file and the key. A config looks like::
     # base_steps = 1200; steps_per_volume = 50.0; min_steps = 1; max_steps = 10000
     device = "auto"               # auto | cpu | cuda
     threads = 1                   # torch threads per run (fixed, so results do not depend on the executor)
+    grad_clip = 0.0               # clip the gradient's L2 norm to this each step (0: off)
 
     [design]
     fit_budgets = [2, 4, 8, 16]
@@ -107,6 +108,7 @@ class TrainingConfig:
     mask_seed: int = 1234
     log_every: int = 50
     save_checkpoints: bool = False  # write <records>/<run id>.pt (the weights) beside each record
+    grad_clip: float = 0.0  # clip the gradient's global L2 norm to this before each step; 0: no clipping
 
     def steps_for(self, budget: float) -> int:
         """Optimisation steps of a run with ``budget`` training volumes: ``steps``, or
@@ -165,7 +167,9 @@ class TrainConfig:
         return {
             "data": _plain(asdict(self.data), drop=("manifest", "cache_dir")),
             "model": _plain(asdict(self.model)),
-            "training": _plain(asdict(self.training), drop=("log_every", "save_checkpoints")),
+            # grad_clip = 0 (off) is left out, so records written before the option keep their hash
+            "training": _plain(asdict(self.training),
+                               drop=("log_every", "save_checkpoints") + (("grad_clip",) if self.training.grad_clip == 0 else ())),
             "phantoms": None if self.phantoms is None else _plain(asdict(self.phantoms), drop=("out",)),
         }
 
@@ -398,6 +402,7 @@ def load_config(path: str | Path) -> TrainConfig:
         mask_seed=t.int("mask_seed", d.mask_seed, minimum=0),
         log_every=t.int("log_every", d.log_every, minimum=1),
         save_checkpoints=t.bool("save_checkpoints", d.save_checkpoints),
+        grad_clip=t.float("grad_clip", d.grad_clip, minimum=0.0),
     )
     t.done()
     if steps is not None and (t.has("base_steps") or t.has("min_steps") or t.has("max_steps")):

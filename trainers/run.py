@@ -188,6 +188,8 @@ def train_run(spec: RunSpec, data: PreparedData, config: TrainConfig, targets: l
             loss = mae_loss(model, x, config.model.patch_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
             value = float(loss.detach())
             if not math.isfinite(value):

@@ -342,3 +342,27 @@ def test_parent_killed_leaves_no_worker_and_a_killed_worker_s_run_is_redone(tiny
     for name in ("killed.nc", "worker.nc"):
         grid = load_grid(folder / name)
         xr.testing.assert_identical(grid[["data", "loss", "loss_se"]], load_grid(folder / "alone.nc")[["data", "loss", "loss_se"]])
+
+
+def test_gradient_clipping_changes_the_run_only_when_it_binds(tiny):
+    """grad_clip: a bound above every gradient norm leaves the run bit for bit; a tiny one changes it; 0 keeps old hashes."""
+    from dataclasses import replace
+
+    from trainers.config import config_hash
+
+    folder, path = tiny
+    config = load_config(path)
+    data = prepare_data(config, load_manifest(config.data.manifest, 1), folder / "cache")
+    plain = train_run(_spec(), data, config)
+    loose = replace(config, training=replace(config.training, grad_clip=1e9))
+    tight = replace(config, training=replace(config.training, grad_clip=1e-12))
+    assert train_run(_spec(), data, loose)["loss"] == plain["loss"]
+    assert train_run(_spec(), data, tight)["loss"] != plain["loss"]
+    # off (0, the default) is not part of the hash: records written before the option still match
+    assert config.training.grad_clip == 0 and "grad_clip" not in config.results_dict()["training"]
+    assert config_hash(loose, None) != config_hash(config, None) != config_hash(tight, None)
+    text = path.read_text().replace("[training]\n", "[training]\ngrad_clip = -1.0\n")
+    bad = folder / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(InputError, match="grad_clip"):
+        load_config(bad)
