@@ -288,8 +288,9 @@ def hub_island_table(
     thresholds, interval, law, number of draws.
     """
     _check_rules(hub_threshold, hub_ratio, island_threshold, interval)
+    draws = require_transfer(posterior)  # once: a DataTree is turned into draws here, not again below
     per = hub_island_draws(
-        posterior, reference=reference, reference_data=reference_data,
+        draws, reference=reference, reference_data=reference_data,
         hub_threshold=hub_threshold, hub_ratio=hub_ratio, island_threshold=island_threshold,
     )
     q = [(1 - interval) / 2, (1 + interval) / 2]
@@ -316,7 +317,6 @@ def hub_island_table(
     domains = list(per["domain"].values)
     sources, targets = list(per["source"].values), list(per["target"].values)
     p_stronger, ratio = _asymmetry(share, sources, targets, q)
-    draws = require_transfer(posterior)
     alpha = np.full((3, len(domains)), np.nan)
     for j, name in enumerate(draws.targets):
         alpha[:, domains.index(name)] = [np.median(draws.alpha[:, j]), *np.quantile(draws.alpha[:, j], q)]
