@@ -466,8 +466,10 @@ def hubs_view(hubs: xr.Dataset | None) -> dict:
         return _absent("No hub and island table was given (a law without transfer has none), so this section is omitted.")
     summary = summary_from_table(hubs)
 
-    def measure(m):
-        return "n/a" if m is None else f"{_fmt(m['mean'], '.3g')} [{_fmt(m['lo'], '.3g')}, {_fmt(m['hi'], '.3g')}]"
+    def measure(m, centre="mean"):
+        if m is None or m[centre] is None:
+            return "n/a"
+        return f"{_fmt(m[centre], '.3g')} [{_fmt(m['lo'], '.3g')}, {_fmt(m['hi'], '.3g')}]"
 
     rows = []
     for name, d in summary["domains"].items():
@@ -476,12 +478,10 @@ def hubs_view(hubs: xr.Dataset | None) -> dict:
                      cell(_fmt(d["p_hub"], ".2f") if d["p_hub"] is not None else "n/a"),
                      cell(_fmt(d["p_island"], ".2f") if d["p_island"] is not None else "n/a"),
                      cell(label, "text", strong=label != "neither"),
-                     cell("n/a" if d["exponent"] is None else
-                          f"{_fmt(d['exponent']['median'], '.3g')} [{_fmt(d['exponent']['lo'], '.3g')}, {_fmt(d['exponent']['hi'], '.3g')}]")])
+                     cell(measure(d["exponent"], "median"))])
     pct = round(100 * summary["interval"])
     pairs = [[cell(f"{x['source']} → {x['target']}", "text"), cell(_fmt(x["p"], ".2f")),
-              cell("n/a" if x["ratio"]["median"] is None else
-                   f"{_fmt(x['ratio']['median'], '.3g')} [{_fmt(x['ratio']['lo'], '.3g')}, {_fmt(x['ratio']['hi'], '.3g')}]")]
+              cell(measure(x["ratio"], "median"))]
              for x in summary["asymmetry"]]
     return {
         "present": True,

@@ -374,8 +374,8 @@ def hubs_command_output(posterior, *, data_unit: str | None = None, table: xr.Da
         lines.append(f"Asymmetry, clearest first: P(i -> j gives more than j -> i), ratio of the shares median "
                      f"[{100 * a['interval']:g} % interval]:")
         rows = [(f"{pair['source']} -> {pair['target']}", f"P = {pair['p']:.2f}",
-                 "ratio n/a" if pair["ratio"]["median"] is None else
-                 f"ratio {pair['ratio']['median']:.3g} [{pair['ratio']['lo']:.3g}, {pair['ratio']['hi']:.3g}]") for pair in pairs]
+                 "ratio " + interval_text(*(math.nan if pair["ratio"][k] is None else pair["ratio"][k] for k in ("median", "lo", "hi"))))
+                for pair in pairs]
         widths = [max(len(row[c]) for row in rows) for c in range(3)]
         lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
