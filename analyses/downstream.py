@@ -178,6 +178,20 @@ def _stats(values) -> dict:
     return {"n": int(len(v)), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None}
 
 
+def _paired(differences) -> dict:
+    """:func:`_stats` of paired differences plus their mean's Student-t 90 % interval (``ci90``, None below
+    2 pairs or with no spread): the study's power is that interval's half-width."""
+    from scipy import stats
+
+    out = _stats(differences)
+    out["ci90"] = None
+    if out["n"] > 1 and out["sd"]:
+        v = np.asarray([x for x in differences if x is not None and math.isfinite(x)], dtype=float)
+        ci = stats.ttest_1samp(v, 0.0).confidence_interval(0.9)
+        out["ci90"] = [float(ci.low), float(ci.high)]
+    return out
+
+
 def summarise(jobs: list[dict], groups) -> dict:
     results = {}
     for job in jobs:
@@ -201,7 +215,7 @@ def summarise(jobs: list[dict], groups) -> dict:
                 common = sorted(set(runs) & set(by_group[base]))
                 diffs = [runs[s]["metrics"][metric] - by_group[base][s]["metrics"][metric] for s in common
                          if runs[s]["metrics"][metric] is not None and by_group[base][s]["metrics"][metric] is not None]
-                row[f"minus_{base}"] = _stats(diffs)
+                row[f"minus_{base}"] = _paired(diffs)
             rows.append(row)
     return {"rows": rows}
 
@@ -210,7 +224,10 @@ def _fmt(stat: dict, signed: bool = False) -> str:
     if not stat or stat.get("mean") is None:
         return "-"
     mean = f"{stat['mean']:+.3f}" if signed else f"{stat['mean']:.3f}"
-    return f"{mean} ± {stat['sd']:.3f}" if stat.get("sd") is not None else mean
+    text = f"{mean} ± {stat['sd']:.3f}" if stat.get("sd") is not None else mean
+    if stat.get("ci90") is not None:
+        text += f" [{stat['ci90'][0]:+.3f}, {stat['ci90'][1]:+.3f}]"
+    return text
 
 
 def table_lines(summary: dict, markdown: bool) -> list[str]:
@@ -421,7 +438,8 @@ def write_outputs(summary: dict, out: Path, groups) -> list[Path]:
         "# Downstream fine-tuning" + (" (smoke test: not a result)" if summary["smoke"] else ""),
         "",
         f"Encoders from `{summary['records']}`, recipe `{summary['config']}`; "
-        f"mean ± sd over seeds; differences are paired by seed (same decoder initialisation and batches).",
+        f"mean ± sd over seeds; differences are paired by seed (same decoder initialisation and batches), "
+        f"mean ± sd [Student-t 90 % interval of the mean difference].",
         "",
         *table_lines(summary, markdown=True),
         "",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from bayescale.optimise.allocate import law_losses
 from bayescale.optimise.baselines import fill
@@ -224,6 +225,36 @@ def test_compare_counts_coverage_and_says_when_the_recommendation_loses(small_dr
     assert "beat proportional in 2 of 2 seeds" in result["improvement"]["proportional"]["verdict"]
     assert result["improvement"]["uniform"]["sd"] is None
     assert cl.compare(pred, {})["improvement"]["proportional"]["verdict"] == "vs proportional: not measured yet"
+
+
+def test_paired_interval_is_the_t_interval_of_the_differences():
+    d = np.array([0.013, -0.001, 0.007, 0.015, 0.009])
+    half = stats.t.ppf(0.95, df=4) * d.std(ddof=1) / np.sqrt(5)  # by hand
+    assert cl.paired_interval(d, 0.9) == pytest.approx([d.mean() - half, d.mean() + half], rel=1e-9)
+    assert cl.paired_interval([0.01]) is None
+    assert cl.paired_interval([0.02, 0.02]) == [0.02, 0.02]
+
+
+def test_verdict_reads_the_paired_interval_when_a_seed_loses(small_draws):
+    allocations = _allocations(small_draws)
+    pred = cl.predicted_table(small_draws, allocations, n_seeds=5)
+    measured = _measured(pred, {"recommended": 1.0, "proportional": 1.0, "uniform": 1.0}, seeds=range(5))
+    # proportional measures what the recommendation's median is; the recommendation is 1.0-1.5 % better
+    # in four seeds and 0.1 % worse in one: the interval excludes 0
+    factors = [0.987, 1.001, 0.990, 0.985, 0.991]
+    for seed, factor in enumerate(factors):
+        measured["proportional"][seed]["loss"] = dict(measured["recommended"][seed]["loss"])
+        measured["recommended"][seed]["loss"] = {t: v * factor for t, v in measured["recommended"][seed]["loss"].items()}
+    imp = cl.compare(pred, measured)["improvement"]["proportional"]
+    assert imp["seeds_better"] == 4
+    assert imp["mean"] == pytest.approx(1 - np.mean(factors))
+    lo, hi = imp["ci90"]
+    assert 0 < lo < imp["mean"] < hi
+    assert "excludes 0, though not in every seed (better in 4 of 5 seeds)" in imp["verdict"]
+    # the same gains with a bigger loss in one seed: the interval includes 0, not a clear win
+    measured["recommended"][1]["loss"] = {t: v * 1.04 for t, v in measured["recommended"][1]["loss"].items()}
+    imp = cl.compare(pred, measured)["improvement"]["proportional"]
+    assert imp["ci90"][0] < 0 and "not a clear win" in imp["verdict"]
 
 
 def test_measured_from_grid_maps_runs_to_strategies_and_refuses_another_plan():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
@@ -308,6 +309,20 @@ def test_downstream_study_smoke_and_resume(study, tmp_path, capsys):
             assert r["minus_scratch"]["n"] == 2
     assert (out / "downstream.png").stat().st_size > 0 and "| ct | segmentation |" in (out / "results.md").read_text()
     assert len(list((out / "runs").rglob("*.json"))) == 12
+    # the paired interval of the study's differences, against one computed by hand
+    for task in ("segmentation", "classification"):
+        d = np.subtract(rows[(task, "recommended")]["values"], rows[(task, "scratch")]["values"])
+        paired = rows[(task, "recommended")]["minus_scratch"]
+        assert paired["mean"] == pytest.approx(d.mean())
+        if d.std() > 0:
+            half = stats.t.ppf(0.95, df=1) * d.std(ddof=1) / np.sqrt(2)
+            assert paired["ci90"] == pytest.approx([d.mean() - half, d.mean() + half])
+        else:
+            assert paired["ci90"] is None
+    d = np.array([0.012, 0.004, 0.009, 0.015, 0.006])
+    half = stats.t.ppf(0.95, df=4) * d.std(ddof=1) / np.sqrt(5)
+    assert ds._paired(d)["ci90"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert ds._paired([0.01])["ci90"] is None
 
     assert ds.main(argv) == 0  # resumable: nothing to redo
     assert "12 runs (12 done before)" in capsys.readouterr().out
