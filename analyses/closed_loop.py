@@ -525,7 +525,10 @@ def verdict(base: str, imp: dict) -> str:
     else:
         text = (f"vs {base}: better on average by {pct:.1f}%{spread}, but not in every seed (better in {won}): "
                 f"not a clear win; {predicted}")
-    if pred["lo90"] < 0 < pred["hi90"]:
+    if pred["lo90"] < 0 < pred["hi90"] and ci is not None and (ci[0] > 0 or ci[1] < 0):
+        text += (" (the predicted interval includes 0 because it draws the two arms' runs independently; runs of one "
+                 "seed share their initial weights, and the paired measurement resolved the difference)")
+    elif pred["lo90"] < 0 < pred["hi90"]:
         text += f" (that interval includes 0: {imp['n']} seed(s) cannot resolve the predicted difference)"
     if imp["mean_inside90"] is False:
         text += " — the measured improvement lies OUTSIDE the predicted 90% interval"

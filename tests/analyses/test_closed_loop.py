@@ -251,6 +251,11 @@ def test_verdict_reads_the_paired_interval_when_a_seed_loses(small_draws):
     lo, hi = imp["ci90"]
     assert 0 < lo < imp["mean"] < hi
     assert "excludes 0, though not in every seed (better in 4 of 5 seeds)" in imp["verdict"]
+    # a predicted interval across 0 (the arms drawn independently) next to a paired one that excludes it
+    wide = {**imp, "predicted": {**imp["predicted"], "seed_mean": {"median": 0.01, "lo90": -0.07, "hi90": 0.08}}}
+    assert "the paired measurement resolved the difference" in cl.verdict("proportional", wide)
+    narrow = {**wide, "ci90": [-0.002, 0.02]}
+    assert "5 seed(s) cannot resolve the predicted difference" in cl.verdict("proportional", narrow)
     # the same gains with a bigger loss in one seed: the interval includes 0, not a clear win
     measured["recommended"][1]["loss"] = {t: v * 1.04 for t, v in measured["recommended"][1]["loss"].items()}
     imp = cl.compare(pred, measured)["improvement"]["proportional"]
