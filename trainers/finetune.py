@@ -149,7 +149,7 @@ class FinetuneConfig:
 
 
 _DEFAULTS = {
-    "segmentation": dict(steps=150, batch_size=2, lr=3e-3, weight_decay=0.01, warmup_fraction=0.1,
+    "segmentation": dict(steps=600, batch_size=2, lr=3e-3, weight_decay=0.01, warmup_fraction=0.1,
                          min_lr_fraction=0.05, encoder_lr_scale=1.0, overlap=0.25, sw_batch_size=4),
     "classification": dict(steps=120, batch_size=4, lr=1e-3, weight_decay=0.01, warmup_fraction=0.1,
                            min_lr_fraction=0.05, encoder_lr_scale=1.0, overlap=0.0, sw_batch_size=8),

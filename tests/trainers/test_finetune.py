@@ -319,6 +319,15 @@ def test_downstream_study_smoke_and_resume(study, tmp_path, capsys):
             assert paired["ci90"] == pytest.approx([d.mean() - half, d.mean() + half])
         else:
             assert paired["ci90"] is None
+    rec, scr = rows[("segmentation", "recommended")], rows[("segmentation", "scratch")]
+    for name in rec["dice"]:  # per structure, against the runs' own files
+        by_seed = {s: json.loads(p.read_text())["metrics"]["dice"][name]
+                   for s in (0, 1) for p in (out / "runs" / "ct" / "segmentation").glob(f"*-ft{s}.json")
+                   if p.name.startswith("recommended")}
+        base = {s: json.loads((out / "runs" / "ct" / "segmentation" / f"scratch-ft{s}.json").read_text())["metrics"]["dice"][name]
+                for s in (0, 1)}
+        assert rec["dice_minus_scratch"][name]["mean"] == pytest.approx(np.mean([by_seed[s] - base[s] for s in (0, 1)]))
+    assert "Paired differences of Dice per structure" in (out / "results.md").read_text() and "dice_minus_scratch" not in scr
     d = np.array([0.012, 0.004, 0.009, 0.015, 0.006])
     half = stats.t.ppf(0.95, df=4) * d.std(ddof=1) / np.sqrt(5)
     assert ds._paired(d)["ci90"] == pytest.approx([d.mean() - half, d.mean() + half])
