@@ -29,11 +29,11 @@ classification subjects, ``--min-seeds 2``, into ``out/downstream-smoke``; witho
 first trains two tiny encoders per strategy (12 MAE steps each on a few pretraining phantoms) into
 ``OUT/smoke-records``.
 
-Time (one thread per fine-tune, measured on this 2-core CPU while two pretraining runs shared it):
-one segmentation fine-tune 44 s (150 steps 38 s, sliding-window test of 24 volumes 6.5 s), one
-classification fine-tune 14-22 s; the default study is 2 targets × 2 tasks × (9 encoders + 3
-scratch) = 48 fine-tunes, ≈ 25 min in one process, ≈ 15 min with ``--workers 2`` on an idle
-machine (plus ≈ 2 min the first time, to write and preprocess the labelled phantoms).
+Time (one thread per fine-tune, this 2-core CPU, ``--workers 2``, a NUTS benchmark beside it for
+part of the time): one segmentation fine-tune 130-225 s (600 steps and a sliding-window test of 24
+volumes), one classification fine-tune 8-20 s. The study of recipe 2's closed loop (5 seeds,
+``--groups recommended,proportional``: 2 targets x 2 tasks x (10 encoders + 5 scratch) = 60
+fine-tunes) took 47 min; the default three groups make 80 fine-tunes, about an hour.
 """
 
 from __future__ import annotations
