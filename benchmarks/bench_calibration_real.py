@@ -116,9 +116,14 @@ def cases(selected) -> dict[str, xr.Dataset]:
     return out
 
 
-def stem_and_settings(name: str, law: str, settings: dict) -> tuple[str, dict]:
-    """The file stem of a (case, law) result and the settings it is saved under."""
+def stem_and_settings(name: str, law: str, settings: dict, grid: xr.Dataset) -> tuple[str, dict]:
+    """The file stem of a (case, law) result and the settings it is saved under.
+
+    The settings carry the grid's fingerprint: a retrained grid (the phantom grid, the closed loop's
+    runs) is refitted, not served from a result of the grid it replaced.
+    """
     stem = name.replace(":", "__").replace("/", "_") + f"__{law}"
+    settings = {**settings, "grid": grids.grid_fingerprint(grid)}
     family = laws.get(law)
     if settings.get("method", "nuts") not in family.methods:  # e.g. the mixing law has NUTS only
         settings = {**settings, "method": family.methods[0]}
@@ -129,15 +134,15 @@ def stem_and_settings(name: str, law: str, settings: dict) -> tuple[str, dict]:
     return stem, settings
 
 
-def saved(name: str, law: str, settings: dict, folder: Path) -> bool:
-    stem, settings = stem_and_settings(name, law, settings)
+def saved(name: str, law: str, settings: dict, folder: Path, grid: xr.Dataset) -> bool:
+    stem, settings = stem_and_settings(name, law, settings, grid)
     return read_saved(folder / f"{stem}.json", settings, folder / f"{stem}.nc") is not None
 
 
 def run_case(name: str, grid: xr.Dataset, law: str, settings: dict, folder: Path, force: bool) -> tuple[dict, xr.Dataset]:
     family = laws.get(law)
-    stem, settings = stem_and_settings(name, law, settings)
-    fit_settings = {k: v for k, v in settings.items() if k not in ("members", "model")}
+    stem, settings = stem_and_settings(name, law, settings, grid)
+    fit_settings = {k: v for k, v in settings.items() if k not in ("members", "model", "grid")}
     json_path, pred_path = folder / f"{stem}.json", folder / f"{stem}.nc"
     if not force and (saved := read_saved(json_path, settings, pred_path)) is not None:
         return saved, xr.load_dataset(pred_path)
@@ -267,7 +272,7 @@ def main(argv=None) -> int:
     rows, by_law = [], {}
     for name, grid in cases(args.cases).items():
         for law in args.laws:
-            if args.only_saved and not saved(name, law, settings, args.out):
+            if args.only_saved and not saved(name, law, settings, args.out, grid):
                 continue
             print(f"{name} · {law} ...", file=sys.stderr, flush=True)
             row, pred = run_case(name, grid, law, settings, args.out, args.force)
