@@ -11,7 +11,7 @@ from bayescale.workflows import DEFAULT_CONFIG, run_demo
 def short_config(tmp_path):
     text = DEFAULT_CONFIG.read_text()
     text = text.replace('grid = "../grids/phantom-mae.nc"', f'grid = "{DEFAULT_CONFIG.parent.parent / "grids" / "phantom-mae.nc"}"')
-    text = text.replace("warmup = 500", "warmup = 200").replace("draws = 1000", "draws = 200").replace("chains = 4", "chains = 2")
+    text = text.replace("warmup = 1000", "warmup = 200").replace("draws = 1000", "draws = 200").replace("chains = 4", "chains = 2")
     path = tmp_path / "demo.toml"
     path.write_text(text)
     return path
