@@ -183,11 +183,10 @@ def _paired(differences) -> dict:
     2 pairs or with no spread): the study's power is that interval's half-width."""
     from scipy import stats
 
-    out = _stats(differences)
-    out["ci90"] = None
+    finite = [x for x in differences if x is not None and math.isfinite(x)]
+    out = {**_stats(finite), "ci90": None}
     if out["n"] > 1 and out["sd"]:
-        v = np.asarray([x for x in differences if x is not None and math.isfinite(x)], dtype=float)
-        ci = stats.ttest_1samp(v, 0.0).confidence_interval(0.9)
+        ci = stats.ttest_1samp(finite, 0.0).confidence_interval(0.9)
         out["ci90"] = [float(ci.low), float(ci.high)]
     return out
 
