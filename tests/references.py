@@ -48,15 +48,18 @@ def predictive_log_loss_mixture(draws, D, relative_se=0.0):
     """Per draw, the mean and sd of the normal predictive of one new run's log loss (S, J) at ``D``:
     the law, its error past the fit runs' largest total (``slope_error * log(total / reach)``, when
     past it) and independent normal noise of sd sigma (at the run's total data, where the draws carry a
-    noise_slope), sigma_run and ``relative_se`` (normal likelihood)."""
+    noise_slope), sigma_run (alike, where it falls with data) and ``relative_se`` (normal likelihood)."""
     assert draws.likelihood == "normal", "a normal mixture is the predictive of the normal likelihood only"
     mean = np.log(transfer_loss(draws, D))
     total = float(np.sum(D))
     if draws.slope_error is not None and draws.reach and total > draws.reach:
         mean = mean + draws.slope_error * np.log(total / draws.reach)
-    run = 0.0 if draws.sigma_run is None else draws.sigma_run[:, None] ** 2
-    # The misfit at this run's total: sigma (B / noise_reach)^-noise_slope, B clipped at noise_low.
-    misfit = draws.sigma if getattr(draws, "noise_slope", None) is None else (
-        draws.sigma * (max(total, draws.noise_low) / draws.noise_reach) ** -draws.noise_slope[:, None])
+    # The misfit at this run's total: sigma (B / noise_reach)^-noise_slope, B clipped at noise_low;
+    # the run effect scaled alike where it falls with data (run_effect_falls).
+    factor = 1.0 if getattr(draws, "noise_slope", None) is None else (
+        (max(total, draws.noise_low) / draws.noise_reach) ** -draws.noise_slope[:, None])
+    misfit = draws.sigma * factor
+    run = 0.0 if draws.sigma_run is None else (
+        draws.sigma_run[:, None] * (factor if getattr(draws, "run_effect_falls", False) else 1.0)) ** 2
     sd = np.sqrt(misfit**2 + run + np.asarray(relative_se, float) ** 2)
     return mean, sd

@@ -28,7 +28,7 @@ import xarray as xr
 
 from bayescale.data import grid as grids
 from bayescale.laws.transfer import BEND_PARAMS, PAIR_PARAMS, TARGET_PARAMS, loss_draws
-from bayescale.laws.noise import misfit_factor
+from bayescale.laws.noise import misfit_factor, run_effect_sd
 
 SCORED_SHARE = 0.2  # at least this share of the fit runs is scored
 
@@ -68,7 +68,7 @@ def future_split(grid: xr.Dataset, seed: int = 0) -> tuple[xr.Dataset, dict]:
 def run_log_density(draws, runs: xr.Dataset) -> np.ndarray:
     """(N,) log predictive density of each run's observed losses (all its targets at once).
 
-    Per draw: log loss ~ Normal(law, diag(m_j^2 + se^2) + sigma_run^2 11'), m_j the misfit sd at the run's total data, the cells of
+    Per draw: log loss ~ Normal(law, diag(m_j^2 + se^2) + r^2 11'), m_j the misfit sd and r the run effect's at the run's total data, the cells of
     one run correlated through its run effect; the density is averaged over draws (log-mean-exp)."""
     targets = list(draws.targets)
     amounts = runs["data"].sel(source=list(draws.sources)).transpose("run", "source").values
@@ -80,7 +80,7 @@ def run_log_density(draws, runs: xr.Dataset) -> np.ndarray:
         mean = mean[:, None, :]
     misfit = draws.sigma[:, None, :] * misfit_factor(draws, amounts)  # each run's misfit sd at its total data
     var = misfit ** 2 + log_se[None] ** 2  # (S, N, J) diagonal
-    c = (np.zeros(draws.n_draws) if draws.sigma_run is None else draws.sigma_run**2)[:, None]  # (S, 1)
+    c = run_effect_sd(draws, amounts, 3)[..., 0] ** 2  # (S, N): the run effect's variance at each run's total
     inv = np.where(observed[None], 1.0 / var, 0.0)
     resid = np.where(observed[None], log_obs[None] - mean, 0.0)
     s1 = np.sum(inv, axis=2)  # 1' D^-1 1

@@ -58,6 +58,7 @@ class LawDraws:
     noise_slope: np.ndarray | None = None
     noise_reach: float | None = None
     noise_low: float | None = None
+    run_effect_falls: bool = False  # the run effect (sigma_run) falls with the run's data like the misfit
 
     @property
     def n_draws(self) -> int:

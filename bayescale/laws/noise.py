@@ -15,7 +15,8 @@ def add_observation_noise(log_loss: np.ndarray, draws, rng: np.random.Generator,
 
     ``log_loss`` is (S, ..., J): draws first, targets last, one new run per index in between;
     a run's effect (``sigma_run``) is shared by all its targets, its cell noise is not; with the
-    runs' raw data ``amounts`` the noise sd is each draw's at the run's total (:func:`misfit_factor`).
+    runs' raw data ``amounts`` the noise sd is each draw's at the run's total (:func:`misfit_factor`),
+    and so is the run effect's where it falls with data (:func:`run_effect_sd`).
     With the runs' raw data ``amounts`` (..., I) and a posterior that carries a slope error,
     a run with more data in total than the fit runs' largest (``reach``) also gets the law's
     extrapolation error: ``slope_error_j * log(total / reach)``, one per draw and target (a
@@ -26,11 +27,22 @@ def add_observation_noise(log_loss: np.ndarray, draws, rng: np.random.Generator,
         noise = rng.standard_t(np.broadcast_to(nu, log_loss.shape))
     else:
         noise = rng.standard_normal(log_loss.shape)
-    out = log_loss + sigma * misfit_factor(draws, amounts) * noise
+    factor = misfit_factor(draws, amounts)
+    out = log_loss + sigma * factor * noise
     if draws.sigma_run is not None:
-        run_sd = draws.sigma_run.reshape((-1,) + (1,) * (log_loss.ndim - 1))
-        out = out + run_sd * rng.standard_normal(log_loss.shape[:-1] + (1,))
+        out = out + run_effect_sd(draws, amounts, log_loss.ndim) * rng.standard_normal(log_loss.shape[:-1] + (1,))
     return with_extrapolation_error(out, draws, amounts)
+
+
+def run_effect_sd(draws, amounts, ndim: int) -> np.ndarray:
+    """(S, ..., 1) sd of the run effect of runs with raw data ``amounts`` (..., I), to broadcast against
+    (S, ..., J) log losses of ``ndim`` axes: ``sigma_run``, times :func:`misfit_factor` where the
+    posterior's run effect falls with a run's data (``run_effect_falls``). Zeros without a run effect."""
+    sigma_run = getattr(draws, "sigma_run", None)
+    if sigma_run is None:
+        return np.zeros((draws.n_draws,) + (1,) * (ndim - 1))
+    run_sd = sigma_run.reshape((-1,) + (1,) * (ndim - 1))
+    return run_sd * misfit_factor(draws, amounts) if getattr(draws, "run_effect_falls", False) else run_sd
 
 
 def misfit_factor(draws, amounts) -> np.ndarray | float:
@@ -52,7 +64,8 @@ def noise_slope_draws(post: xr.Dataset, idata) -> dict:
         return {}
     const = idata["constant_data"].to_dataset()
     return {"noise_slope": flat_draws(post, "noise_slope", ()), "noise_reach": float(const["noise_reach"].values),
-            "noise_low": float(const["noise_low"].values)}
+            "noise_low": float(const["noise_low"].values),
+            "run_effect_falls": bool(float(const["run_effect_falls"].values)) if "run_effect_falls" in const else False}
 
 
 def log_budget_ratio(totals, low: float, reach: float) -> np.ndarray:
@@ -92,4 +105,4 @@ def extrapolation_distance(amounts, reach: float) -> np.ndarray:
 
 
 __all__ = ["add_observation_noise", "extrapolation_distance", "log_budget_ratio", "log_budgets", "misfit_factor", "noise_slope_draws",
-           "with_extrapolation_error"]
+           "run_effect_sd", "with_extrapolation_error"]

@@ -97,7 +97,9 @@ def test_prediction_code_agrees_with_the_model(fitted):
         site = handlers.trace(model).get_trace(data, **family.model_kwargs(family.likelihoods[0]))["log_loss"]
         loc = np.asarray(site["fn"].base_dist.loc if hasattr(site["fn"], "base_dist") else site["fn"].loc)
         # The fit runs' own run effects sit in the likelihood; a prediction is for a new run.
-        run_effect = values["sigma_run"] * values["z_run"][data.obs_run] if "z_run" in values else 0.0
+        # (at each run's total data: sigma_run (B / B_max)^-noise_slope, as the misfit)
+        factor = np.exp(-values["noise_slope"] * np.asarray(data.log_budget)) if "noise_slope" in values else 1.0
+        run_effect = (values["sigma_run"] * factor * values["z_run"])[data.obs_run] if "z_run" in values else 0.0
         np.testing.assert_allclose(predicted[s, data.obs_run, data.obs_target] + run_effect, loc, rtol=2e-5, atol=2e-5)
 
 

@@ -250,7 +250,9 @@ def test_log_likelihood_equals_scipy_written_out(hand_data, law, likelihood):
         # plus the run effect shared by every target of a run
         loc = mean[data.obs_run, data.obs_target]
         if data.run_effect:
-            loc = loc + float(draws["sigma_run"][s]) * np.asarray(draws["z_run"][s])[data.obs_run]
+            # at the run's total data, as the misfit: sigma_run (B_run / B_max)^-noise_slope
+            run_sd = float(draws["sigma_run"][s]) * BUDGET_RATIO ** -float(draws["noise_slope"][s])
+            loc = loc + (run_sd * np.asarray(draws["z_run"][s]))[data.obs_run]
         misfit = misfit_sd_by_hand(params["sigma"][s], float(draws["noise_slope"][s]), data.obs_run, data.obs_target)
         scale = np.sqrt(misfit ** 2 + data.log_se ** 2)
         if likelihood == "student_t":
@@ -273,7 +275,8 @@ def test_log_likelihood_uses_the_standard_error_and_each_targets_own_sigma(hand_
     draws = {k: v[5:6] for k, v in prior(data, "transfer").items() if k != "log_loss"}
     params = {k: np.asarray(v[0], dtype=np.float64) for k, v in draws.items()}
     mean = law_log_loss_by_hand(np.asarray(data.d), *(params[k] for k in ("E", "A", "alpha", "x0", "T", "beta")), OWN)
-    loc = mean[data.obs_run, data.obs_target] + (params["sigma_run"] * params["z_run"][data.obs_run] if data.run_effect else 0.0)
+    run_sd = params["sigma_run"] * BUDGET_RATIO ** -params["noise_slope"] if data.run_effect else 0.0
+    loc = mean[data.obs_run, data.obs_target] + ((run_sd * params["z_run"])[data.obs_run] if data.run_effect else 0.0)
     # Data near the law: z is O(1), so float32 rounding of loc moves the log density by ~1e-6.
     observed = loc + 0.5 * params["sigma"][data.obs_target]
     near = dataclasses.replace(data, log_loss=observed)
@@ -363,7 +366,7 @@ def test_add_observation_noise_adds_each_targets_sigma(hand_data):
 
 
 def test_replicated_runs_bring_a_run_effect_shared_by_a_runs_targets():
-    """Two runs of the same data (seeds): the model adds sigma_run * z_run to every cell of a run,
+    """Two runs of the same data (seeds): the model adds sigma_run (B / B_max)^-noise_slope * z_run to every cell of a run,
     and the log likelihood is scipy's normal around that shifted location."""
     runs = ["r1", "r2", "r3", "r4", "r5", "r5b"]
     grid = make_grid(runs, SOURCES, TARGETS, DATA[:5] + [DATA[4]], LOSS[:5] + [LOSS[4]], seed=[0, 0, 0, 0, 0, 1])
@@ -378,9 +381,11 @@ def test_replicated_runs_bring_a_run_effect_shared_by_a_runs_targets():
     for s in range(20):
         p = {k: np.asarray(draws[k][s], dtype=np.float64) for k in ("E", "A", "alpha", "x0", "T", "beta")}
         mean = law_log_loss_by_hand(np.asarray(data.d), *(p[k] for k in ("E", "A", "alpha", "x0", "T", "beta")), OWN)
-        loc = mean[data.obs_run, data.obs_target] + draws["sigma_run"][s] * draws["z_run"][s][data.obs_run]
-        misfit = misfit_sd_by_hand(draws["sigma"][s], float(draws["noise_slope"][s]), data.obs_run, data.obs_target,
-                                   ratio=np.array([8, 4, 2, 7, 24, 24]) / 24)
+        ratio = np.array([8, 4, 2, 7, 24, 24]) / 24  # each run's total over the largest
+        # the run effect falls with a run's data as the misfit does
+        run_sd = draws["sigma_run"][s] * ratio ** -float(draws["noise_slope"][s])
+        loc = mean[data.obs_run, data.obs_target] + (run_sd * draws["z_run"][s])[data.obs_run]
+        misfit = misfit_sd_by_hand(draws["sigma"][s], float(draws["noise_slope"][s]), data.obs_run, data.obs_target, ratio=ratio)
         scale = np.sqrt(misfit ** 2 + data.log_se**2)
         np.testing.assert_allclose(ll[s], scipy.stats.norm.logpdf(data.log_loss, loc=loc, scale=scale), rtol=1e-4, atol=1e-3)
 
@@ -404,3 +409,23 @@ def test_a_new_runs_noise_sd_is_the_draws_misfit_at_its_total_data(hand_data):
     assert expected_sd[-1, 0, 0, 0] == pytest.approx(draws.sigma[-1, 0] * 2 ** -1.4)
     plain = add_observation_noise(np.zeros((8, 20000, 3)), draws, np.random.default_rng(2))
     assert np.all(np.abs((plain / draws.sigma[:, None, :]).std(axis=1) - 1) < 0.03)
+
+
+@pytest.mark.parametrize("falls", [True, False])
+def test_a_new_runs_run_effect_falls_with_its_data_where_the_posterior_says_so(hand_data, falls):
+    """The run effect is shared by a run's targets: the covariance of two targets of one new run is
+    (sigma_run (B / noise_reach)^-gamma)^2 where it falls with data (posteriors since 2026-12-07),
+    sigma_run^2 where it does not (older posteriors)."""
+    data, coords = hand_data
+    draws = dataclasses.replace(law_draws_from_prior(data, coords, n=4), noise_slope=np.full(4, 0.8), noise_reach=24.0,
+                                noise_low=2.0, sigma_run=np.full(4, 0.2), run_effect_falls=falls)
+    amounts = np.array([[32.0, 16.0, 0.0], [0.0, 6.0, 0.0]])  # totals 48 and 6: factors 2^-0.8 and 4^0.8
+    n = 40000
+    noisy = add_observation_noise(np.zeros((4, n, 2, 3)), draws, np.random.default_rng(5), np.broadcast_to(amounts, (n, 2, 3)))
+    cov = np.mean(noisy[..., 0] * noisy[..., 1], axis=1)  # (S, runs)
+    factor = np.array([2.0 ** -0.8, 4.0 ** 0.8]) if falls else np.ones(2)
+    expected = (0.2 * factor) ** 2
+    # sd of a sample covariance of n pairs ~ sd_a sd_b / sqrt(n); 5 of it
+    sd = np.sqrt((draws.sigma[:, None, :2] * np.array([2.0 ** -0.8, 4.0 ** 0.8])[None, :, None]) ** 2 + expected[None, :, None])
+    np.testing.assert_array_less(np.abs(cov - expected[None]), 5 * sd[..., 0] * sd[..., 1] / np.sqrt(n))
+    # the two cases differ by far more than that tolerance at the smaller run (0.2^2 (4^1.6 - 1) = 0.36)
