@@ -19,7 +19,8 @@ How it is computed, cheaply and exactly over a finite set:
   (self-normalised importance sampling: the posterior given the grid and ``y`` is proportional to
   the posterior given the grid times ``p(y | draw)``). A new run's log losses are, per draw,
   ``Normal(law + slope error, diag(sigma^2) + sigma_run^2 11')``: the model's own noise, its run
-  effect shared by the run's targets, and the law's error past the fit runs' data. (Student-t fits
+  effect shared by the run's targets, and the law's error past the fit runs' data; the noise and the
+  run effect at the candidate's total data, as the outcomes are simulated. (Student-t fits
   are reweighted with this normal.)
 - **Outcomes.** ``outcomes`` simulated batches ``y``, each drawn from a posterior draw *not* among
   the evaluation draws, so that no outcome is scored by the very draw that made it (which would
@@ -48,7 +49,7 @@ import numpy as np
 
 from bayescale.errors import InputError, Name, ParameterError
 from bayescale.laws.draws import LawDraws, loss_draws
-from bayescale.laws.noise import add_observation_noise, with_extrapolation_error
+from bayescale.laws.noise import add_observation_noise, misfit_factor, run_effect_sd, with_extrapolation_error
 from bayescale.optimise import assemble
 from bayescale.optimise.allocate import allocate, build_problem
 from bayescale.optimise.candidates import Candidates
@@ -209,9 +210,13 @@ def candidate_log_likelihoods(evaluation: LawDraws, candidates: Candidates, y: n
     """log p(y_c | draw) for each candidate c, outcome and evaluation draw: (C, M, S) float32."""
     mean = with_extrapolation_error(np.asarray(loss_draws(evaluation, candidates.amounts, log=True), dtype=np.float64),
                                     evaluation, candidates.amounts)  # (S, C, J)
+    # Each candidate's noise at its total data, as simulate_outcomes drew it.
+    misfit = evaluation.sigma[:, None, :] * misfit_factor(evaluation, candidates.amounts)  # (S, C, J)
+    run_sd = None if evaluation.sigma_run is None else run_effect_sd(evaluation, candidates.amounts, 3)[..., 0]  # (S, C) or (S, 1)
     out = np.empty((len(candidates), y.shape[0], evaluation.n_draws), dtype=np.float32)
     for c in range(len(candidates)):
-        out[c] = run_log_likelihood(mean[:, c], evaluation.sigma, evaluation.sigma_run, y[:, c])
+        sd = None if run_sd is None else run_sd[:, min(c, run_sd.shape[1] - 1)]
+        out[c] = run_log_likelihood(mean[:, c], misfit[:, min(c, misfit.shape[1] - 1)], sd, y[:, c])
     return out
 
 

@@ -109,19 +109,24 @@ def test_cvar_and_minimax_decision_risks_are_their_definitions():
 
 def test_outcomes_are_drawn_from_the_model_the_update_weighs_them_with(small_draws, small_grid):
     """One draw generates many outcomes of a run past the fit runs' data: their mean and covariance
-    are the mean and covariance the likelihood gives that draw (law + slope error; noise + run effect)."""
+    are the mean and covariance the likelihood gives that draw (law + slope error; noise + run effect,
+    both at the run's total data: sigma and sigma_run times (B / noise_reach)^-noise_slope)."""
     one = small_draws.subset(np.zeros(4000, dtype=int))
     reach = one.reach or float(small_grid["data"].sum("source").max())
     slope = np.full_like(one.E, 0.05)
-    one = dataclasses.replace(one, slope_error=slope, reach=reach)
+    # A steep fall of the noise with data (gamma 0.8) and a run effect that falls with it: at twice
+    # the reach both sds are 2^-0.8 = 0.57 of the draw's, which a likelihood that ignored it would miss.
+    one = dataclasses.replace(one, slope_error=slope, reach=reach, noise_slope=np.full(4000, 0.8), noise_reach=reach,
+                              noise_low=1.0, sigma_run=np.full(4000, 0.03), run_effect_falls=True)
     amounts = np.full((1, len(one.sources)), 2.0 * reach / len(one.sources))  # twice the reach
     run = Candidates(sources=one.sources, names=("far",), amounts=amounts, costs=np.ones(1), cost_unit="volumes")
     y = simulate_outcomes(one, run, 4000, seed=0)[:, 0]  # (M, J)
     mean = with_extrapolation_error(np.asarray(loss_draws(one.subset([0]), amounts, log=True), dtype=np.float64),
                                     one.subset([0]), amounts)[0, 0]
-    sd = np.sqrt(one.sigma[0] ** 2 + (one.sigma_run[0] ** 2 if one.sigma_run is not None else 0.0))
+    factor = 2.0 ** -0.8
+    sd = np.sqrt((one.sigma[0] * factor) ** 2 + (0.03 * factor) ** 2)
     assert np.all(np.abs(y.mean(axis=0) - mean) < 5 * sd / np.sqrt(4000))
-    cov = np.diag(one.sigma[0] ** 2) + (one.sigma_run[0] ** 2 if one.sigma_run is not None else 0.0)
+    cov = np.diag((one.sigma[0] * factor) ** 2) + (0.03 * factor) ** 2
     # sample covariance: each entry's SE is about sqrt((c_ii c_jj + c_ij^2) / M)
     se = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / 4000)
     assert np.all(np.abs(np.cov(y.T) - cov) < 5 * se)
