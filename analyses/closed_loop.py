@@ -17,7 +17,8 @@ The test that the whole system is right, not only self-consistent (issue 6, part
    target and for the weighted mean of the targets (the quantity whose CVaR over the posterior the
    allocation minimises), median and central 50 % / 90 % intervals of the posterior predictive,
    with observation noise the way :mod:`bayescale.evaluate.check` adds it for held-out runs (each draw's
-   sigma, plus the typical relative ``loss_se`` of the grid's runs on that target), and the
+   noise at the run's total data, plus the typical relative ``loss_se`` of the grid's runs on that
+   target where it is ``per_run``: the trainers' is ``shared``, the same crops for every run), and the
    improvement of the recommendation over proportional and uniform. The plan and these predictions
    are written to ``OUT/plan.json`` first (pre-registered) and reused on a rerun;
 4. **train** every allocation with ``trainers`` — ``recommended-s0``, ``proportional-s0``,
@@ -37,6 +38,11 @@ The test that the whole system is right, not only self-consistent (issue 6, part
 
 The loss is the grid's ``loss``: masked-patch MSE on each domain's fixed validation crops; the
 law is fitted to log ``loss`` directly, so its prediction is of the same number.
+
+``--repredict RESULTS.json`` trains nothing: it refits today's model with that study's fit settings
+and compares its predictions of the study's allocations with the study's measured losses
+(``repredicted.json`` / ``.md`` beside RESULTS.json): how a changed model would have predicted a
+finished study, after the fact, not pre-registered.
 
 ``--plan-only`` stops after step 3 (fit, plan, predictions, ``train.toml``). ``--smoke`` is a
 plumbing check, not a result: 20 steps per run, budget 6 and a short NUTS fit (2 chains x 300),
@@ -70,6 +76,7 @@ DEFAULT_CONFIG = REPO / "data" / "configs" / "demo.toml"
 DEFAULT_TRAIN_CONFIG = REPO / "data" / "configs" / "phantom.toml"
 DEFAULT_OUT = REPO / "out" / "closed-loop"
 SMOKE_OUT = REPO / "out" / "closed-loop-smoke"
+REPREDICT_OUT = REPO / "out" / "closed-loop-repredict"
 STRATEGIES = ("recommended", "proportional", "uniform")
 BASELINES = ("proportional", "uniform")
 PLAN_FORMAT = "bayescale.closed_loop.plan/1"
@@ -269,19 +276,24 @@ def _value(v) -> str:
 
 
 def typical_relative_se(grid, targets) -> np.ndarray:
-    """Per target: the median over the grid's runs of loss_se / loss (0 where the grid has none).
+    """Per target: the median over the grid's runs of the fresh evaluation noise ``loss_se / loss``
+    (:func:`bayescale.data.grid.relative_cell_noise`): 0 where the grid has none, and where its
+    ``loss_se`` is ``shared`` (every run scored on the same validation crops: one offset per target
+    that the law absorbs and every new run repeats, not noise between runs; the trainers' grids).
 
     A new run's measured loss carries that much evaluation noise; :mod:`bayescale.evaluate.check` widens the
     predictive of a held-out run by its own ``loss_se`` the same way (in log space).
     """
+    from bayescale.data.grid import relative_cell_noise
+
+    names = [str(x) for x in grid["target"].values]
+    present = [t for t in targets if t in names]
+    ratio = relative_cell_noise(grid, present) if present else np.zeros((grid.sizes["run"], 0))
+    observed = np.isfinite(grid["loss"].reindex(target=present).transpose("run", "target").values) if present else ratio > 0
     out = np.zeros(len(targets))
-    if "loss_se" not in grid:
-        return out
-    for j, t in enumerate(targets):
-        if t in [str(x) for x in grid["target"].values]:
-            ratio = (grid["loss_se"].sel(target=t) / grid["loss"].sel(target=t)).values
-            ratio = ratio[np.isfinite(ratio)]
-            out[j] = float(np.median(ratio)) if ratio.size else 0.0
+    for k, t in enumerate(present):
+        values = ratio[observed[:, k], k]
+        out[targets.index(t)] = float(np.median(values)) if values.size else 0.0
     return out
 
 
@@ -995,6 +1007,71 @@ def results_for(plan: dict, grid, settings: dict, diag: dict, measured_grid, ste
     }
 
 
+def measured_from_results(result: dict) -> dict:
+    """The measured losses of a study's ``results.json``, shaped as :func:`measured_from_grid`'s
+    (``{strategy: {seed: {"loss": {target: v}}}}``; the weighted-mean rows are left out)."""
+    out: dict = {}
+    for row in result["comparison"]["rows"]:
+        if row["target"] == MEAN:
+            continue
+        for seed, value in row["measured"].items():
+            out.setdefault(row["strategy"], {}).setdefault(int(seed), {"loss": {}})["loss"][row["target"]] = float(value)
+    return out
+
+
+def repredict(results_path: Path, out: Path, grid, settings: dict, console) -> dict:
+    """Today's model on a finished study: refit the grid with the study's fit settings (``OUT/fit.nc``,
+    reused on a rerun), predict the study's allocations anew, compare with its measured losses.
+
+    An after-the-fact check of a changed model (its noise, its priors), **not** a pre-registered
+    prediction: the allocations are the study's, chosen by the model of the day it was planned."""
+    from bayescale.data.grid import select_split
+    from bayescale.inference.posterior import diagnostics, law_draws
+    from bayescale.inference.sbc import model_hash
+
+    try:
+        study = json.loads(results_path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"--repredict {results_path}: cannot read the study's results ({error})") from None
+    if study.get("format") != RESULTS_FORMAT:
+        raise InputError(f"--repredict {results_path}: not a closed-loop results.json (format {study.get('format')!r})")
+    settings = {**settings, "fit": study["fit"]["settings"], "seeds": study["seeds"]}
+    idata, _ = load_or_fit(out, grid, settings, console)
+    draws = law_draws(idata)
+    rel_se = typical_relative_se(select_split(grid, "fit"), list(draws.targets))
+    weights = study["predicted"]["weights"]
+    predicted = predicted_table(draws, study["allocations"], weights=weights, relative_se=rel_se,
+                                n_seeds=len(study["seeds"]), seed=settings["seed"])
+    comparison = compare(predicted, measured_from_results(study))
+    return {
+        "format": "bayescale.closed_loop.repredicted/1",
+        "note": ("today's model refitted and its predictions compared with the study's measured runs after the fact; "
+                 "not pre-registered (the study's own predictions are in its results.json)"),
+        "study": shown_path(results_path, REPO),
+        "model": model_hash("transfer"),
+        "fit": {"settings": settings["fit"], "diagnostics": diagnostics(idata)},
+        "predicted": predicted,
+        "comparison": comparison,
+    }
+
+
+def repredicted_markdown(result: dict) -> str:
+    cov = result["comparison"]["coverage"]
+    lines = [f"# Closed loop re-predicted with today's model (transfer model {result['model']})", "",
+             f"{result['note']}. Study: `{result['study']}`.", "",
+             f"Per-domain cells inside the 50 % / 90 % single-run intervals: {cov['targets']['inside50']} / "
+             f"{cov['targets']['inside90']} of {cov['targets']['n']}; weighted means: {cov[MEAN]['inside50']} / "
+             f"{cov[MEAN]['inside90']} of {cov[MEAN]['n']}.", "",
+             "| vs | predicted gain, mean of the seeds: median [90 %] | law [90 %] | measured mean, paired 90 % t-interval |",
+             "|---|---|---|---|"]
+    for base, imp in result["comparison"]["improvement"].items():
+        p, law, ci = imp["predicted"]["seed_mean"], imp["predicted"]["law"], imp["ci90"] or [math.nan, math.nan]
+        lines.append(f"| {base} | {100 * p['median']:+.1f} % [{100 * p['lo90']:+.1f}, {100 * p['hi90']:+.1f}] | "
+                     f"{100 * law['median']:+.1f} % [{100 * law['lo90']:+.1f}, {100 * law['hi90']:+.1f}] | "
+                     f"{100 * imp['mean']:+.1f} % [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ensure_host_devices()  # parallel chains: before anything starts JAX
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1014,6 +1091,10 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--draws", type=int, default=None)
     parser.add_argument("--plan-only", action="store_true", help="fit, plan, predict and write train.toml; train nothing")
+    parser.add_argument("--repredict", type=Path, default=None, metavar="RESULTS.json",
+                        help="refit today's model (into --out, default out/closed-loop-repredict) and compare its predictions "
+                             "of a finished study's allocations with the study's measured losses; writes repredicted.json/.md "
+                             "beside RESULTS.json; trains nothing")
     parser.add_argument("--smoke", action="store_true", help="plumbing check: 20 steps per run, budget 6, short NUTS")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -1032,10 +1113,18 @@ def main(argv=None) -> int:
             raise InputError(f"--steps {args.steps}: at least 1")
         if args.workers is not None and args.workers < 1:
             raise InputError(f"--workers {args.workers}: at least 1")
-        out = args.out or (SMOKE_OUT if args.smoke else DEFAULT_OUT)
+        out = args.out or (SMOKE_OUT if args.smoke else REPREDICT_OUT if args.repredict else DEFAULT_OUT)
         out.mkdir(parents=True, exist_ok=True)
         settings = load_settings(args.config, args)
         grid = grids.load_grid(settings["grid"])
+        if args.repredict is not None:
+            result = repredict(args.repredict, out, grid, settings, console)
+            folder = args.repredict.parent
+            write_text_atomic(folder / "repredicted.json", json.dumps(result, indent=1) + "\n")
+            write_text_atomic(folder / "repredicted.md", repredicted_markdown(result))
+            console.print(repredicted_markdown(result), highlight=False)
+            console.print(f"wrote {folder / 'repredicted.json'} and {folder / 'repredicted.md'}", highlight=False)
+            return 0
         console.rule("closed loop")
         timings = {}
         t0 = time.perf_counter()

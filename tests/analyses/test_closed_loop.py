@@ -227,6 +227,24 @@ def test_compare_counts_coverage_and_says_when_the_recommendation_loses(small_dr
     assert cl.compare(pred, {})["improvement"]["proportional"]["verdict"] == "vs proportional: not measured yet"
 
 
+@pytest.mark.parametrize("kind", ["per_run", "shared"])
+def test_evaluation_noise_of_a_new_run_follows_the_grids_kind_of_loss_se(kind):
+    """A per-run loss_se is fresh noise in each new run: the median of loss_se / loss per target.
+    A shared one (every run scored on the same validation crops, as the trainers' grids are) is a
+    per-target offset the law absorbs, not noise between runs: 0 (it once put 0.04-0.11 of
+    independent noise on each closed-loop run's log loss)."""
+    loss = np.array([[1.0, 2.0], [2.0, 4.0], [4.0, np.nan]])
+    se = np.array([[0.1, 0.1], [0.1, 0.8], [0.8, 0.3]])
+    grid = make_grid(["a", "b", "c"], ["s0", "s1"], ["s0", "s1"], [[1, 0], [0, 1], [1, 1]], loss, loss_se=se,
+                     attrs={"loss_se_kind": kind})
+    out = cl.typical_relative_se(grid, ["s1", "s0", "other"])
+    if kind == "shared":
+        np.testing.assert_array_equal(out, 0.0)
+    else:
+        # s1: ratios 0.05 and 0.2 (the unobserved cell left out); s0: 0.1, 0.05, 0.2; a target the grid lacks: 0
+        np.testing.assert_allclose(out, [np.median([0.05, 0.2]), 0.1, 0.0])
+
+
 def test_paired_interval_is_the_t_interval_of_the_differences():
     d = np.array([0.013, -0.001, 0.007, 0.015, 0.009])
     half = stats.t.ppf(0.95, df=4) * d.std(ddof=1) / np.sqrt(5)  # by hand
@@ -372,6 +390,20 @@ def test_end_to_end_on_a_tiny_world_trains_compares_and_resumes(tiny_study):
     assert (out / "records" / "proportional-s1.pt").is_file()
     again = json.loads((out / "results.json").read_text())
     assert again["comparison"] == result["comparison"]  # deterministic training: the same numbers
+
+    # --repredict: today's model refitted with the study's settings predicts the study anew. Here the
+    # model is the study's own, so the fit and predictions are the pre-registered ones to the bit, and
+    # the comparison read back from results.json is the study's.
+    re_out = folder / "re"
+    third = _run("--config", study, "--out", re_out, "--quiet", "--repredict", out / "results.json")
+    assert third.returncode == 0, third.stdout + third.stderr
+    re = json.loads((out / "repredicted.json").read_text())
+    assert re["predicted"] == result["predicted"]
+    assert re["comparison"]["coverage"] == result["comparison"]["coverage"]
+    assert re["comparison"]["weighted_mean"] == result["comparison"]["weighted_mean"]
+    assert "not pre-registered" in (out / "repredicted.md").read_text()
+    bad = _run("--config", study, "--out", re_out, "--quiet", "--repredict", out / "plan.json")
+    assert bad.returncode == 2 and "--repredict" in bad.stdout and "not a closed-loop results.json" in bad.stdout
 
 
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys):
