@@ -132,6 +132,10 @@ def fit(
                                      progress=progress, on_warmup=report)
         if chosen:
             extra_attrs["centring"] = reparam.centring_attr(chosen)
+        elif centring == "auto" and family.hierarchical_sites:
+            note = "centring auto: the SVI pilot diverged; every hierarchical entry was sampled non-centred"
+            warnings.warn(f"{where}: {note}", UserWarning, stacklevel=2)
+            extra_attrs["centring_note"] = note
     idata = to_datatree(family, samples, stats, data, coords, model_kwargs)
     idata.attrs.update(
         {
