@@ -288,9 +288,11 @@ def typical_relative_se(grid, targets) -> np.ndarray:
 
     names = [str(x) for x in grid["target"].values]
     present = [t for t in targets if t in names]
-    ratio = relative_cell_noise(grid, present) if present else np.zeros((grid.sizes["run"], 0))
-    observed = np.isfinite(grid["loss"].reindex(target=present).transpose("run", "target").values) if present else ratio > 0
     out = np.zeros(len(targets))
+    if not present:
+        return out
+    ratio = relative_cell_noise(grid, present)
+    observed = np.isfinite(grid["loss"].sel(target=present).transpose("run", "target").values)
     for k, t in enumerate(present):
         values = ratio[observed[:, k], k]
         out[targets.index(t)] = float(np.median(values)) if values.size else 0.0

@@ -27,8 +27,7 @@ def add_observation_noise(log_loss: np.ndarray, draws, rng: np.random.Generator,
         noise = rng.standard_t(np.broadcast_to(nu, log_loss.shape))
     else:
         noise = rng.standard_normal(log_loss.shape)
-    factor = misfit_factor(draws, amounts)
-    out = log_loss + sigma * factor * noise
+    out = log_loss + sigma * misfit_factor(draws, amounts) * noise
     if draws.sigma_run is not None:
         out = out + run_effect_sd(draws, amounts, log_loss.ndim) * rng.standard_normal(log_loss.shape[:-1] + (1,))
     return with_extrapolation_error(out, draws, amounts)

@@ -210,13 +210,13 @@ def candidate_log_likelihoods(evaluation: LawDraws, candidates: Candidates, y: n
     """log p(y_c | draw) for each candidate c, outcome and evaluation draw: (C, M, S) float32."""
     mean = with_extrapolation_error(np.asarray(loss_draws(evaluation, candidates.amounts, log=True), dtype=np.float64),
                                     evaluation, candidates.amounts)  # (S, C, J)
-    # Each candidate's noise at its total data, as simulate_outcomes drew it.
-    misfit = evaluation.sigma[:, None, :] * misfit_factor(evaluation, candidates.amounts)  # (S, C, J)
-    run_sd = None if evaluation.sigma_run is None else run_effect_sd(evaluation, candidates.amounts, 3)[..., 0]  # (S, C) or (S, 1)
+    # Each candidate's noise and run effect at its total data, as simulate_outcomes drew them.
+    misfit = np.broadcast_to(evaluation.sigma[:, None, :] * misfit_factor(evaluation, candidates.amounts), mean.shape)
+    run_sd = None if evaluation.sigma_run is None else np.broadcast_to(
+        run_effect_sd(evaluation, candidates.amounts, 3)[..., 0], mean.shape[:2])  # (S, C)
     out = np.empty((len(candidates), y.shape[0], evaluation.n_draws), dtype=np.float32)
     for c in range(len(candidates)):
-        sd = None if run_sd is None else run_sd[:, min(c, run_sd.shape[1] - 1)]
-        out[c] = run_log_likelihood(mean[:, c], misfit[:, min(c, misfit.shape[1] - 1)], sd, y[:, c])
+        out[c] = run_log_likelihood(mean[:, c], misfit[:, c], None if run_sd is None else run_sd[:, c], y[:, c])
     return out
 
 
