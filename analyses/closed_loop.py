@@ -39,8 +39,8 @@ The test that the whole system is right, not only self-consistent (issue 6, part
 The loss is the grid's ``loss``: masked-patch MSE on each domain's fixed validation crops; the
 law is fitted to log ``loss`` directly, so its prediction is of the same number.
 
-``--repredict RESULTS.json`` trains nothing: it refits today's model with that study's fit settings
-and compares its predictions of the study's allocations with the study's measured losses
+``--repredict RESULTS.json`` trains nothing: it refits today's model to that study's grid with its
+fit settings and compares its predictions of the study's allocations with the study's measured losses
 (``repredicted.json`` / ``.md`` beside RESULTS.json): how a changed model would have predicted a
 finished study, after the fact, not pre-registered.
 
@@ -297,6 +297,16 @@ def typical_relative_se(grid, targets) -> np.ndarray:
         values = ratio[observed[:, k], k]
         out[targets.index(t)] = float(np.median(values)) if values.size else 0.0
     return out
+
+
+def predict_allocations(draws, grid, allocations: dict, weights, settings: dict) -> dict:
+    """:func:`predicted_table` of ``allocations`` with the evaluation noise of ``grid``'s fit runs,
+    one new run per seed of ``settings["seeds"]``: what the plan pre-registers and ``--repredict`` redoes."""
+    from bayescale.data.grid import select_split
+
+    rel_se = typical_relative_se(select_split(grid, "fit"), list(draws.targets))
+    return predicted_table(draws, allocations, weights=weights, relative_se=rel_se, n_seeds=len(settings["seeds"]),
+                           seed=settings["seed"])
 
 
 def _band(samples) -> dict:
@@ -898,11 +908,7 @@ def make_plan(draws, grid, settings: dict, idata) -> dict:
     w = weights_vector(draws, settings["weights"])
     objective_all = {name: objective_values(draws, np.array([a[s] for s in draws.sources], float), settings["objective"], w)
                      for name, a in allocations.items()}
-    from bayescale.data.grid import select_split
-
-    rel_se = typical_relative_se(select_split(grid, "fit"), list(draws.targets))
-    predicted = predicted_table(draws, allocations, weights=w, relative_se=rel_se, n_seeds=len(settings["seeds"]),
-                                seed=settings["seed"])
+    predicted = predict_allocations(draws, grid, allocations, w, settings)
     runs = plan_runs(allocations, settings["seeds"])
     keep = ("status", "objective", "objective_value", "allocation", "fractions", "binding", "shadow_price",
             "value_of_transfer", "integer", "certificate")
@@ -1021,13 +1027,13 @@ def measured_from_results(result: dict) -> dict:
     return out
 
 
-def repredict(results_path: Path, out: Path, grid, settings: dict, console) -> dict:
-    """Today's model on a finished study: refit the grid with the study's fit settings (``OUT/fit.nc``,
+def repredict(results_path: Path, out: Path, settings: dict, console) -> dict:
+    """Today's model on a finished study: refit the study's grid with its fit settings (``OUT/fit.nc``,
     reused on a rerun), predict the study's allocations anew, compare with its measured losses.
 
     An after-the-fact check of a changed model (its noise, its priors), **not** a pre-registered
     prediction: the allocations are the study's, chosen by the model of the day it was planned."""
-    from bayescale.data.grid import select_split
+    from bayescale.data.grid import load_grid
     from bayescale.inference.posterior import diagnostics, law_draws
     from bayescale.inference.sbc import model_hash
 
@@ -1037,13 +1043,12 @@ def repredict(results_path: Path, out: Path, grid, settings: dict, console) -> d
         raise InputError(f"--repredict {results_path}: cannot read the study's results ({error})") from None
     if study.get("format") != RESULTS_FORMAT:
         raise InputError(f"--repredict {results_path}: not a closed-loop results.json (format {study.get('format')!r})")
-    settings = {**settings, "fit": study["fit"]["settings"], "seeds": study["seeds"]}
+    # The study's grid (a path relative to the repository, or absolute where it lay outside it), not the config's.
+    grid = load_grid(REPO / study["grid"])
+    settings = {**settings, "grid": str(REPO / study["grid"]), "fit": study["fit"]["settings"], "seeds": study["seeds"]}
     idata, _ = load_or_fit(out, grid, settings, console)
     draws = law_draws(idata)
-    rel_se = typical_relative_se(select_split(grid, "fit"), list(draws.targets))
-    weights = study["predicted"]["weights"]
-    predicted = predicted_table(draws, study["allocations"], weights=weights, relative_se=rel_se,
-                                n_seeds=len(study["seeds"]), seed=settings["seed"])
+    predicted = predict_allocations(draws, grid, study["allocations"], study["predicted"]["weights"], settings)
     comparison = compare(predicted, measured_from_results(study))
     return {
         "format": "bayescale.closed_loop.repredicted/1",
@@ -1118,15 +1123,15 @@ def main(argv=None) -> int:
         out = args.out or (SMOKE_OUT if args.smoke else REPREDICT_OUT if args.repredict else DEFAULT_OUT)
         out.mkdir(parents=True, exist_ok=True)
         settings = load_settings(args.config, args)
-        grid = grids.load_grid(settings["grid"])
         if args.repredict is not None:
-            result = repredict(args.repredict, out, grid, settings, console)
-            folder = args.repredict.parent
+            result = repredict(args.repredict, out, settings, console)
+            folder, text = args.repredict.parent, repredicted_markdown(result)
             write_text_atomic(folder / "repredicted.json", json.dumps(result, indent=1) + "\n")
-            write_text_atomic(folder / "repredicted.md", repredicted_markdown(result))
-            console.print(repredicted_markdown(result), highlight=False)
+            write_text_atomic(folder / "repredicted.md", text)
+            console.print(text, highlight=False)
             console.print(f"wrote {folder / 'repredicted.json'} and {folder / 'repredicted.md'}", highlight=False)
             return 0
+        grid = grids.load_grid(settings["grid"])
         console.rule("closed loop")
         timings = {}
         t0 = time.perf_counter()
